@@ -1,0 +1,390 @@
+"""Build a SAM3 tracker with transformers and write it as ONNX in the onnx-community layout.
+
+Needs the `export` extra (torch + transformers): nothing else in the project imports this module.
+The two graphs reproduce onnx-community/sam3-tracker-ONNX's contract (DESIGN §2):
+
+- `vision_encoder.onnx`: pixel_values [1,3,S,S] -> image_embeddings.0/.1/.2, i.e. what
+  `Sam3TrackerModel.get_image_embeddings` returns (FPN neck, conv_s0/conv_s1 projections, and
+  `no_memory_embedding` added to the lowest-resolution level).
+- `prompt_encoder_mask_decoder.onnx`: input_points [B,P,N,2], input_labels [B,P,N], input_boxes [B,Pb,4]
+  (Pb is P or 0) + the three embeddings -> iou_scores [B,P,3], pred_masks [B,P,3,h,w],
+  object_score_logits [B,P,1]. The graph never adds the "not a point" pad that transformers appends to
+  clicks-only prompts: callers append (0, 0, label -1) themselves (`manifest.json` says so).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+ENCODER_FILE = "vision_encoder.onnx"
+DECODER_FILE = "prompt_encoder_mask_decoder.onnx"
+EMBEDDING_NAMES = ("image_embeddings.0", "image_embeddings.1", "image_embeddings.2")
+OPSET = 17
+# Graphs above this size keep their weights in a `<name>.onnx_data` file beside them, as published.
+EXTERNAL_DATA_BYTES = 256 * 1024 * 1024
+
+# Sub-config overrides per named size. "tiny" keeps every I/O shape of the real model (1008 input,
+# 256/64/32-channel embeddings at 72/144/288, 288x288 masks) and shrinks only what is inside the graphs:
+# a 2-layer, 32-wide ViT and a narrower decoder MLP. The fixtures therefore exercise the true tensor
+# contract, the true store sizes and the true decoder cost, at a few MB of ONNX.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "vision_config": {
+            "backbone_config": {
+                "model_type": "sam3_vit_model",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "global_attn_indexes": [1],
+            }
+        },
+        "mask_decoder_config": {"mlp_dim": 256, "iou_head_hidden_dim": 64},
+    },
+    "full": {},
+}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def build_model(*, checkpoint: Path | None, config: str, seed: int) -> nn.Module:
+    """Loads a checkpoint folder, or builds the named config with variance-preserving random weights."""
+    from transformers import Sam3TrackerConfig, Sam3TrackerModel
+
+    if checkpoint is not None:
+        model = Sam3TrackerModel.from_pretrained(checkpoint)
+    else:
+        torch.manual_seed(seed)
+        model = Sam3TrackerModel(Sam3TrackerConfig(**CONFIGS[config]))
+        reinitialise(model, seed)
+    return model.eval()
+
+
+def reinitialise(model: nn.Module, seed: int) -> None:
+    """Re-draws every weight so activations keep their scale through the network.
+
+    transformers' own initialiser (N(0, 0.02), zero biases) makes a random SAM3 collapse to mask logits
+    of ~1e-4, which would make every parity test pass trivially (DESIGN §3).
+    """
+    generator = torch.Generator().manual_seed(seed)
+
+    def normal_(tensor: torch.Tensor, std: float) -> None:
+        tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear | nn.Conv2d):
+                normal_(module.weight, 1.0 / math.sqrt(module.weight[0].numel()))
+            elif isinstance(module, nn.ConvTranspose2d):
+                taps_per_output = module.weight.shape[0] * math.prod(module.kernel_size) / math.prod(module.stride)
+                normal_(module.weight, 1.0 / math.sqrt(taps_per_output))
+            elif isinstance(module, nn.Embedding):
+                normal_(module.weight, 1.0)
+            else:
+                continue
+            if getattr(module, "bias", None) is not None:
+                normal_(module.bias, 0.1)
+        for name, parameter in model.named_parameters():
+            if name.endswith("position_embeddings") or name == "no_memory_embedding":
+                normal_(parameter, 0.5)
+
+
+class VisionEncoderGraph(nn.Module):
+    """pixel_values -> the three embeddings the tracker's mask decoder consumes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.get_image_embeddings(pixel_values))
+
+
+class PromptDecoderGraph(nn.Module):
+    """Prompt encoder + mask decoder on precomputed embeddings, always with three candidate masks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_points: torch.Tensor,
+        input_labels: torch.Tensor,
+        input_boxes: torch.Tensor,
+        embedding_0: torch.Tensor,
+        embedding_1: torch.Tensor,
+        embedding_2: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        prompt_encoder = self.model.prompt_encoder
+        batch, prompts = input_points.shape[0], input_points.shape[1]
+        point_tokens = prompt_encoder._embed_points(input_points, input_labels, pad=False)
+        box_tokens = prompt_encoder._embed_boxes(input_boxes)
+        # [B,0,3,D] when no prompt has a box: reshaping to [B,P,0,D] lets clicks-only prompts through.
+        box_tokens = box_tokens.reshape(batch, prompts, -1, box_tokens.shape[-1])
+        sparse = torch.cat([point_tokens, box_tokens], dim=2)
+        height, width = embedding_2.shape[-2:]
+        dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, height, width)
+        positional = self.model.get_image_wide_positional_embeddings().repeat(batch, 1, 1, 1)
+        masks, iou_scores, _, object_score_logits = self.model.mask_decoder(
+            image_embeddings=embedding_2,
+            image_positional_embeddings=positional,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+            high_resolution_features=[embedding_0, embedding_1],
+        )
+        return iou_scores, masks, object_score_logits
+
+
+@dataclass(frozen=True)
+class GraphInputs:
+    """Example inputs used to trace (and then to validate) the two graphs."""
+
+    pixel_values: torch.Tensor
+    points: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor
+
+
+def example_inputs(image_size: int, seed: int) -> GraphInputs:
+    generator = torch.Generator().manual_seed(seed)
+    points = torch.rand((1, 2, 3, 2), generator=generator) * image_size
+    labels = torch.tensor([[[1, 0, 1], [1, 1, -10]]], dtype=torch.int64)
+    corners = torch.rand((1, 2, 2, 2), generator=generator).sort(dim=2).values * image_size
+    return GraphInputs(
+        pixel_values=torch.randn((1, 3, image_size, image_size), generator=generator),
+        points=points,
+        labels=labels,
+        boxes=corners.reshape(1, 2, 4),
+    )
+
+
+def _save(onnx_path: Path) -> None:
+    """Moves weights of a large graph into `<name>.onnx_data`, the layout onnx-community publishes."""
+    import onnx
+
+    if onnx_path.stat().st_size < EXTERNAL_DATA_BYTES and not list(onnx_path.parent.glob(f"{onnx_path.name}*data")):
+        return
+    model = onnx.load(str(onnx_path))
+    for stale in onnx_path.parent.glob(f"{onnx_path.stem}*"):
+        if stale != onnx_path and stale.suffix != ".json":
+            stale.unlink()
+    onnx.save_model(
+        model,
+        str(onnx_path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=f"{onnx_path.name}_data",
+        size_threshold=1024,
+    )
+
+
+def export_graphs(model: nn.Module, out_dir: Path, image_size: int) -> dict[str, float]:
+    """Traces both graphs with the legacy TorchScript exporter (DESIGN §3) and returns seconds per graph."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = example_inputs(image_size, seed=0)
+    seconds: dict[str, float] = {}
+
+    started = time.perf_counter()
+    encoder_path = out_dir / ENCODER_FILE
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(inputs.pixel_values)
+        torch.onnx.export(
+            VisionEncoderGraph(model),
+            (inputs.pixel_values,),
+            str(encoder_path),
+            input_names=["pixel_values"],
+            output_names=list(EMBEDDING_NAMES),
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    _save(encoder_path)
+    seconds["vision_encoder"] = time.perf_counter() - started
+    log(f"  vision encoder written in {seconds['vision_encoder']:.1f} s")
+
+    started = time.perf_counter()
+    decoder_path = out_dir / DECODER_FILE
+    with torch.no_grad():
+        torch.onnx.export(
+            PromptDecoderGraph(model),
+            (inputs.points, inputs.labels, inputs.boxes, *embeddings),
+            str(decoder_path),
+            input_names=["input_points", "input_labels", "input_boxes", *EMBEDDING_NAMES],
+            output_names=["iou_scores", "pred_masks", "object_score_logits"],
+            dynamic_axes={
+                "input_points": {0: "batch", 1: "prompts", 2: "points"},
+                "input_labels": {0: "batch", 1: "prompts", 2: "points"},
+                "input_boxes": {0: "batch", 1: "boxes"},
+                "iou_scores": {0: "batch", 1: "prompts"},
+                "pred_masks": {0: "batch", 1: "prompts"},
+                "object_score_logits": {0: "batch", 1: "prompts"},
+            },
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    _save(decoder_path)
+    seconds["prompt_encoder_mask_decoder"] = time.perf_counter() - started
+    log(f"  prompt encoder + mask decoder written in {seconds['prompt_encoder_mask_decoder']:.1f} s")
+    return seconds
+
+
+def quantize(out_dir: Path, kind: str) -> Path:
+    """Writes `vision_encoder_<kind>.onnx`: dynamic int8 MatMul weights, or 4-bit MatMulNBits blocks."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = out_dir / ENCODER_FILE
+    target = out_dir / f"vision_encoder_{kind}.onnx"
+    large = (out_dir / f"{ENCODER_FILE}_data").exists()
+    if kind == "int8":
+        quantize_dynamic(
+            source, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+            use_external_data_format=large,
+        )
+    elif kind == "q4":
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), block_size=32, is_symmetric=True)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(target), use_external_data_format=large)
+    else:
+        raise ValueError(f"unknown quantization {kind!r}: choose int8 or q4")
+    return target
+
+
+def write_preprocessor_config(out_dir: Path, image_size: int) -> None:
+    """The transformers image-processor settings the runtime reads (size, mean, std, resample)."""
+    config = {
+        "image_processor_type": "Sam3ImageProcessor",
+        "processor_class": "Sam3TrackerProcessor",
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "rescale_factor": 1 / 255,
+        "resample": 2,
+        "size": {"height": image_size, "width": image_size},
+        "mask_size": {"height": image_size * 2 // 7, "width": image_size * 2 // 7},
+    }
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_manifest(out_dir: Path, model: nn.Module, source: dict[str, Any]) -> None:
+    """Records how to rebuild the same weights, and the one fact the runtime must know about the graph.
+
+    Deterministic (no timings, no dates): re-exporting the same weights rewrites identical bytes.
+    """
+    import onnx
+    import transformers
+
+    manifest = {
+        "format": "sam3-service/model-folder/1",
+        "source": source,
+        # Our decoder graph never adds transformers' clicks-only "not a point" pad: the runtime must.
+        "decoder_appends_pad_point": False,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "config": model.config.to_dict(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "onnx": onnx.__version__,
+        },
+        "files": {
+            path.name: path.stat().st_size for path in sorted(out_dir.iterdir()) if path.name != "manifest.json"
+        },
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def validate(model: nn.Module, out_dir: Path, image_size: int) -> dict[str, float]:
+    """Runs torch and ONNX Runtime on fresh random inputs; returns the max |difference| per output."""
+    import onnxruntime as ort
+
+    inputs = example_inputs(image_size, seed=1234)
+    errors: dict[str, float] = {}
+    with torch.no_grad():
+        reference_embeddings = [e.numpy() for e in model.get_image_embeddings(inputs.pixel_values)]
+    encoder = ort.InferenceSession(str(out_dir / ENCODER_FILE), providers=["CPUExecutionProvider"])
+    embeddings = encoder.run(list(EMBEDDING_NAMES), {"pixel_values": inputs.pixel_values.numpy()})
+    for name, ours, theirs in zip(EMBEDDING_NAMES, embeddings, reference_embeddings, strict=True):
+        errors[name] = float(np.abs(ours - theirs).max())
+
+    decoder = ort.InferenceSession(str(out_dir / DECODER_FILE), providers=["CPUExecutionProvider"])
+    graph = PromptDecoderGraph(model)
+    torch_embeddings = [torch.from_numpy(e) for e in reference_embeddings]
+    no_boxes = torch.zeros((1, 0, 4))
+    cases = {
+        "clicks": (inputs.points, inputs.labels, no_boxes),
+        "box": (torch.zeros((1, 2, 0, 2)), torch.zeros((1, 2, 0), dtype=torch.int64), inputs.boxes),
+        "box+clicks": (inputs.points, inputs.labels, inputs.boxes),
+    }
+    for case, (points, labels, boxes) in cases.items():
+        with torch.no_grad():
+            expected = [t.numpy() for t in graph(points, labels, boxes, *torch_embeddings)]
+        feeds = {"input_points": points.numpy(), "input_labels": labels.numpy(), "input_boxes": boxes.numpy()}
+        feeds.update(zip(EMBEDDING_NAMES, reference_embeddings, strict=True))
+        actual = decoder.run(["iou_scores", "pred_masks", "object_score_logits"], feeds)
+        for name, ours, theirs in zip(("iou_scores", "pred_masks", "object_score_logits"), actual, expected,
+                                      strict=True):
+            key = f"{case}/{name}"
+            errors[key] = float(np.abs(ours - theirs).max())
+    return errors
+
+
+def run(
+    *,
+    out_dir: Path,
+    checkpoint: Path | None,
+    config: str,
+    seed: int,
+    quantizations: list[str],
+    check: bool,
+) -> dict[str, Any]:
+    """The `sam3 export` command: build, export, optionally quantize and validate. Returns a summary."""
+    started = time.perf_counter()
+    source: dict[str, Any] = (
+        {"checkpoint": str(checkpoint)} if checkpoint else {"random_init": True, "config": config, "seed": seed}
+    )
+    log(f"building Sam3TrackerModel ({source})")
+    model = build_model(checkpoint=checkpoint, config=config, seed=seed)
+    image_size = int(model.config.vision_config.backbone_config.image_size)
+    log(f"  {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, input {image_size}x{image_size}")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    seconds = export_graphs(model, out_dir, image_size)
+    for kind in quantizations:
+        t0 = time.perf_counter()
+        path = quantize(out_dir, kind)
+        seconds[f"quantize_{kind}"] = time.perf_counter() - t0
+        log(f"  {path.name} written in {seconds[f'quantize_{kind}']:.1f} s")
+    write_preprocessor_config(out_dir, image_size)
+    write_manifest(out_dir, model, source)
+    summary: dict[str, Any] = {"out_dir": str(out_dir), "seconds": seconds}
+    if check:
+        errors = validate(model, out_dir, image_size)
+        summary["validation_max_abs_error"] = errors
+        log("validation (max |torch - onnxruntime|):")
+        for name, error in errors.items():
+            log(f"  {name:40s} {error:.3g}")
+    for path in sorted(out_dir.iterdir()):
+        log(f"  {path.name:45s} {path.stat().st_size / 1e6:10.1f} MB")
+    log(f"done in {time.perf_counter() - started:.1f} s (python {sys.version.split()[0]}, torch {torch.__version__})")
+    return summary
