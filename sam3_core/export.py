@@ -252,7 +252,10 @@ def quantize(out_dir: Path, kind: str) -> Path:
     large = (out_dir / f"{ENCODER_FILE}_data").exists()
     if kind == "int8":
         quantize_dynamic(
-            source, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+            source,
+            target,
+            op_types_to_quantize=["MatMul"],
+            weight_type=QuantType.QInt8,
             use_external_data_format=large,
         )
     elif kind == "q4":
@@ -307,9 +310,7 @@ def write_manifest(out_dir: Path, model: nn.Module, source: dict[str, Any]) -> N
             "transformers": transformers.__version__,
             "onnx": onnx.__version__,
         },
-        "files": {
-            path.name: path.stat().st_size for path in sorted(out_dir.iterdir()) if path.name != "manifest.json"
-        },
+        "files": {path.name: path.stat().st_size for path in sorted(out_dir.iterdir()) if path.name != "manifest.json"},
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
@@ -342,8 +343,9 @@ def validate(model: nn.Module, out_dir: Path, image_size: int) -> dict[str, floa
         feeds = {"input_points": points.numpy(), "input_labels": labels.numpy(), "input_boxes": boxes.numpy()}
         feeds.update(zip(EMBEDDING_NAMES, reference_embeddings, strict=True))
         actual = decoder.run(["iou_scores", "pred_masks", "object_score_logits"], feeds)
-        for name, ours, theirs in zip(("iou_scores", "pred_masks", "object_score_logits"), actual, expected,
-                                      strict=True):
+        for name, ours, theirs in zip(
+            ("iou_scores", "pred_masks", "object_score_logits"), actual, expected, strict=True
+        ):
             key = f"{case}/{name}"
             errors[key] = float(np.abs(ours - theirs).max())
     return errors

@@ -1,0 +1,132 @@
+"""Turning whatever a user hands us into the RGB pixels a viewer would show, with explicit limits.
+
+transformers' SAM3 processor is the reference for the conversion: transparency is composited onto
+white (Pillow's plain `convert("RGB")` would drop alpha and change the masks), everything else goes
+through Pillow's `convert("RGB")`. Unlike transformers we also apply the EXIF orientation, because a
+user's clicks are in the coordinates of the image as they see it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Formats a photo realistically arrives in. Anything else (EPS runs Ghostscript, for one) is refused.
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: above any phone camera, far below a decompression bomb.
+
+ImageInput = bytes | bytearray | memoryview | str | Path | Image.Image | np.ndarray
+
+
+class ImageError(ValueError):
+    """The input is not an image we can segment; the message says why in words a user can act on."""
+
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What a worker accepts: total pixels after decoding and the container formats."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    formats: frozenset[str] = ALLOWED_FORMATS
+
+
+def decode_image(data: bytes | bytearray | memoryview, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """Encoded file bytes -> H x W x 3 uint8 RGB, EXIF-oriented. Raises ImageError for anything else."""
+    if len(data) == 0:
+        raise ImageError("the image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in limits.formats:
+                raise ImageError(
+                    f"image format {image.format or 'unknown'} is not accepted; "
+                    f"send one of {', '.join(sorted(limits.formats))}"
+                )
+            _check_size(image.width, image.height, limits)
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"the image is too large to decode safely: {error}", too_large=True) from error
+    except Exception as error:  # Pillow raises many types for corrupt data; all mean "not an image".
+        raise ImageError(
+            f"cannot decode the image ({type(error).__name__}: {error}); send a JPEG, PNG or WebP"
+        ) from error
+    return to_rgb(image)
+
+
+def _check_size(width: int, height: int, limits: ImageLimits) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"the image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            f"the image is {width}x{height} = {width * height / 1e6:.1f} MP, above the limit of "
+            f"{limits.max_pixels / 1e6:.1f} MP; downscale it first",
+            too_large=True,
+        )
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """A decoded PIL image -> H x W x 3 uint8 RGB: EXIF orientation, 16-bit scaled, alpha onto white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float greyscale: Pillow's convert("RGB") clips at 255 (an all-white picture);
+        # scale to 8 bits the way a viewer would instead.
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I") and values.max() > 255 else max(values.max(), 1.0)
+        image = Image.fromarray(np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("RGB"))
+
+
+def load_image(source: ImageInput, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """Paths, encoded bytes, PIL images and arrays -> H x W x 3 uint8 RGB (the library's one entry)."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return decode_image(source, limits)
+    if isinstance(source, str | Path):
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise ImageError(f"cannot read {path}: {error.strerror or error}") from error
+        return decode_image(data, limits)
+    if isinstance(source, Image.Image):
+        _check_size(source.width, source.height, limits)
+        return to_rgb(source)
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source, limits)
+    raise TypeError(f"expected a path, bytes, a PIL image or a numpy array, got {type(source).__name__}")
+
+
+def _array_to_rgb(array: np.ndarray, limits: ImageLimits) -> np.ndarray:
+    """Arrays are taken as already-oriented pixels: H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGBA)."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageError(f"expected an H x W, H x W x 3 or H x W x 4 array, got shape {array.shape}")
+    _check_size(array.shape[1], array.shape[0], limits)
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+            raise ImageError(f"expected finite uint8 pixels, got dtype {array.dtype}")
+        if array.max(initial=0) <= 1.0 and np.issubdtype(array.dtype, np.floating):
+            array = array * 255.0
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=2)
+    if array.shape[2] == 4:
+        return to_rgb(Image.fromarray(np.ascontiguousarray(array), "RGBA"))
+    return np.ascontiguousarray(array)

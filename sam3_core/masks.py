@@ -1,0 +1,66 @@
+"""Binary masks at the original size, and the wire formats they travel in (PNG, COCO RLE, packed bits)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class CocoRle:
+    """Uncompressed COCO run-length encoding: column-major runs, starting with a background run."""
+
+    counts: list[int]
+    size: tuple[int, int]  # (height, width)
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """COCO (x, y, width, height) of the foreground; zeros for an empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return (0, 0, 0, 0)
+    cols = np.flatnonzero(mask.any(axis=0))
+    return (int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
+
+
+def to_png(mask: np.ndarray) -> bytes:
+    """A truly binary 0/255 greyscale PNG at the mask's size."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.where(mask, np.uint8(255), np.uint8(0)), "L").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def from_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 127
+
+
+def to_coco_rle(mask: np.ndarray) -> CocoRle:
+    """COCO RLE (what pycocotools' `frPyObjects`/`decode` read) straight from the boolean mask."""
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    boundaries = np.concatenate(([0], changes, [flat.size]))
+    counts = np.diff(boundaries).tolist()
+    if flat.size and flat[0]:
+        counts.insert(0, 0)
+    return CocoRle(counts=counts, size=(int(mask.shape[0]), int(mask.shape[1])))
+
+
+def from_coco_rle(rle: CocoRle) -> np.ndarray:
+    height, width = rle.size
+    values = np.zeros(len(rle.counts), dtype=bool)
+    values[1::2] = True
+    flat = np.repeat(values, rle.counts)
+    return flat.reshape((width, height)).T
+
+
+def to_packed_bits(mask: np.ndarray) -> bytes:
+    """The whole mask row-major as one bit string, most significant bit first (np.packbits), no row padding."""
+    return np.packbits(np.asarray(mask, dtype=bool).reshape(-1)).tobytes()
+
+
+def from_packed_bits(data: bytes, height: int, width: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(data, np.uint8), count=height * width)
+    return bits.reshape(height, width).astype(bool)

@@ -1,0 +1,209 @@
+"""The SAM3 tracker's two ONNX Runtime sessions, read from a folder in the onnx-community layout.
+
+One class for the model family (as rembg does): it knows the file names, the tensor contract, the
+preprocessing settings and the model id that namespaces cached embeddings. Graph shapes are read
+from the sessions, never assumed, so SAM2.1 onnx-community folders load through the same path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+EMBEDDING_INPUTS = ("image_embeddings.0", "image_embeddings.1", "image_embeddings.2")
+DECODER_OUTPUTS = ("iou_scores", "pred_masks", "object_score_logits")
+# GPU and NPU providers in order of preference; the CPU provider is always the fallback.
+ACCELERATED_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider", "DmlExecutionProvider")
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The folder lacks the graph files; the message lists what was looked for and what to do."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Image-processor settings that change the embeddings (and so the model id)."""
+
+    size: tuple[int, int] = (1008, 1008)  # (height, width) of the encoder input
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> Preprocessing:
+        """Reads preprocessor_config.json when present (SAM2.1 folders: 1024 px, ImageNet mean/std)."""
+        path = folder / "preprocessor_config.json"
+        if not path.exists():
+            return cls()
+        config = json.loads(path.read_text())
+        size = config.get("size", {})
+        if "longest_edge" in size:
+            height = width = int(size["longest_edge"])
+        else:
+            height, width = int(size.get("height", 1008)), int(size.get("width", 1008))
+        return cls(
+            size=(height, width),
+            mean=tuple(float(v) for v in config.get("image_mean", cls.mean)),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in config.get("image_std", cls.std)),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How sessions run: execution providers ("auto" picks an accelerator when one is installed) and threads."""
+
+    providers: tuple[str, ...] | str = "auto"
+    intra_op_threads: int = 0  # 0 lets ONNX Runtime use every core
+    inter_op_threads: int = 1
+
+    def resolved_providers(self) -> list[str]:
+        available = ort.get_available_providers()
+        if self.providers == "auto":
+            return [p for p in ACCELERATED_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            raise ValueError(f"execution providers {missing} are not in this onnxruntime build; available: {available}")
+        return list(self.providers)
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = self.inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: shape-merge notices on load are noise to users
+        return options
+
+
+def graph_path(folder: Path, stem: str, variant: str | None) -> Path:
+    """`<stem>[_variant].onnx` in the folder or its `onnx/` subfolder (the hub repos' layout)."""
+    name = f"{stem}_{variant}.onnx" if variant and variant != "fp32" else f"{stem}.onnx"
+    for candidate in (folder / name, folder / "onnx" / name):
+        if candidate.exists():
+            return candidate
+    present = sorted(p.name for p in [*folder.glob("*.onnx"), *folder.glob("onnx/*.onnx")])
+    raise ModelNotFoundError(
+        f"{name} not found in {folder} (nor in {folder / 'onnx'}); present: {present or 'no .onnx files'}. "
+        "Point --model-dir at a folder in the onnx-community layout, or create one with `sam3 export`."
+    )
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for part in (path, path.with_name(path.name + "_data")):
+        if part.exists():
+            with part.open("rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def compute_model_id(encoder_path: Path, preprocessing: Preprocessing) -> str:
+    """Changes whenever the encoder weights or the preprocessing change: cached embeddings stay valid."""
+    digest = hashlib.sha256(_file_digest(encoder_path).encode())
+    digest.update(json.dumps([preprocessing.size, preprocessing.mean, preprocessing.std]).encode())
+    stem = encoder_path.stem.removeprefix("vision_encoder").lstrip("_") or "fp32"
+    return f"{stem}-{digest.hexdigest()[:16]}"
+
+
+class Sam3Model:
+    """Loads the encoder and/or decoder graphs of one model folder and runs them."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        variant: str | None = None,
+        decoder_variant: str | None = None,
+        runtime: RuntimeOptions = RuntimeOptions(),
+        load_encoder: bool = True,
+        load_decoder: bool = True,
+    ) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ModelNotFoundError(
+                f"model folder {self.folder} does not exist; pass a folder in the onnx-community layout "
+                "or create one with `sam3 export --random-init --config tiny --out DIR`"
+            )
+        self.variant = variant or "fp32"
+        self.preprocessing = Preprocessing.from_folder(self.folder)
+        self.encoder_path = graph_path(self.folder, "vision_encoder", variant)
+        self.decoder_path = graph_path(self.folder, "prompt_encoder_mask_decoder", decoder_variant)
+        self.manifest = self._read_manifest()
+        self.model_id = compute_model_id(self.encoder_path, self.preprocessing)
+        self.runtime = runtime
+        providers = runtime.resolved_providers()
+        self.providers = providers
+        self._encoder = self._session(self.encoder_path, providers) if load_encoder else None
+        self._decoder = self._session(self.decoder_path, providers) if load_decoder else None
+
+    def _read_manifest(self) -> dict[str, Any]:
+        path = self.folder / "manifest.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _session(self, path: Path, providers: list[str]) -> ort.InferenceSession:
+        return ort.InferenceSession(str(path), sess_options=self.runtime.session_options(), providers=providers)
+
+    @property
+    def appends_pad_point(self) -> bool:
+        """Whether the decoder graph adds transformers' clicks-only pad itself (our exports: no).
+
+        Graphs traced with `input_boxes` as an input never take transformers' pad branch, so the
+        default for folders without a manifest is False too (see docs/model-contract.md).
+        """
+        return bool(self.manifest.get("decoder_appends_pad_point", False))
+
+    @property
+    def encoder(self) -> ort.InferenceSession:
+        if self._encoder is None:
+            raise RuntimeError("this Sam3Model was loaded without its encoder (load_encoder=False)")
+        return self._encoder
+
+    @property
+    def decoder(self) -> ort.InferenceSession:
+        if self._decoder is None:
+            raise RuntimeError("this Sam3Model was loaded without its decoder (load_decoder=False)")
+        return self._decoder
+
+    def embedding_shapes(self) -> list[tuple[int, ...]]:
+        """[C, H, W]-style shapes of the three embeddings, read from whichever graph is loaded."""
+        if self._encoder is not None:
+            return [tuple(o.shape) for o in self._encoder.get_outputs()]
+        inputs = {i.name: i for i in self.decoder.get_inputs()}
+        return [tuple(inputs[name].shape) for name in EMBEDDING_INPUTS]
+
+    @property
+    def mask_size(self) -> tuple[int, int]:
+        """(height, width) of the low-resolution masks: 4x the finest embedding's stride."""
+        shape = self.embedding_shapes()[0]
+        return int(shape[-2]), int(shape[-1])
+
+    def run_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, ...]:
+        """pixel_values [1,3,H,W] float32 -> the three float32 embeddings (cast if the graph is fp16)."""
+        (model_input,) = self.encoder.get_inputs()
+        feed = pixel_values.astype(_NUMPY_TYPES.get(model_input.type, np.float32), copy=False)
+        outputs = self.encoder.run(None, {model_input.name: feed})
+        return tuple(np.asarray(o, dtype=np.float32) for o in outputs)
+
+    def run_decoder(
+        self, points: np.ndarray, labels: np.ndarray, boxes: np.ndarray, embeddings: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (iou_scores [1,P,3], pred_masks [1,P,3,h,w], object_score_logits [1,P,1]) as float32."""
+        feeds = {"input_points": points, "input_labels": labels, "input_boxes": boxes}
+        feeds.update(zip(EMBEDDING_INPUTS, embeddings, strict=True))
+        for model_input in self.decoder.get_inputs():
+            wanted = _NUMPY_TYPES.get(model_input.type)
+            if wanted is not None and feeds[model_input.name].dtype != wanted:
+                feeds[model_input.name] = feeds[model_input.name].astype(wanted)
+        iou, masks, objects = self.decoder.run(list(DECODER_OUTPUTS), feeds)
+        return (np.asarray(iou, np.float32), np.asarray(masks, np.float32), np.asarray(objects, np.float32))

@@ -1,0 +1,159 @@
+"""Set an image once, predict many prompts: the in-process API SAM users know from `SamPredictor`.
+
+`encode` and `decode` are the two pure steps the services also use; `Predictor` holds one image's
+embeddings between calls. Masks are upsampled lazily, one at a time, because a 4000x3000 mask costs
+more than the decoder itself and most callers want only the best one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from sam3_core.embeddings import ImageEmbeddings
+from sam3_core.images import ImageInput, ImageLimits, load_image
+from sam3_core.model import Sam3Model
+from sam3_core.preprocess import pixel_values
+from sam3_core.prompts import Prompt, PromptLimits, build_batches, validate
+from sam3_core.resize import upsample_logits, upsample_logits_to_mask
+
+
+@dataclass(frozen=True)
+class ObjectPrediction:
+    """The decoder's answer for one object: three candidate masks, their IoU estimates, presence."""
+
+    iou_scores: np.ndarray  # float32 (3,), already sigmoided by the model
+    object_score_logit: float
+    low_res_logits: np.ndarray  # float32 (3, h, w) mask logits at the decoder's resolution
+    original_size: tuple[int, int]  # (height, width)
+
+    @property
+    def best_index(self) -> int:
+        return int(np.argmax(self.iou_scores))
+
+    @property
+    def presence(self) -> float:
+        """Probability that the object is in the image at all: sigmoid of the object score."""
+        return float(1.0 / (1.0 + np.exp(-self.object_score_logit)))
+
+    def mask(self, index: int | None = None) -> np.ndarray:
+        """Boolean H x W mask at the original size; the best one (highest IoU) unless told otherwise."""
+        chosen = self.best_index if index is None else _check_index(index, len(self.iou_scores))
+        return upsample_logits_to_mask(self.low_res_logits[chosen], *self.original_size)
+
+    def masks(self) -> np.ndarray:
+        """All candidate masks, boolean [3, H, W]."""
+        return upsample_logits(self.low_res_logits, *self.original_size) > 0
+
+
+def _check_index(index: int, count: int) -> int:
+    if not 0 <= index < count:
+        raise IndexError(f"mask index {index} out of range: the model returns masks 0..{count - 1}")
+    return index
+
+
+@dataclass
+class StageTimer:
+    """Milliseconds per named stage, for responses, metrics and benchmarks."""
+
+    milliseconds: dict[str, float] = field(default_factory=dict)
+
+    def measure(self, stage: str, started: float) -> None:
+        self.milliseconds[stage] = self.milliseconds.get(stage, 0.0) + (time.perf_counter() - started) * 1000
+
+
+def encode(model: Sam3Model, rgb: np.ndarray, timer: StageTimer | None = None) -> ImageEmbeddings:
+    """RGB uint8 H x W x 3 -> ImageEmbeddings (float32) for this model."""
+    timer = timer or StageTimer()
+    started = time.perf_counter()
+    inputs = pixel_values(rgb, model.preprocessing)
+    timer.measure("preprocess", started)
+    started = time.perf_counter()
+    tensors = model.run_encoder(inputs)
+    timer.measure("model", started)
+    return ImageEmbeddings(tensors, (int(rgb.shape[0]), int(rgb.shape[1])), model.model_id)
+
+
+def decode(
+    model: Sam3Model,
+    embeddings: ImageEmbeddings,
+    prompts: Sequence[Prompt],
+    *,
+    limits: PromptLimits = PromptLimits(),
+    timer: StageTimer | None = None,
+) -> list[ObjectPrediction]:
+    """Runs the prompt encoder + mask decoder for every object; results in the order of `prompts`."""
+    timer = timer or StageTimer()
+    started = time.perf_counter()
+    validate(prompts, embeddings.original_size, limits)
+    batches = build_batches(
+        prompts, embeddings.original_size, model.preprocessing.size, appends_pad_point=model.appends_pad_point
+    )
+    timer.measure("prompt", started)
+    results: list[ObjectPrediction | None] = [None] * len(prompts)
+    for batch in batches:
+        started = time.perf_counter()
+        iou, masks, object_logits = model.run_decoder(batch.points, batch.labels, batch.empty_boxes, embeddings.tensors)
+        timer.measure("model", started)
+        for row, index in enumerate(batch.object_indices):
+            results[index] = ObjectPrediction(
+                iou_scores=iou[0, row],
+                object_score_logit=float(object_logits[0, row, 0]),
+                low_res_logits=masks[0, row],
+                original_size=embeddings.original_size,
+            )
+    return [r for r in results if r is not None]
+
+
+class Predictor:
+    """`set_image` once (the expensive encoder), then `predict` any number of prompts against it."""
+
+    def __init__(
+        self,
+        model: Sam3Model,
+        *,
+        image_limits: ImageLimits = ImageLimits(),
+        prompt_limits: PromptLimits = PromptLimits(),
+    ) -> None:
+        self.model = model
+        self.image_limits = image_limits
+        self.prompt_limits = prompt_limits
+        self._embeddings: ImageEmbeddings | None = None
+
+    @cached_property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    def set_image(self, image: ImageInput) -> ImageEmbeddings:
+        """Encodes the image (path, bytes, PIL image or array); returns the embeddings, which serialise."""
+        self._embeddings = encode(self.model, load_image(image, self.image_limits))
+        return self._embeddings
+
+    def set_embeddings(self, embeddings: ImageEmbeddings) -> None:
+        """Reuses embeddings computed earlier (or elsewhere) for the same model."""
+        if embeddings.model_id != self.model.model_id:
+            raise ValueError(f"embeddings are for model {embeddings.model_id}, this predictor runs {self.model_id}")
+        self._embeddings = embeddings
+
+    @property
+    def embeddings(self) -> ImageEmbeddings:
+        if self._embeddings is None:
+            raise RuntimeError("call set_image() (or set_embeddings()) before predict()")
+        return self._embeddings
+
+    def predict(
+        self,
+        points: Sequence[Sequence[float]] | np.ndarray | None = None,
+        labels: Sequence[int] | np.ndarray | None = None,
+        box: Sequence[float] | np.ndarray | None = None,
+    ) -> ObjectPrediction:
+        """One object from clicks (labels: 1 foreground, 0 background; default all foreground) and/or a box."""
+        return self.predict_objects([Prompt.of(points, labels, box)])[0]
+
+    def predict_objects(self, prompts: Sequence[Prompt]) -> list[ObjectPrediction]:
+        """Several objects in one call, one result per prompt, in order."""
+        return decode(self.model, self.embeddings, prompts, limits=self.prompt_limits)

@@ -1,0 +1,60 @@
+"""The in-process core against transformers itself (processor + model + post_process_masks), every case."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+
+import references
+from sam3_core.embeddings import ImageEmbeddings
+from sam3_core.model import Sam3Model
+from sam3_core.predictor import Predictor
+
+
+@cache
+def model() -> Sam3Model:
+    return Sam3Model(references.MODEL_DIR)
+
+
+@cache
+def embeddings_for(image: str) -> ImageEmbeddings:
+    return Predictor(model()).set_image(references.IMAGES_DIR / image)
+
+
+def assert_matches_reference(predictions: list, reference: references.Reference) -> None:
+    """The acceptance bar: >= 99.9 % mask pixels, scores within 1e-4, logits within fp16 storage error."""
+    assert len(predictions) == len(reference.objects)
+    for k, prediction in enumerate(predictions):
+        np.testing.assert_allclose(prediction.iou_scores, reference.iou_scores[k], atol=references.SCORE_TOLERANCE)
+        expected_presence = 1 / (1 + np.exp(-reference.object_score_logits[k, 0]))
+        assert abs(prediction.presence - expected_presence) <= references.SCORE_TOLERANCE
+        assert prediction.best_index == int(np.argmax(reference.iou_scores[k]))
+        logits_error = np.abs(prediction.low_res_logits - reference.low_res_logits[k])
+        assert np.all(logits_error <= 1e-3 + np.abs(reference.low_res_logits[k]) * 2**-10)
+        masks = prediction.masks()
+        for i in range(3):
+            agreement = references.agreement(masks[i], reference.masks[k, i])
+            assert agreement >= references.MIN_MASK_AGREEMENT, f"object {k} mask {i}: {agreement:.6f}"
+        assert np.array_equal(prediction.mask(), masks[prediction.best_index])
+
+
+@pytest.mark.parametrize(("image", "case"), references.all_cases(), ids=lambda v: str(v))
+def test_core_matches_transformers(image: str, case: str) -> None:
+    reference = references.load(image, case)
+    embeddings = embeddings_for(image)
+    assert embeddings.original_size == (reference.height, reference.width)
+    predictor = Predictor(model())
+    predictor.set_embeddings(embeddings)
+    assert_matches_reference(predictor.predict_objects(reference.prompts), reference)
+
+
+def test_references_are_not_trivial() -> None:
+    """Random weights must still give masks with real foreground and background, or parity proves little."""
+    for image, case in references.all_cases():
+        reference = references.load(image, case)
+        best = reference.masks[np.arange(len(reference.objects)), reference.iou_scores.argmax(-1)]
+        fractions = best.mean(axis=(-2, -1))
+        assert np.all((fractions > 0.01) & (fractions < 0.99)), (image, case, fractions)
+        assert np.ptp(reference.low_res_logits) > 1.0
