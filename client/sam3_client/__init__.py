@@ -1,0 +1,1 @@
+"""Python SDK and command line for sam3-service."""
