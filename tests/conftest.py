@@ -1,0 +1,49 @@
+"""Shared fixtures: a real Redis-protocol server for every test that needs one (never a mock).
+
+Set REDIS_URL to run against your own server instead of an embedded one. Tests then never flush
+it: each test gets its own key namespace (`redis_namespace`) and deletes only those keys.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from sam3_serving.redis_server import EmbeddedRedis, start_embedded_redis
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a Redis shared by the session: $REDIS_URL if set, else an embedded server."""
+    external = os.environ.get("REDIS_URL")
+    if external:
+        yield external
+        return
+    with start_embedded_redis(maxmemory="256mb") as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_namespace(redis_url: str) -> Iterator[str]:
+    """A key prefix unique to this test; its keys are deleted afterwards (the server is never flushed)."""
+    import redis
+
+    prefix = f"sam3test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """A private embedded server this test may stop, kill and restart."""
+    with start_embedded_redis(maxmemory="256mb") as server:
+        yield server
