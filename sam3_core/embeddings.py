@@ -1,12 +1,13 @@
 """An encoded image, and its self-describing binary form (the value the embedding store keeps).
 
 Layout, little-endian: a fixed header, the model id, one shape record per tensor, then the raw tensors
-back to back. A CRC-32 over everything after the header guards against truncated or corrupted values:
+back to back. A CRC-32 over the whole value (its own field excluded) guards against truncated or corrupted values:
 a value that fails any check raises `EmbeddingFormatError`, which the store treats as a cache miss.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -55,14 +56,12 @@ def serialize(embeddings: ImageEmbeddings) -> bytes:
     model_id = embeddings.model_id.encode()
     shapes = b"".join(struct.pack(f"<B{t.ndim}I", t.ndim, *t.shape) for t in embeddings.tensors)
     payload = [model_id, shapes, *(np.ascontiguousarray(t, dtype=dtype).data for t in embeddings.tensors)]
-    crc = 0
+    height, width = embeddings.original_size
+    fields = (MAGIC, FORMAT_VERSION, _DTYPE_CODES[dtype], len(embeddings.tensors), height, width, len(model_id))
+    crc = zlib.crc32(_HEADER.pack(*fields, 0))
     for part in payload:
         crc = zlib.crc32(part, crc)
-    height, width = embeddings.original_size
-    header = _HEADER.pack(
-        MAGIC, FORMAT_VERSION, _DTYPE_CODES[dtype], len(embeddings.tensors), height, width, len(model_id), crc
-    )
-    return b"".join([header, *payload])
+    return b"".join([_HEADER.pack(*fields, crc), *payload])
 
 
 def deserialize(blob: bytes | bytearray | memoryview, *, expected_model_id: str | None = None) -> ImageEmbeddings:
@@ -78,7 +77,8 @@ def deserialize(blob: bytes | bytearray | memoryview, *, expected_model_id: str 
     if dtype_code not in _DTYPES:
         raise EmbeddingFormatError(f"unknown dtype code {dtype_code}")
     body = view[_HEADER.size :]
-    if zlib.crc32(body) != crc:
+    header_without_crc = _HEADER.pack(magic, version, dtype_code, count, height, width, id_length, 0)
+    if zlib.crc32(body, zlib.crc32(header_without_crc)) != crc:
         raise EmbeddingFormatError("checksum mismatch: the value is corrupted or truncated")
     try:
         model_id = bytes(body[:id_length]).decode()
@@ -91,12 +91,12 @@ def deserialize(blob: bytes | bytearray | memoryview, *, expected_model_id: str 
         dtype = _DTYPES[dtype_code]
         tensors = []
         for shape in shapes:
-            size = int(np.prod(shape)) * dtype.itemsize
+            size = math.prod(shape) * dtype.itemsize
             if offset + size > len(body):
                 raise EmbeddingFormatError("value shorter than its shapes say")
             tensors.append(np.frombuffer(body, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(shape))
             offset += size
-    except (struct.error, UnicodeDecodeError) as error:
+    except (struct.error, UnicodeDecodeError, ValueError) as error:
         raise EmbeddingFormatError(f"malformed header: {error}") from error
     if offset != len(body):
         raise EmbeddingFormatError(f"{len(body) - offset} unexpected trailing bytes")

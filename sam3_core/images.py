@@ -79,18 +79,23 @@ def _check_size(width: int, height: int, limits: ImageLimits) -> None:
 def to_rgb(image: Image.Image) -> np.ndarray:
     """A decoded PIL image -> H x W x 3 uint8 RGB: EXIF orientation, 16-bit scaled, alpha onto white."""
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit and float greyscale: Pillow's convert("RGB") clips at 255 (an all-white picture);
-        # scale to 8 bits the way a viewer would instead.
-        values = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I") and values.max() > 255 else max(values.max(), 1.0)
-        image = Image.fromarray(np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale (Pillow opens 16-bit PNGs as I;16 or I): convert("RGB") would clip at 255,
+        # an all-white picture. Scale the full 16-bit range to 8 bits, as a viewer does.
+        image = Image.fromarray(_scale_to_uint8(np.asarray(image), 65535.0), "L")
+    elif image.mode == "F":
+        values = np.asarray(image)
+        image = Image.fromarray(_scale_to_uint8(values, 1.0 if values.max(initial=0) <= 1.0 else 255.0), "L")
     has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
     if has_alpha:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
     return np.asarray(image.convert("RGB"))
+
+
+def _scale_to_uint8(values: np.ndarray, peak: float) -> np.ndarray:
+    return np.clip(values.astype(np.float64) / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def load_image(source: ImageInput, limits: ImageLimits = ImageLimits()) -> np.ndarray:
@@ -113,18 +118,20 @@ def load_image(source: ImageInput, limits: ImageLimits = ImageLimits()) -> np.nd
 
 
 def _array_to_rgb(array: np.ndarray, limits: ImageLimits) -> np.ndarray:
-    """Arrays are taken as already-oriented pixels: H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGBA)."""
+    """Arrays are taken as already-oriented pixels: H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGBA);
+    uint8 as is, uint16 scaled from 0..65535, floats from 0..1 (or 0..255 when larger)."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ImageError(f"expected an H x W, H x W x 3 or H x W x 4 array, got shape {array.shape}")
     _check_size(array.shape[1], array.shape[0], limits)
-    if array.dtype != np.uint8:
+    if array.dtype == np.uint16:
+        array = _scale_to_uint8(array, 65535.0)
+    elif array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
             raise ImageError(f"expected finite uint8 pixels, got dtype {array.dtype}")
-        if array.max(initial=0) <= 1.0 and np.issubdtype(array.dtype, np.floating):
-            array = array * 255.0
-        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+        floats_in_unit_range = np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0
+        array = _scale_to_uint8(array, 1.0 if floats_in_unit_range else 255.0)
     if array.ndim == 2:
         return np.repeat(array[..., None], 3, axis=2)
     if array.shape[2] == 4:

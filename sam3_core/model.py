@@ -72,10 +72,11 @@ class RuntimeOptions:
         available = ort.get_available_providers()
         if self.providers == "auto":
             return [p for p in ACCELERATED_PROVIDERS if p in available] + ["CPUExecutionProvider"]
-        missing = [p for p in self.providers if p not in available]
+        providers = [self.providers] if isinstance(self.providers, str) else list(self.providers)
+        missing = [p for p in providers if p not in available]
         if missing:
             raise ValueError(f"execution providers {missing} are not in this onnxruntime build; available: {available}")
-        return list(self.providers)
+        return providers
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
@@ -101,7 +102,8 @@ def graph_path(folder: Path, stem: str, variant: str | None) -> Path:
 
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
-    for part in (path, path.with_name(path.name + "_data")):
+    # onnx-community and our exporter write `<name>_data`; ONNX Runtime's quantizer writes `<name>.data`.
+    for part in (path, path.with_name(path.name + "_data"), path.with_name(path.name + ".data")):
         if part.exists():
             with part.open("rb") as handle:
                 digest.update(hashlib.file_digest(handle, "sha256").digest())
@@ -188,11 +190,17 @@ class Sam3Model:
         shape = self.embedding_shapes()[0]
         return int(shape[-2]), int(shape[-1])
 
-    def run_encoder(self, pixel_values: np.ndarray) -> tuple[np.ndarray, ...]:
-        """pixel_values [1,3,H,W] float32 -> the three float32 embeddings (cast if the graph is fp16)."""
+    def run_encoder(
+        self, pixel_values: np.ndarray, run_options: ort.RunOptions | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """pixel_values [1,3,H,W] float32 -> the three float32 embeddings (cast if the graph is fp16).
+
+        Setting `run_options.terminate = True` from another thread aborts a run in progress (a
+        cancelled request then stops burning the CPU).
+        """
         (model_input,) = self.encoder.get_inputs()
         feed = pixel_values.astype(_NUMPY_TYPES.get(model_input.type, np.float32), copy=False)
-        outputs = self.encoder.run(None, {model_input.name: feed})
+        outputs = self.encoder.run(None, {model_input.name: feed}, run_options)
         return tuple(np.asarray(o, dtype=np.float32) for o in outputs)
 
     def run_decoder(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+import onnxruntime as ort
 
 from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.images import ImageInput, ImageLimits, load_image
@@ -66,14 +67,16 @@ class StageTimer:
         self.milliseconds[stage] = self.milliseconds.get(stage, 0.0) + (time.perf_counter() - started) * 1000
 
 
-def encode(model: Sam3Model, rgb: np.ndarray, timer: StageTimer | None = None) -> ImageEmbeddings:
+def encode(
+    model: Sam3Model, rgb: np.ndarray, timer: StageTimer | None = None, run_options: ort.RunOptions | None = None
+) -> ImageEmbeddings:
     """RGB uint8 H x W x 3 -> ImageEmbeddings (float32) for this model."""
     timer = timer or StageTimer()
     started = time.perf_counter()
     inputs = pixel_values(rgb, model.preprocessing)
     timer.measure("preprocess", started)
     started = time.perf_counter()
-    tensors = model.run_encoder(inputs)
+    tensors = model.run_encoder(inputs, run_options)
     timer.measure("model", started)
     return ImageEmbeddings(tensors, (int(rgb.shape[0]), int(rgb.shape[1])), model.model_id)
 

@@ -113,9 +113,9 @@ def object_tokens(prompt: Prompt, appends_pad_point: bool) -> tuple[list[tuple[f
     labels = list(prompt.labels)
     if prompt.box is not None:
         x1, y1, x2, y2 = prompt.box
-        points += [(x1, y1), (x2, y2), (0.0, 0.0)]
-        labels += [*_BOX_CORNER_LABELS, _NOT_A_POINT]
-    elif not appends_pad_point:
+        points += [(x1, y1), (x2, y2)]
+        labels += list(_BOX_CORNER_LABELS)
+    if not appends_pad_point:  # a box ends in this token too (transformers' _embed_boxes)
         points.append((0.0, 0.0))
         labels.append(_NOT_A_POINT)
     return points, labels
