@@ -1,0 +1,141 @@
+"""The decoder's in-process embedding cache: an LRU bounded in bytes, with per-image single-flight loads.
+
+An interactive user clicks on the same image many times in a row; keeping its embeddings in process
+skips the ~10-25 ms Redis GET on every click after the first. The budget is in bytes, not entries,
+because one image is ~10 MB (float16) or ~21 MB (float32) and the worker's memory limit is what matters.
+
+`get_or_load` coalesces concurrent misses for one image inside this process: when several calls for a
+freshly opened image arrive together, one fetches it from Redis and the others wait for that result
+instead of each pulling the same megabytes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sam3_core.embeddings import ImageEmbeddings
+
+__all__ = ["EmbeddingCache"]
+
+
+@dataclass
+class _Flight:
+    """One in-progress load that other callers for the same image wait on."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    result: ImageEmbeddings | None = None
+    error: BaseException | None = None
+
+
+class EmbeddingCache:
+    """Thread-safe LRU of ImageEmbeddings keyed by image id, holding at most `max_bytes` of tensors.
+
+    Counters (`hits`, `misses`, `evictions`) are cumulative, for metrics. A miss is counted per lookup
+    that did not find the item, including callers that then waited on another caller's load.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, ImageEmbeddings] = OrderedDict()  # least recent first
+        self._nbytes = 0
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def __contains__(self, image_id: object) -> bool:
+        """Membership without touching the LRU order or the counters."""
+        with self._lock:
+            return image_id in self._items
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensors held now (always <= max_bytes)."""
+        with self._lock:
+            return self._nbytes
+
+    def _lookup(self, image_id: str) -> ImageEmbeddings | None:
+        """Caller holds the lock."""
+        embeddings = self._items.get(image_id)
+        if embeddings is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(image_id)
+        self.hits += 1
+        return embeddings
+
+    def get(self, image_id: str) -> ImageEmbeddings | None:
+        """The cached embeddings (now the most recently used), or None."""
+        with self._lock:
+            return self._lookup(image_id)
+
+    def put(self, image_id: str, embeddings: ImageEmbeddings) -> None:
+        """Cache (or replace) an item, evicting least-recently-used ones to stay within the budget.
+
+        An item larger than the whole budget is not cached (and drops any older version of itself):
+        evicting everything for an item that still would not fit helps nobody.
+        """
+        size = embeddings.nbytes
+        with self._lock:
+            old = self._items.pop(image_id, None)
+            if old is not None:
+                self._nbytes -= old.nbytes
+            if size > self.max_bytes:
+                return
+            while self._items and self._nbytes + size > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._nbytes -= evicted.nbytes
+                self.evictions += 1
+            self._items[image_id] = embeddings
+            self._nbytes += size
+
+    def clear(self) -> None:
+        """Drop every item (counters are kept: they are cumulative)."""
+        with self._lock:
+            self._items.clear()
+            self._nbytes = 0
+
+    def get_or_load(
+        self, image_id: str, load: Callable[[], ImageEmbeddings | None]
+    ) -> tuple[ImageEmbeddings | None, bool]:
+        """(embeddings, came from the cache). On a miss, `load` runs once per image however many callers wait.
+
+        The caller that starts the load runs it on its own thread; concurrent callers for the same id
+        block until it finishes and share its result or its exception. A None result (not in the store)
+        and a failure are not cached, so the next call tries again.
+        """
+        with self._lock:
+            cached = self._lookup(image_id)
+            if cached is not None:
+                return cached, True
+            flight = self._flights.get(image_id)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[image_id] = _Flight()
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.result, False
+        try:
+            flight.result = load()
+            if flight.result is not None:
+                self.put(image_id, flight.result)  # before the flight ends: later callers hit the cache
+        except BaseException as error:
+            flight.error = error
+            raise
+        finally:
+            with self._lock:
+                del self._flights[image_id]
+            flight.done.set()
+        return flight.result, False

@@ -1,0 +1,204 @@
+"""decoder_service.cache: an LRU bounded in bytes, safe under threads, with single-flight loads per image."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from decoder_service.cache import EmbeddingCache
+from sam3_core.embeddings import ImageEmbeddings
+
+KB = 1024
+
+
+def emb(nbytes: int = 10 * KB, tag: float = 0.0) -> ImageEmbeddings:
+    """Embeddings of exactly `nbytes` (float32), recognisable by their fill value."""
+    return ImageEmbeddings((np.full((1, nbytes // 4), tag, dtype=np.float32),), (10, 10), "m")
+
+
+def test_lru_order_and_eviction_by_bytes():
+    cache = EmbeddingCache(max_bytes=30 * KB)
+    for name in "abc":
+        cache.put(name, emb())
+    assert len(cache) == 3 and cache.nbytes == 30 * KB
+    assert cache.get("a") is not None  # a is now the most recent: b is the oldest
+    cache.put("d", emb())
+    assert "b" not in cache and {"a", "c", "d"} == {n for n in "abcd" if n in cache}
+    assert cache.evictions == 1 and cache.nbytes == 30 * KB
+    cache.put("big", emb(25 * KB))  # evicts c, a, then d (least recent first) before it fits
+    assert [n for n in "acd" if n in cache] == [] and "big" in cache
+    assert cache.nbytes == 25 * KB and cache.evictions == 4
+
+
+def test_eviction_stops_as_soon_as_it_fits():
+    cache = EmbeddingCache(max_bytes=40 * KB)
+    for name in "abcd":
+        cache.put(name, emb())
+    cache.put("e", emb(15 * KB))  # 40 + 15 > 40: evict a (30 + 15 > 40) then b (20 + 15 <= 40)
+    assert [n for n in "abcde" if n in cache] == ["c", "d", "e"]
+    assert cache.nbytes == 35 * KB
+
+
+def test_oversize_item_is_not_cached():
+    cache = EmbeddingCache(max_bytes=20 * KB)
+    cache.put("a", emb())
+    cache.put("huge", emb(21 * KB))
+    assert "huge" not in cache and "a" in cache  # nothing was evicted for it
+    assert cache.evictions == 0 and cache.nbytes == 10 * KB
+    cache.put("a", emb(30 * KB))  # an oversize replacement drops the stale old version
+    assert "a" not in cache and cache.nbytes == 0
+    assert EmbeddingCache(max_bytes=0).get("x") is None
+    with pytest.raises(ValueError):
+        EmbeddingCache(max_bytes=-1)
+
+
+def test_replace_updates_size_and_recency():
+    cache = EmbeddingCache(max_bytes=30 * KB)
+    cache.put("a", emb(10 * KB, tag=1))
+    cache.put("b", emb(10 * KB))
+    cache.put("a", emb(5 * KB, tag=2))
+    assert len(cache) == 2 and cache.nbytes == 15 * KB
+    got = cache.get("a")
+    assert got is not None and got.tensors[0][0, 0] == 2
+    cache.put("a", emb(20 * KB, tag=3))
+    assert cache.nbytes == 30 * KB and cache.evictions == 0
+    cache.put("c", emb(10 * KB))  # a was replaced last, so b is the least recent
+    assert "b" not in cache and "a" in cache
+
+
+def test_counters_and_clear():
+    cache = EmbeddingCache(max_bytes=100 * KB)
+    assert cache.get("a") is None
+    cache.put("a", emb())
+    assert cache.get("a") is not None and cache.get("a") is not None
+    assert (cache.hits, cache.misses, cache.evictions) == (2, 1, 0)
+    cache.clear()
+    assert len(cache) == 0 and cache.nbytes == 0 and cache.get("a") is None
+    assert (cache.hits, cache.misses) == (2, 2)  # counters are cumulative
+
+
+def test_thread_safety_smoke():
+    cache = EmbeddingCache(max_bytes=50 * KB)
+    errors: list[BaseException] = []
+    start = threading.Barrier(16)
+
+    def work(n: int) -> None:
+        try:
+            start.wait()
+            for i in range(300):
+                image = f"img{(n * 7 + i) % 12}"
+                tag = float((n * 7 + i) % 12)
+                got = cache.get(image)
+                if got is None:
+                    cache.put(image, emb(KB * (1 + int(tag) % 3), tag=tag))
+                else:
+                    assert got.tensors[0][0, 0] == tag  # never someone else's item
+                assert cache.nbytes <= 50 * KB
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert cache.hits + cache.misses == 16 * 300
+    # The byte count still matches what is actually held.
+    assert cache.nbytes == sum(cache.get(f"img{i}").nbytes for i in range(12) if f"img{i}" in cache)
+
+
+def _concurrently(count: int, fn) -> tuple[list[object], list[BaseException]]:
+    results: list[object] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(fn())
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
+    return results, errors
+
+
+def test_get_or_load_single_flight():
+    cache = EmbeddingCache(max_bytes=100 * KB)
+    calls = 0
+    value = emb(tag=7)
+
+    def slow_load() -> ImageEmbeddings:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.2)
+        return value
+
+    results, errors = _concurrently(8, lambda: cache.get_or_load("img", slow_load))
+    assert not errors and calls == 1
+    assert all(embeddings is value and from_cache is False for embeddings, from_cache in results)
+    assert cache.get_or_load("img", slow_load) == (value, True) and calls == 1
+
+
+def test_get_or_load_single_flight_is_per_image():
+    cache = EmbeddingCache(max_bytes=100 * KB)
+    calls: list[str] = []
+    lock = threading.Lock()
+
+    def loader():
+        def load() -> ImageEmbeddings:
+            with lock:
+                calls.append(threading.current_thread().name)
+            time.sleep(0.1)
+            return emb()
+
+        return load
+
+    started = time.monotonic()
+    counter = iter(range(8))
+    _, errors = _concurrently(8, lambda: cache.get_or_load(f"img{next(counter) % 2}", loader()))
+    assert not errors and len(calls) == 2  # one load per image, and the two ran side by side
+    assert time.monotonic() - started < 0.5
+
+
+def test_get_or_load_error_reaches_every_waiter_and_nothing_is_cached():
+    cache = EmbeddingCache(max_bytes=100 * KB)
+    calls = 0
+
+    def failing_load() -> ImageEmbeddings:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.2)
+        raise ConnectionError("redis down")
+
+    results, errors = _concurrently(8, lambda: cache.get_or_load("img", failing_load))
+    assert calls == 1 and not results and len(errors) == 8
+    assert all(isinstance(error, ConnectionError) and "redis down" in str(error) for error in errors)
+    assert "img" not in cache and len(cache) == 0
+    # The failure is not remembered: the next call loads again.
+    assert cache.get_or_load("img", lambda: emb(tag=1))[0].tensors[0][0, 0] == 1
+
+
+def test_get_or_load_none_is_not_cached():
+    cache = EmbeddingCache(max_bytes=100 * KB)
+    assert cache.get_or_load("img", lambda: None) == (None, False)
+    assert "img" not in cache
+    loaded = emb()
+    assert cache.get_or_load("img", lambda: loaded) == (loaded, False)
+    assert cache.get_or_load("img", lambda: None) == (loaded, True)
+
+
+def test_get_or_load_oversize_result_is_returned_but_not_cached():
+    cache = EmbeddingCache(max_bytes=5 * KB)
+    big = emb(10 * KB)
+    assert cache.get_or_load("img", lambda: big) == (big, False)
+    assert len(cache) == 0
