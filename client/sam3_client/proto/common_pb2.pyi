@@ -88,6 +88,9 @@ class ErrorInfo(_message.Message):
       IMAGE_TOO_LARGE      RESOURCE_EXHAUSTED  over the byte or pixel limit; metadata "limit" says which.
       OVERLOADED           RESOURCE_EXHAUSTED  over the worker's concurrency limit: back off and retry.
       STORE_UNAVAILABLE    UNAVAILABLE         the embedding store (Redis) cannot be reached.
+      SHUTTING_DOWN        UNAVAILABLE         the worker is draining (SIGTERM): retry, another replica answers.
+      UNAUTHENTICATED      UNAUTHENTICATED     missing or wrong "authorization: Bearer <token>" metadata.
+      CANCELLED            CANCELLED           the call was cancelled or expired mid-encode; nothing was stored.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -1,0 +1,117 @@
+"""Prometheus metrics of both workers, on prometheus_client's default registry.
+
+One module-level object per metric, so any code in the process records into the same series and one
+HTTP endpoint (`start_metrics_server`, or ServerConfig.metrics_port) exports them all.
+
+| Metric                         | Type      | Labels                | Meaning                                        |
+|--------------------------------|-----------|-----------------------|------------------------------------------------|
+| sam3_rpcs_total                | counter   | service, method, code | Finished rpcs by final status code name (OK,   |
+|                                |           |                       | NOT_FOUND, ...); health/reflection excluded.   |
+| sam3_rpc_duration_seconds      | histogram | service, method       | Wall time of each rpc in the worker (a stream  |
+|                                |           |                       | counts once, from open to close).              |
+| sam3_stage_duration_seconds    | histogram | worker, stage         | Time per serving stage, from the Timings the   |
+|                                |           |                       | servicers report (hash, model, fetch, ...).    |
+| sam3_embedding_lookups_total   | counter   | result                | Decoder embedding lookups: local (in-process   |
+|                                |           |                       | LRU), redis, miss, corrupt (failed checks).    |
+| sam3_single_flight_waits_total | counter   | outcome               | Encoder waits for another replica's encode of  |
+|                                |           |                       | the same image: ready, timeout, holder_failed. |
+| sam3_model_runs_total          | counter   | worker                | Model invocations (vision encoder or mask      |
+|                                |           |                       | decoder runs).                                 |
+| sam3_in_flight_requests        | gauge     | worker                | Application rpcs running now (admitted, not    |
+|                                |           |                       | finished); the encoder's HPA scales on it.     |
+| sam3_local_cache_bytes         | gauge     | (none)                | Bytes held by the decoder's in-process         |
+|                                |           |                       | embedding LRU.                                 |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+__all__ = [
+    "CACHE_LOOKUPS",
+    "IN_FLIGHT",
+    "LOCAL_CACHE_BYTES",
+    "MODEL_RUNS",
+    "RPCS",
+    "RPC_SECONDS",
+    "SINGLE_FLIGHT_WAITS",
+    "STAGE_SECONDS",
+    "in_flight",
+    "observe_stages",
+    "start_metrics_server",
+]
+
+# A cached decode is ~5 ms, a cold CPU encode of a large photo can approach two minutes.
+RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+# Stages go lower than whole rpcs: hashing or a local-cache fetch takes well under a millisecond.
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, *RPC_BUCKETS)
+
+RPCS = Counter(
+    "sam3_rpcs_total",
+    "Finished rpcs by final gRPC status code (health and reflection excluded).",
+    ["service", "method", "code"],
+)
+RPC_SECONDS = Histogram(
+    "sam3_rpc_duration_seconds",
+    "Wall time of each rpc inside the worker (a stream counts as one rpc).",
+    ["service", "method"],
+    buckets=RPC_BUCKETS,
+)
+STAGE_SECONDS = Histogram(
+    "sam3_stage_duration_seconds",
+    "Time per serving stage, as reported in the responses' Timings.",
+    ["worker", "stage"],
+    buckets=STAGE_BUCKETS,
+)
+CACHE_LOOKUPS = Counter(
+    "sam3_embedding_lookups_total",
+    "Embedding lookups by where the embedding was found: local, redis, miss, corrupt.",
+    ["result"],
+)
+SINGLE_FLIGHT_WAITS = Counter(
+    "sam3_single_flight_waits_total",
+    "Waits for another replica's encode of the same image, by outcome: ready, timeout, holder_failed.",
+    ["outcome"],
+)
+MODEL_RUNS = Counter("sam3_model_runs_total", "Model invocations.", ["worker"])
+IN_FLIGHT = Gauge(
+    "sam3_in_flight_requests",
+    "Application rpcs currently running in the worker (the encoder HPA's scaling metric).",
+    ["worker"],
+)
+LOCAL_CACHE_BYTES = Gauge("sam3_local_cache_bytes", "Bytes held by the decoder's in-process embedding LRU.")
+
+# Pre-create the known label values so dashboards and rate() see zeros instead of absent series.
+for _result in ("local", "redis", "miss", "corrupt"):
+    CACHE_LOOKUPS.labels(result=_result)
+for _outcome in ("ready", "timeout", "holder_failed"):
+    SINGLE_FLIGHT_WAITS.labels(outcome=_outcome)
+
+
+def observe_stages(worker: str, milliseconds: Mapping[str, float]) -> None:
+    """Record a response's Timings.milliseconds map (ms in, seconds stored, like every Prometheus time)."""
+    for stage, value in milliseconds.items():
+        if value is None or not math.isfinite(value) or value < 0:
+            continue
+        STAGE_SECONDS.labels(worker=worker, stage=stage).observe(value / 1000.0)
+
+
+def in_flight(worker: str) -> float:
+    """Current value of sam3_in_flight_requests{worker=...} (0 before the worker's first rpc)."""
+    value = REGISTRY.get_sample_value("sam3_in_flight_requests", {"worker": worker})
+    return 0.0 if value is None else value
+
+
+def _start_metrics_http(port: int, host: str = "0.0.0.0") -> WSGIServer:
+    """Start the exporter and return its server, so the worker can shut it down with the gRPC server."""
+    server, _thread = start_http_server(port, addr=host)
+    return server
+
+
+def start_metrics_server(port: int, host: str = "0.0.0.0") -> int:
+    """Serve /metrics for the default registry on a daemon thread; port 0 picks a free port. Returns the port."""
+    return int(_start_metrics_http(port, host).server_port)
