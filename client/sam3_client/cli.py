@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sam3_client.cli_options import add_model_options, option
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 _COORDINATE_FLAGS = ("--point", "--bg-point", "--box")
 _NUMBER_LIST = re.compile(r"^-?\d")
@@ -86,26 +88,14 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output", "-o", type=Path, default=Path("mask.png"), help="mask PNG (default: mask.png)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write scores as JSON")
-    _add_model_arguments(parser)
+    add_model_options(parser)
+    remote = parser.add_argument_group("service (instead of in-process)")
+    option(remote, "--server", metavar="HOST:PORT", help="a `sam3 serve` (or anything serving both services)")
+    option(remote, "--encoder-server", metavar="HOST:PORT", help="encoder service of a split deployment")
+    option(remote, "--decoder-server", metavar="HOST:PORT", help="decoder service of a split deployment")
+    option(remote, "--token", help="bearer token the workers require")
+    remote.add_argument("--tls", action="store_true", help="connect with TLS (system trust store)")
     parser.set_defaults(handler=run_segment)
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (in-process)")
-    source = group.add_mutually_exclusive_group()
-    source.add_argument("--model-dir", type=Path, metavar="DIR", help="local folder in the onnx-community layout")
-    source.add_argument(
-        "--model", metavar="REPO", help="Hugging Face repo id (default onnx-community/sam3-tracker-ONNX)"
-    )
-    group.add_argument("--variant", default=None, help="encoder variant: fp32 (default), int8, q4, fp16, ...")
-    group.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
-    group.add_argument(
-        "--provider",
-        action="append",
-        default=None,
-        metavar="NAME",
-        help="execution provider, e.g. CUDAExecutionProvider (repeatable; default: best available)",
-    )
 
 
 def load_model(args: argparse.Namespace) -> Any:
@@ -170,34 +160,81 @@ def write_outputs(
 
 def run_segment(args: argparse.Namespace) -> int:
     from sam3_core.images import load_image
-    from sam3_core.predictor import Predictor
     from sam3_core.prompts import PromptError, validate
 
     prompt, flag_for = _prompt_from_flags(args)
     rgb = load_image(args.image)
-    try:  # before the model loads: a typo in a flag should not cost an encoder run
+    try:  # before any model or server work: a typo in a flag should not cost an encode
         validate([prompt], rgb.shape[:2])
     except PromptError as error:
         raise CliError(f"{flag_for(error.field)}: {str(error).split(': ', 1)[1]}") from error
+    remote = args.server or args.encoder_server or args.decoder_server
+    segment = _segment_remote if remote else _segment_in_process
     started = time.perf_counter()
-    model = load_model(args)
+    mask, iou_scores, presence, chosen, timings = segment(args, prompt)
+    print_scores(iou_scores, presence, chosen)
+    write_outputs(args, mask, iou_scores, presence, chosen)
+    print(f"Time: {timings}, total {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    return EXIT_OK
+
+
+def _segment_in_process(args: argparse.Namespace, prompt: Any) -> tuple[Any, list[float], float, int, str]:
+    from sam3_core.predictor import Predictor
+
+    started = time.perf_counter()
+    predictor = Predictor(load_model(args))
     loaded = time.perf_counter()
-    predictor = Predictor(model)
-    predictor.set_image(rgb)
+    predictor.set_image(args.image)
     encoded = time.perf_counter()
     (prediction,) = predictor.predict_objects([prompt])
     decoded = time.perf_counter()
     chosen = prediction.best_index if args.mask_index is None else args.mask_index
     mask = prediction.mask(chosen)
-    finished = time.perf_counter()
-    print_scores(prediction.iou_scores.tolist(), prediction.presence, chosen)
-    write_outputs(args, mask, prediction.iou_scores.tolist(), prediction.presence, chosen)
-    print(
-        f"Time: model load {loaded - started:.2f} s, encoder {1000 * (encoded - loaded):.0f} ms, "
-        f"decoder {1000 * (decoded - encoded):.1f} ms, mask {1000 * (finished - decoded):.1f} ms",
-        file=sys.stderr,
+    timings = (
+        f"model load {loaded - started:.2f} s, encoder {1000 * (encoded - loaded):.0f} ms, "
+        f"decoder {1000 * (decoded - encoded):.1f} ms, mask {1000 * (time.perf_counter() - decoded):.1f} ms"
     )
-    return EXIT_OK
+    return mask, prediction.iou_scores.tolist(), prediction.presence, chosen, timings
+
+
+def _segment_remote(args: argparse.Namespace, prompt: Any) -> tuple[Any, list[float], float, int, str]:
+    from sam3_client import Client, ObjectPrompt, Sam3Error
+    from sam3_client._channel import ChannelSettings
+
+    settings = ChannelSettings(tls=args.tls, token=args.token)
+    with Client(
+        args.server, encoder_target=args.encoder_server, decoder_target=args.decoder_server, settings=settings
+    ) as client:
+        try:
+            result = client.segment_objects(
+                args.image.read_bytes(),
+                [ObjectPrompt(prompt.points, prompt.labels, prompt.box)],
+                mask="best" if args.mask_index is None else args.mask_index,
+                mask_format="rle",
+            )
+        except Sam3Error as error:
+            raise CliError(f"{error} (server {args.server or args.decoder_server})") from error
+    (obj,) = result.objects
+    encoded = "" if result.encoded is None else f"encode {result.encoded.timings.get('total', 0):.0f} ms, "
+    timings = encoded + f"segment server-side {result.timings.get('total', 0):.1f} ms"
+    return obj.mask, obj.iou_scores, obj.presence, obj.masks[0].index, timings
+
+
+# ---------------------------------------------------------------- workers
+
+
+def _add_workers(commands: argparse._SubParsersAction) -> None:
+    from sam3_serving.launch import DECODER, ENCODER, add_worker_options, main_for
+
+    workers = {
+        "serve": ({ENCODER, DECODER}, True, "both services on one port; embedded Redis unless --redis-url"),
+        "encoder": ({ENCODER}, False, "the encoder worker: images -> embeddings in Redis"),
+        "decoder": ({DECODER}, False, "the decoder worker: prompts -> masks, from embeddings in Redis"),
+    }
+    for name, (roles, embedded, text) in workers.items():
+        parser = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        add_worker_options(parser, roles, embedded_redis=embedded)
+        parser.set_defaults(handler=main_for(roles, embedded_redis=embedded))
 
 
 # ---------------------------------------------------------------- export
@@ -256,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_segment(commands)
+    _add_workers(commands)
     _add_export(commands)
     return parser
 

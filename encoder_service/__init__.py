@@ -1,0 +1,1 @@
+"""The encoder worker: image bytes -> multi-scale embeddings in the shared store."""

@@ -1,0 +1,193 @@
+"""`sam3 encoder`, `sam3 decoder` and `sam3 serve`: flags (each also a SAM3_* environment variable)
+-> a running worker. Heavy imports wait until a worker really starts, so `sam3 --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sam3_client.cli_options import add_model_options, option
+
+if TYPE_CHECKING:
+    from sam3_serving.server import ServerConfig, Worker
+
+MIB = 1024 * 1024
+ENCODER, DECODER = "encoder", "decoder"
+
+
+def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embedded_redis: bool) -> None:
+    add_model_options(parser)
+    server = parser.add_argument_group("server")
+    option(server, "--host", default="0.0.0.0", help="address to listen on")
+    option(server, "--port", type=int, default=50051, help="gRPC port")
+    option(server, "--metrics-port", type=int, help="Prometheus /metrics HTTP port (off when unset)")
+    option(server, "--max-message-mb", type=int, default=64, help="largest request or response accepted, MiB")
+    option(server, "--grace-seconds", type=float, default=30.0, help="on SIGTERM, time in-flight calls get to finish")
+    option(server, "--handler-threads", type=int, default=16, help="gRPC handler threads")
+    option(server, "--auth-token", help="require `authorization: Bearer <token>` on every call")
+    option(server, "--tls-cert", help="PEM certificate: serve TLS (with --tls-key)")
+    option(server, "--tls-key", help="PEM private key for --tls-cert")
+    option(server, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    option(server, "--log-format", default="json", choices=("json", "text"), help="structured JSON lines or plain text")
+
+    store = parser.add_argument_group("embedding store (Redis)")
+    embedded = " (unset: an embedded Redis-protocol server is started)" if embedded_redis else " (required)"
+    option(store, "--redis-url", help="redis://[:password@]host:port/db or rediss:// for TLS" + embedded)
+    option(
+        store,
+        "--store-dtype",
+        default="float32",
+        choices=("float32", "float16"),
+        help="precision of stored embeddings: float16 halves Redis memory and fetch time, but a mask pixel "
+        "may flip where its logit is within ~1e-3 of 0 (see docs/model-contract.md)",
+    )
+    option(store, "--ttl-seconds", type=int, default=7 * 24 * 3600, help="expiry of every stored embedding")
+    option(store, "--key-prefix", default="sam3", help="namespace of the store's Redis keys")
+
+    if ENCODER in roles:
+        encoder = parser.add_argument_group("encoder")
+        option(
+            encoder,
+            "--max-concurrent-encodes",
+            type=int,
+            default=1,
+            help="encodes at once; more get RESOURCE_EXHAUSTED at once instead of queueing",
+        )
+        option(encoder, "--max-image-pixels", type=int, default=50_000_000, help="largest decoded image, in pixels")
+        option(
+            encoder,
+            "--single-flight-timeout",
+            type=float,
+            default=120.0,
+            help="seconds to wait for another worker already encoding the same image",
+        )
+    if DECODER in roles:
+        decoder = parser.add_argument_group("decoder")
+        option(decoder, "--cache-mb", type=int, default=1024, help="local embedding cache budget, MiB")
+        option(decoder, "--max-objects", type=int, default=32, help="objects per Segment request")
+        option(decoder, "--max-points", type=int, default=32, help="points per object")
+
+
+def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: bool) -> int:
+    """Loads the model once, builds the servicers for `roles`, serves until SIGTERM/SIGINT."""
+    from sam3_core.model import RuntimeOptions, Sam3Model
+    from sam3_core.sources import DEFAULT_REPO, resolve_model_dir
+    from sam3_serving.redis_server import start_embedded_redis
+    from sam3_serving.server import configure_logging
+    from sam3_serving.store import EmbeddingStore, StoreConfig
+
+    configure_logging(args.log_level, json_logs=args.log_format == "json")
+    embedded = None
+    redis_url = args.redis_url
+    if not redis_url:
+        if not embedded_redis:
+            raise ValueError("--redis-url (or SAM3_REDIS_URL) is required; `sam3 serve` starts an embedded Redis")
+        embedded = start_embedded_redis()
+        redis_url = embedded.url
+    try:
+        folder = resolve_model_dir(args.model_dir or args.model or DEFAULT_REPO, variant=args.variant)
+        runtime = RuntimeOptions(
+            providers=tuple(args.provider) if args.provider else "auto", intra_op_threads=args.threads
+        )
+        model = Sam3Model(
+            folder, variant=args.variant, runtime=runtime, load_encoder=ENCODER in roles, load_decoder=DECODER in roles
+        )
+        store = EmbeddingStore(
+            StoreConfig(
+                url=redis_url, ttl_seconds=args.ttl_seconds, dtype=args.store_dtype, key_prefix=args.key_prefix
+            ),
+            model.model_id,
+        )
+        worker = start_worker(model, store, roles, server_config(args), **role_settings(args, roles))
+        worker.install_signal_handlers()
+        print(
+            f"sam3 {'+'.join(sorted(roles))}: listening on {args.host}:{worker.port}, model {model.model_id} "
+            f"({folder}), store {store.config.redacted_url}"
+            + (f", metrics on :{worker.metrics_port}/metrics" if worker.metrics_port else ""),
+            flush=True,
+        )
+        worker.wait()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    from sam3_serving.server import ServerConfig
+
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_receive_bytes=args.max_message_mb * MIB,
+        max_send_bytes=args.max_message_mb * MIB,
+        max_workers=args.handler_threads,
+        grace_seconds=args.grace_seconds,
+        metrics_port=args.metrics_port,
+        auth_token=args.auth_token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+
+
+def role_settings(args: argparse.Namespace, roles: set[str]) -> dict[str, Any]:
+    """The flags of each role as the settings objects its servicer takes."""
+    settings: dict[str, Any] = {}
+    if ENCODER in roles:
+        from encoder_service.servicer import EncoderSettings
+        from sam3_core.images import ImageLimits
+
+        settings["encoder"] = EncoderSettings(
+            max_concurrent=args.max_concurrent_encodes,
+            single_flight_timeout=args.single_flight_timeout,
+            image_limits=ImageLimits(max_pixels=args.max_image_pixels),
+        )
+    if DECODER in roles:
+        from decoder_service.servicer import DecoderSettings
+        from sam3_core.prompts import PromptLimits
+
+        settings["decoder"] = DecoderSettings(
+            prompt_limits=PromptLimits(max_objects=args.max_objects, max_points=args.max_points),
+            cache_bytes=args.cache_mb * MIB,
+        )
+    return settings
+
+
+def start_worker(
+    model: Any, store: Any, roles: set[str], config: ServerConfig, *, encoder: Any = None, decoder: Any = None
+) -> Worker:
+    """The servicers of `roles` on one started gRPC server, sharing one loaded model and one store client."""
+    from decoder_service.cache import EmbeddingCache
+    from decoder_service.servicer import DecoderServicer, DecoderSettings
+    from encoder_service.servicer import EncoderServicer, EncoderSettings
+    from sam3_client.proto import decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
+    from sam3_serving.server import Service, Worker
+
+    services = []
+    if ENCODER in roles:
+        encoder_servicer = EncoderServicer(model, store, encoder or EncoderSettings())
+        services.append(
+            Service(
+                encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name,
+                lambda server: encoder_pb2_grpc.add_EncoderServiceServicer_to_server(encoder_servicer, server),
+            )
+        )
+    if DECODER in roles:
+        decoder = decoder or DecoderSettings()
+        decoder_servicer = DecoderServicer(model, store, EmbeddingCache(decoder.cache_bytes), decoder)
+        services.append(
+            Service(
+                decoder_pb2.DESCRIPTOR.services_by_name["DecoderService"].full_name,
+                lambda server: decoder_pb2_grpc.add_DecoderServiceServicer_to_server(decoder_servicer, server),
+            )
+        )
+    return Worker(config, services, worker="+".join(sorted(roles)), ready=store.ping).start()
+
+
+def main_for(roles: set[str], *, embedded_redis: bool) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        return run_worker(args, roles, embedded_redis=embedded_redis)
+
+    return handler

@@ -1,0 +1,33 @@
+"""GetModelInfo, shared by both services: lets clients check they talk to compatible workers."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from sam3_client.proto import common_pb2
+from sam3_core.model import EMBEDDING_INPUTS, Sam3Model
+from sam3_serving.store import EmbeddingStore
+
+
+def server_version() -> str:
+    try:
+        return version("sam3-service")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def model_info(model: Sam3Model, store: EmbeddingStore) -> common_pb2.ModelInfo:
+    """The model id (the store namespace), sizes, and the embeddings as the store keeps them."""
+    return common_pb2.ModelInfo(
+        model_id=model.model_id,
+        variant=model.variant,
+        image_size=model.preprocessing.size[0],
+        mask_size=model.mask_size[0],
+        embeddings=[
+            common_pb2.TensorSpec(
+                name=name, shape=[d if isinstance(d, int) else -1 for d in shape], dtype=store.config.dtype
+            )
+            for name, shape in zip(EMBEDDING_INPUTS, model.embedding_shapes(), strict=True)
+        ],
+        server_version=server_version(),
+    )

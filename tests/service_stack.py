@@ -1,0 +1,127 @@
+"""Real workers on loopback for the end-to-end tests: tiny model, real gRPC, real Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import grpc
+
+import references
+from sam3_core.model import Sam3Model
+from sam3_serving.launch import DECODER, ENCODER, start_worker
+from sam3_serving.server import ServerConfig, Worker
+from sam3_serving.store import EmbeddingStore, StoreConfig
+
+
+@cache
+def shared_model() -> Sam3Model:
+    """One tiny model for every in-process worker of the session (sessions are thread-safe)."""
+    return Sam3Model(references.MODEL_DIR)
+
+
+@dataclass
+class Stack:
+    worker: Worker
+    store: EmbeddingStore
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.worker.port}"
+
+
+@contextmanager
+def running(
+    redis_url: str, prefix: str, roles: set[str] = frozenset({ENCODER, DECODER}), **settings: Any
+) -> Iterator[Stack]:
+    """A worker serving `roles` on a free port, stopped afterwards."""
+    model = shared_model()
+    store = EmbeddingStore(StoreConfig(url=redis_url, key_prefix=prefix, socket_timeout=1.0), model.model_id)
+    config = ServerConfig(host="127.0.0.1", port=0, grace_seconds=5.0, **settings.pop("server", {}))
+    worker = start_worker(model, store, set(roles), config, **settings)
+    try:
+        yield Stack(worker, store)
+    finally:
+        worker.stop(0)
+        store.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve_subprocess(*extra: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`sam3 serve` as a real process (SIGTERM tests, CLI tests), on the tiny model."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sam3_client.cli",
+            "serve",
+            "--model-dir",
+            str(references.MODEL_DIR),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-format",
+            "text",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_until_serving(target, process)
+        yield process, target
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_until_serving(target: str, process: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {process.returncode}: {process.stdout.read() if process.stdout else ''}"
+                )
+            try:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{target} did not become SERVING within {timeout} s")
+
+
+def image_bytes(name: str) -> bytes:
+    return (references.IMAGES_DIR / name).read_bytes()

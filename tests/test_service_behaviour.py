@@ -1,0 +1,266 @@
+"""What the workers promise beyond parity: single flight, caching, errors, faults, shutdown, metrics."""
+
+from __future__ import annotations
+
+import io
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client import REGISTRY
+
+from sam3_client import Client, Sam3Error
+from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
+from sam3_serving.launch import DECODER, ENCODER
+from service_stack import image_bytes, running, serve_subprocess
+
+
+def new_image(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A PNG no test has encoded before (so the store cannot already hold it)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def test_concurrent_encodes_of_one_image_across_two_workers_run_the_model_once(redis_url: str) -> None:
+    namespace = prefix()
+    with running(redis_url, namespace, {ENCODER}) as first, running(redis_url, namespace, {ENCODER}) as second:
+        data = new_image(1)
+        runs_before = counter("sam3_model_runs_total", worker="encoder")
+        channels = [grpc.insecure_channel(first.target), grpc.insecure_channel(second.target)]
+        stubs = [encoder_pb2_grpc.EncoderServiceStub(c) for c in channels]
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(
+                pool.map(lambda n: stubs[n % 2].Encode(encoder_pb2.EncodeRequest(image=data), timeout=60), range(16))
+            )
+        for channel in channels:
+            channel.close()
+        assert counter("sam3_model_runs_total", worker="encoder") - runs_before == 1
+        assert len({r.image_id for r in responses}) == 1
+        assert sorted(r.cached for r in responses) == [False] + [True] * 15
+        with Client(first.target) as client:
+            again = client.encode(data)
+        assert again.cached and (again.width, again.height) == (64, 48)
+
+
+def test_local_cache_serves_repeated_prompts_without_redis(redis_server) -> None:
+    with running(redis_server.url, prefix()) as stack, Client(stack.target) as client:
+        data = image_bytes("landscape.jpg")
+        first = client.segment(data, points=[[320, 240]])
+        local_before = counter("sam3_embedding_lookups_total", result="local")
+        redis_server.stop()
+        again = client.segment(first.image_id, points=[[320, 240]])
+        assert counter("sam3_embedding_lookups_total", result="local") == local_before + 1
+        np.testing.assert_array_equal(again.objects[0].mask, first.objects[0].mask)
+
+
+def test_redis_down_gives_unavailable_quickly_then_recovers(redis_server) -> None:
+    with running(redis_server.url, prefix()) as stack, Client(stack.target) as client:
+        redis_server.stop()
+        started = time.monotonic()
+        with pytest.raises(Sam3Error) as failure:
+            client.segment(new_image(2), points=[[10, 10]], timeout=10)
+        assert failure.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert time.monotonic() - started < 10
+        redis_server.restart()
+        result = client.segment(new_image(2), points=[[10, 10]])
+        assert result.encoded is not None and result.objects[0].mask.shape == (48, 64)
+
+
+def test_corrupted_value_is_a_miss_and_gets_re_encoded(redis_url: str) -> None:
+    namespace = prefix()
+    with running(redis_url, namespace) as stack, Client(stack.target) as client:
+        data = new_image(3)
+        image_id = client.encode(data).image_id
+        stack.store._client.setrange(stack.store.key(image_id), 200, b"\x00garbage\xff")
+        corrupt_before = counter("sam3_embedding_lookups_total", result="corrupt")
+        result = client.segment(data, points=[[5, 5]])
+        assert counter("sam3_embedding_lookups_total", result="corrupt") == corrupt_before + 1
+        assert result.encoded is not None and not result.encoded.cached
+        assert stack.store.get(image_id).outcome == "hit"
+
+
+def test_unknown_image_id_is_not_found_with_a_reason(redis_url: str) -> None:
+    with running(redis_url, prefix(), {DECODER}) as stack, Client(stack.target) as client:
+        with pytest.raises(Sam3Error) as failure:
+            client.segment("0" * 64, points=[[1, 1]])
+        assert failure.value.code == grpc.StatusCode.NOT_FOUND
+        assert failure.value.reason == "EMBEDDING_NOT_FOUND"
+        assert failure.value.metadata["image_id"] == "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("objects", "field"),
+    [
+        ([], "objects"),
+        ([decoder_pb2.ObjectPrompt()], "objects[0]"),
+        ([decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=-5, y=3)])], "objects[0].points[0].x"),
+        ([decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=5, y=float("nan"))])], "objects[0].points[0].y"),
+        ([decoder_pb2.ObjectPrompt(box=decoder_pb2.Box(x1=30, y1=5, x2=10, y2=20))], "objects[0].box"),
+        ([decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=1, y=1, label=7)])], "objects[0].points[0].label"),
+        ([decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=1, y=1)] * 40)], "objects[0].points"),
+    ],
+)
+def test_bad_prompts_are_invalid_argument_naming_the_field(redis_url: str, objects: list, field: str) -> None:
+    with running(redis_url, prefix()) as stack, Client(stack.target) as client:
+        image_id = client.encode(new_image(4)).image_id
+        with grpc.insecure_channel(stack.target) as channel, pytest.raises(grpc.RpcError) as failure:
+            decoder_pb2_grpc.DecoderServiceStub(channel).Segment(
+                decoder_pb2.SegmentRequest(image_id=image_id, objects=objects), timeout=10
+            )
+        error = Sam3Error.from_rpc(failure.value)
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.reason == "INVALID_PROMPT" and error.metadata["field"] == field
+        assert field in error.message
+
+
+def test_bad_images_and_ids_are_invalid_argument(redis_url: str) -> None:
+    with running(redis_url, prefix()) as stack, Client(stack.target) as client:
+        for data in (b"not an image", image_bytes("landscape.jpg")[:2000]):
+            with pytest.raises(Sam3Error) as failure:
+                client.encode(data)
+            assert failure.value.code == grpc.StatusCode.INVALID_ARGUMENT and failure.value.reason == "INVALID_IMAGE"
+        with grpc.insecure_channel(stack.target) as channel, pytest.raises(grpc.RpcError) as failure:
+            decoder_pb2_grpc.DecoderServiceStub(channel).Segment(decoder_pb2.SegmentRequest(image_id="../etc"))
+        error = Sam3Error.from_rpc(failure.value)
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT and error.metadata["field"] == "image_id"
+        # The worker keeps serving after bad input.
+        assert client.segment(new_image(5), points=[[1, 1]]).objects[0].mask.shape == (48, 64)
+
+
+def test_encoder_over_its_concurrency_limit_is_resource_exhausted(redis_url: str) -> None:
+    with running(redis_url, prefix(), {ENCODER}) as stack, Client(stack.target) as client:
+        results: list[object] = []
+
+        def encode(seed: int) -> None:
+            try:
+                results.append(client.encode(new_image(seed, (1600, 1200))))
+            except Sam3Error as error:
+                results.append(error)
+
+        threads = [threading.Thread(target=encode, args=(100 + n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        rejected = [r for r in results if isinstance(r, Sam3Error)]
+        assert rejected and all(
+            r.code == grpc.StatusCode.RESOURCE_EXHAUSTED and r.reason == "OVERLOADED" for r in rejected
+        )
+        assert len(rejected) < 3
+
+
+def test_expired_encode_stores_nothing(redis_url: str) -> None:
+    with running(redis_url, prefix(), {ENCODER}) as stack, Client(stack.target) as client:
+        data = new_image(6, (2000, 1500))
+        with pytest.raises(Sam3Error) as failure:
+            client.encode(data, timeout=0.3)
+        assert failure.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(3)  # long enough for an encode that was not stopped to finish and write
+        from hashlib import sha256
+
+        assert stack.store.peek_size(sha256(data).hexdigest()) is None
+
+
+def test_encode_batch_answers_each_image_and_survives_a_bad_one(redis_url: str) -> None:
+    with running(redis_url, prefix(), {ENCODER}) as stack, grpc.insecure_channel(stack.target) as channel:
+        requests = [
+            encoder_pb2.EncodeRequest(image=new_image(7), request_id="a"),
+            encoder_pb2.EncodeRequest(image=b"junk", request_id="b"),
+            encoder_pb2.EncodeRequest(image=new_image(7), request_id="c"),
+        ]
+        responses = list(encoder_pb2_grpc.EncoderServiceStub(channel).EncodeBatch(iter(requests), timeout=60))
+        assert [r.request_id for r in responses] == ["a", "b", "c"]
+        assert responses[1].error.info.reason == "INVALID_IMAGE"
+        assert responses[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert not responses[0].cached and responses[2].cached
+
+
+def test_segment_stream_skips_stale_clicks_of_the_same_object(redis_url: str) -> None:
+    from sam3_client._convert import ObjectPrompt, segment_request
+
+    with running(redis_url, prefix()) as stack, Client(stack.target) as client:
+        image_id = client.encode(new_image(8)).image_id
+        gate = threading.Event()
+
+        def requests():
+            yield segment_request(image_id, [ObjectPrompt([[1, 1]])], request_id="warm")
+            gate.wait(10)
+            for n in range(20):
+                yield segment_request(image_id, [ObjectPrompt([[n + 1, 2]])], request_id=str(n), object_key="dog")
+            yield segment_request(image_id, [ObjectPrompt([[3, 3]])], request_id="other", object_key="cat")
+
+        with grpc.insecure_channel(stack.target) as channel:
+            responses = []
+            for response in decoder_pb2_grpc.DecoderServiceStub(channel).SegmentStream(requests(), timeout=60):
+                responses.append(response)
+                gate.set()
+        assert [r.request_id for r in responses] == ["warm", *map(str, range(20)), "other"]
+        assert not responses[-2].skipped and not responses[-1].skipped  # the latest of each object is answered
+        assert all(len(r.objects) == (0 if r.skipped else 1) for r in responses)
+
+
+def test_model_info_health_and_reflection(redis_url: str) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with running(redis_url, prefix()) as stack, grpc.insecure_channel(stack.target) as channel:
+        info = Client(stack.target).model_info()
+        assert info.model_id == stack.store.model_id and info.mask_size == 288
+        assert [tuple(e.shape) for e in info.embeddings] == [(1, 32, 288, 288), (1, 64, 144, 144), (1, 256, 72, 72)]
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "sam3.v1.EncoderService", "sam3.v1.DecoderService", "liveness"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == 1
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+        assert {"sam3.v1.EncoderService", "sam3.v1.DecoderService", "grpc.health.v1.Health"} <= set(services)
+        assert isinstance(info, common_pb2.ModelInfo)
+
+
+def test_sigterm_lets_an_in_flight_encode_finish() -> None:
+    import urllib.request
+
+    from service_stack import free_port
+
+    metrics_port = free_port()
+    data = new_image(9, (3000, 2000))
+    with (
+        serve_subprocess("--grace-seconds", "30", "--metrics-port", str(metrics_port)) as (process, target),
+        Client(target) as client,
+    ):
+        outcome: list[object] = []
+
+        def encode() -> None:
+            try:
+                outcome.append(client.encode(data))
+            except Sam3Error as error:
+                outcome.append(error)
+
+        thread = threading.Thread(target=encode)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # wait until the worker has admitted the call
+            page = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).read().decode()
+            if any(
+                line.startswith("sam3_in_flight_requests") and not line.endswith(" 0.0") for line in page.splitlines()
+            ):
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        thread.join(60)
+        assert outcome and not isinstance(outcome[0], Exception) and outcome[0].cached is False
+        assert process.wait(timeout=30) == 0
