@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
-from decoder_service.cache import EmbeddingCache
 
+from decoder_service.cache import EmbeddingCache
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc
 from sam3_core import masks as mask_codecs
 from sam3_core.embeddings import ImageEmbeddings
@@ -68,28 +68,30 @@ def selected_indices(request: decoder_pb2.SegmentRequest, prediction: ObjectPred
     return [prediction.best_index]
 
 
-def mask_message(mask: np.ndarray | None, index: int, score: float, fmt: int) -> decoder_pb2.Mask:
-    """One mask on the wire; with MASK_FORMAT_NONE nothing at full size is computed at all."""
-    if mask is None:
-        return decoder_pb2.Mask(index=index, iou_score=score, format=fmt)
-    height, width = mask.shape
-    x, y, w, h = mask_codecs.bounding_box(mask)
-    message = decoder_pb2.Mask(
-        index=index,
-        iou_score=score,
-        format=fmt,
-        width=width,
-        height=height,
-        bbox=decoder_pb2.BoundingBox(x=x, y=y, width=w, height=h),
-        area=int(np.count_nonzero(mask)),
-    )
+def mask_message(prediction: ObjectPrediction, index: int, fmt: int, timer: StageTimer) -> decoder_pb2.Mask:
+    """One mask on the wire. RLE comes straight from the logits (no H x W mask for smooth masks); with
+    MASK_FORMAT_NONE nothing at full size is computed at all."""
+    message = decoder_pb2.Mask(index=index, iou_score=float(prediction.iou_scores[index]), format=fmt)
+    if fmt == decoder_pb2.MASK_FORMAT_NONE:
+        return message
+    height, width = prediction.original_size
+    started = time.perf_counter()
     if fmt == decoder_pb2.MASK_FORMAT_RLE:
-        rle = mask_codecs.to_coco_rle(mask)
+        rle = prediction.mask_rle(index)
+        area, (x, y, w, h) = mask_codecs.rle_area_and_box(rle)
+        timer.measure("postprocess", started)
+        started = time.perf_counter()
         message.rle.CopyFrom(decoder_pb2.RleMask(counts=rle.counts, height=height, width=width))
-    elif fmt == decoder_pb2.MASK_FORMAT_PACKED_BITS:
-        message.data = mask_codecs.to_packed_bits(mask)
     else:
-        message.data = mask_codecs.to_png(mask)
+        mask = prediction.mask(index)
+        area, (x, y, w, h) = int(np.count_nonzero(mask)), mask_codecs.bounding_box(mask)
+        timer.measure("postprocess", started)
+        started = time.perf_counter()
+        packed = fmt == decoder_pb2.MASK_FORMAT_PACKED_BITS
+        message.data = mask_codecs.to_packed_bits(mask) if packed else mask_codecs.to_png(mask)
+    message.width, message.height, message.area = width, height, area
+    message.bbox.CopyFrom(decoder_pb2.BoundingBox(x=x, y=y, width=w, height=h))
+    timer.measure("encode_mask", started)
     return message
 
 
@@ -104,13 +106,7 @@ def object_result(
         iou_scores=prediction.iou_scores.tolist(),
         best_index=prediction.best_index,
     )
-    for index in indices:
-        started = time.perf_counter()
-        mask = None if fmt == decoder_pb2.MASK_FORMAT_NONE else prediction.mask(index)
-        timer.measure("postprocess", started)
-        started = time.perf_counter()
-        result.masks.append(mask_message(mask, index, float(prediction.iou_scores[index]), fmt))
-        timer.measure("encode_mask", started)
+    result.masks.extend(mask_message(prediction, index, fmt, timer) for index in indices)
     if request.return_low_res_logits:
         logits = prediction.low_res_logits[indices]
         result.low_res_logits.CopyFrom(

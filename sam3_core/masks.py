@@ -48,6 +48,26 @@ def to_coco_rle(mask: np.ndarray) -> CocoRle:
     return CocoRle(counts=counts, size=(int(mask.shape[0]), int(mask.shape[1])))
 
 
+def rle_area_and_box(rle: CocoRle) -> tuple[int, tuple[int, int, int, int]]:
+    """Foreground pixel count and COCO (x, y, width, height) box, from the runs alone (no mask needed)."""
+    height = rle.size[0]
+    counts = np.asarray(rle.counts, dtype=np.int64)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    first, last = starts[1::2], ends[1::2] - 1  # foreground runs: odd positions
+    nonempty = last >= first
+    first, last = first[nonempty], last[nonempty]
+    if first.size == 0:
+        return 0, (0, 0, 0, 0)
+    first_col, last_col = first // height, last // height
+    same_column = first_col == last_col
+    # A run that wraps from the bottom of one column into the next covers the last and first rows.
+    top = int(np.min(np.where(same_column, first % height, 0)))
+    bottom = int(np.max(np.where(same_column, last % height, height - 1)))
+    left, right = int(first_col.min()), int(last_col.max())
+    return int((last - first + 1).sum()), (left, top, right - left + 1, bottom - top + 1)
+
+
 def from_coco_rle(rle: CocoRle) -> np.ndarray:
     height, width = rle.size
     values = np.zeros(len(rle.counts), dtype=bool)

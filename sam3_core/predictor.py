@@ -17,10 +17,11 @@ import onnxruntime as ort
 
 from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.images import ImageInput, ImageLimits, load_image
+from sam3_core.masks import CocoRle
 from sam3_core.model import Sam3Model
 from sam3_core.preprocess import pixel_values
 from sam3_core.prompts import Prompt, PromptLimits, build_batches, validate
-from sam3_core.resize import upsample_logits, upsample_logits_to_mask
+from sam3_core.resize import upsample_logits, upsample_logits_to_mask, upsample_logits_to_rle
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class ObjectPrediction:
         """Boolean H x W mask at the original size; the best one (highest IoU) unless told otherwise."""
         chosen = self.best_index if index is None else _check_index(index, len(self.iou_scores))
         return upsample_logits_to_mask(self.low_res_logits[chosen], *self.original_size)
+
+    def mask_rle(self, index: int | None = None) -> CocoRle:
+        """The same mask as COCO RLE, computed without materialising H x W pixels for smooth masks."""
+        chosen = self.best_index if index is None else _check_index(index, len(self.iou_scores))
+        return upsample_logits_to_rle(self.low_res_logits[chosen], *self.original_size)
 
     def masks(self) -> np.ndarray:
         """All candidate masks, boolean [3, H, W]."""

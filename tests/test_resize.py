@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sam3_core.resize import resize_uint8_antialiased, upsample_logits, upsample_logits_to_mask
+from sam3_core.masks import bounding_box, rle_area_and_box, to_coco_rle
+from sam3_core.resize import (
+    resize_uint8_antialiased,
+    upsample_logits,
+    upsample_logits_to_mask,
+    upsample_logits_to_rle,
+)
 
 GOLDEN_PATH = Path(__file__).parent / "fixtures" / "resize_golden.npz"
 UPSAMPLE_ATOL = 1e-5
@@ -196,3 +202,42 @@ def test_upsample_rejects_bad_arguments(logits: object, size: tuple[object, obje
 def test_mask_requires_2d() -> None:
     with pytest.raises(ValueError, match="2-D"):
         upsample_logits_to_mask(np.zeros((1, 4, 4), dtype=np.float32), 8, 8)
+
+
+# --------------------------------------------------------------------------------------------------
+# RLE straight from the logits (the decoder's fast path for smooth masks)
+# --------------------------------------------------------------------------------------------------
+
+
+def _smooth_logits(wavy: bool) -> np.ndarray:
+    yy, xx = np.mgrid[0:288, 0:288].astype(np.float32)
+    logits = (60 - np.hypot(xx - 140, yy - 120)) / 10
+    if wavy:
+        logits = logits + 3 * np.sin(xx / 9) * np.cos(yy / 13)
+    return logits.astype(np.float32)
+
+
+@pytest.mark.parametrize("wavy", [False, True])
+@pytest.mark.parametrize(("height", "width"), [(1080, 1920), (3000, 4000), (300, 301), (289, 5000), (288, 288)])
+def test_rle_from_logits_equals_thresholding_the_full_mask(wavy: bool, height: int, width: int) -> None:
+    logits = _smooth_logits(wavy)
+    expected = upsample_logits_to_mask(logits, height, width)
+    rle = upsample_logits_to_rle(logits, height, width)
+    assert rle.size == (height, width)
+    assert rle.counts == to_coco_rle(expected).counts
+    area, box = rle_area_and_box(rle)
+    assert area == int(expected.sum()) and box == bounding_box(expected)
+
+
+@pytest.mark.parametrize(("height", "width"), [(17, 23), (600, 800)])
+def test_rle_from_speckled_or_downscaled_logits_falls_back_to_the_full_mask(height: int, width: int) -> None:
+    logits = np.random.default_rng(0).standard_normal((288, 288)).astype(np.float32)
+    rle = upsample_logits_to_rle(logits, height, width)
+    assert rle.counts == to_coco_rle(upsample_logits_to_mask(logits, height, width)).counts
+
+
+def test_rle_of_empty_and_full_masks() -> None:
+    for value, area in ((-1.0, 0), (1.0, 1080 * 1920)):
+        rle = upsample_logits_to_rle(np.full((288, 288), value, np.float32), 1080, 1920)
+        assert rle_area_and_box(rle)[0] == area
+        assert rle.counts == to_coco_rle(np.full((1080, 1920), value > 0)).counts
