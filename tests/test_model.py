@@ -185,15 +185,10 @@ def test_missing_variant_names_file():
 @pytest.fixture(scope="module")
 def int8_folder(tmp_path_factory) -> Path:
     pytest.importorskip("onnx", reason="onnxruntime.quantization needs the onnx package")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from sam3_core.quantize import quantize
 
     folder = copy_model(tmp_path_factory.mktemp("int8"))
-    quantize_dynamic(
-        folder / ENCODER,
-        folder / "vision_encoder_int8.onnx",
-        op_types_to_quantize=["MatMul"],
-        weight_type=QuantType.QInt8,
-    )
+    quantize(folder, "int8")
     return folder
 
 

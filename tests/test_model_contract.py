@@ -87,13 +87,11 @@ def _variant_folder(tmp_path: Path, name: str) -> Path:
 
 
 def test_int8_variant_keeps_float32_io_and_tracks_fp32(tmp_path: Path) -> None:
-    """Q3: dynamic int8 quantisation keeps float32 inputs and outputs; masks stay close to fp32."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """Q3: dynamic int8 quantisation (as `sam3 export --quantize int8` does) keeps float32 I/O; masks track fp32."""
+    from sam3_core.quantize import quantize
 
     target = _variant_folder(tmp_path, "vision_encoder_int8.onnx")
-    quantize_dynamic(
-        target.with_name("vision_encoder.onnx"), target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8
-    )
+    quantize(target.parent, "int8")
     quantized = Sam3Model(target.parent, variant="int8")
     assert [i.type for i in quantized.encoder.get_inputs()] == ["tensor(float)"]
     assert {o.type for o in quantized.encoder.get_outputs()} == {"tensor(float)"}

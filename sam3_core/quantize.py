@@ -1,0 +1,54 @@
+"""Smaller, faster encoder variants from an fp32 folder: needs onnxruntime and onnx, not torch.
+
+`sam3 export --quantize` calls this after writing the graphs; tests quantize the committed fixture with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ENCODER_FILE = "vision_encoder.onnx"
+QUANTIZATIONS = ("int8", "q4")
+
+
+def quantize(out_dir: Path, kind: str) -> Path:
+    """Writes `vision_encoder_<kind>.onnx`: dynamic int8 MatMul weights, or 4-bit MatMulNBits blocks."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = out_dir / ENCODER_FILE
+    target = out_dir / f"vision_encoder_{kind}.onnx"
+    large = (out_dir / f"{ENCODER_FILE}_data").exists()
+    if kind == "int8":
+        # Shape inference cannot type the fused-attention (com.microsoft) outputs: they are float32.
+        quantize_dynamic(
+            source,
+            target,
+            op_types_to_quantize=["MatMul"],
+            weight_type=QuantType.QInt8,
+            use_external_data_format=large,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    elif kind == "q4":
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), block_size=32, is_symmetric=True)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(target), use_external_data_format=large)
+    else:
+        raise ValueError(f"unknown quantization {kind!r}: choose int8 or q4")
+    _drop_untyped_value_info(target)
+    return target
+
+
+def _drop_untyped_value_info(path: Path) -> None:
+    """The quantizer records the fused-attention outputs with element type 0, which ONNX Runtime
+    refuses to load; the annotations are optional, so drop them (weights stay where they are)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    untyped = [v for v in model.graph.value_info if v.type.tensor_type.elem_type == 0]
+    if untyped:
+        for value in untyped:
+            model.graph.value_info.remove(value)
+        onnx.save(model, str(path))
