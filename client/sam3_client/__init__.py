@@ -1,15 +1,22 @@
-"""Python SDK and command line for sam3-service.
+"""Python SDK for sam3-service: interactive SAM3 segmentation over gRPC.
 
-from sam3_client import Client
-with Client("localhost:50051") as sam3:
-    result = sam3.segment("photo.jpg", points=[[500, 375]])
+    from sam3_client import Client
+    with Client("localhost:50051") as sam3:
+        result = sam3.segment("photo.jpg", points=[[500, 375]])
+        mask = result.mask          # numpy bool, H x W at the photo's size
+
+`AsyncClient` has the same methods for asyncio. Transport options (TLS, token, retries,
+wait_for_ready, message size) are `ChannelSettings`; default deadlines per method are `Deadlines`;
+every failure is a `Sam3Error` carrying the gRPC status code and the server's reason.
 """
 
 from sam3_client._channel import ChannelSettings, Deadlines, Sam3Error
-from sam3_client._convert import EncodeResult, Mask, ObjectPrompt, ObjectResult, SegmentResult
+from sam3_client._convert import EncodeResult, Mask, ObjectPrompt, ObjectResult, SegmentResult, StreamRequest
+from sam3_client.async_client import AsyncClient
 from sam3_client.client import Client
 
 __all__ = [
+    "AsyncClient",
     "ChannelSettings",
     "Client",
     "Deadlines",
@@ -19,4 +26,5 @@ __all__ = [
     "ObjectResult",
     "Sam3Error",
     "SegmentResult",
+    "StreamRequest",
 ]

@@ -1,19 +1,31 @@
-"""Between user-facing Python values and sam3.v1 messages: shared by the sync and async clients."""
+"""Between user-facing Python values and sam3.v1 messages: shared by the sync and async clients.
+
+Besides conversions, this module holds what each client method *does*, written once as a "flow":
+a generator that yields the rpcs it needs (`Call`) and receives their responses (or has the
+`Sam3Error` thrown in). `Client` runs flows with blocking stubs, `AsyncClient` awaits grpc.aio
+stubs; neither repeats the logic (e.g. Segment -> NOT_FOUND -> Encode -> Segment).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypedDict, TypeVar, Unpack, cast
 
+import grpc
 import numpy as np
 
-from sam3_client.proto import decoder_pb2, encoder_pb2
+from sam3_client._channel import Call, Deadlines, Sam3Error
+from sam3_client.proto import common_pb2, decoder_pb2, encoder_pb2
 
+T = TypeVar("T")
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 MASK_FORMATS = {
     "png": decoder_pb2.MASK_FORMAT_PNG,
@@ -22,11 +34,20 @@ MASK_FORMATS = {
     "none": decoder_pb2.MASK_FORMAT_NONE,
 }
 _LABELS = {1: decoder_pb2.POINT_LABEL_FOREGROUND, 0: decoder_pb2.POINT_LABEL_BACKGROUND}
+# Pillow modes a PNG stores as they are; anything else (CMYK, YCbCr, float...) is sent as RGB.
+_PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
+
+
+# ---------------------------------------------------------------- user-facing values
 
 
 @dataclass(frozen=True)
 class ObjectPrompt:
-    """One object: clicks (x, y in pixels of the displayed image) with labels (1 fg, 0 bg), and/or a box."""
+    """One object to segment: clicks and/or a box, in pixels of the image as sent.
+
+    points: [[x, y], ...]; labels: 1 foreground / 0 background per point (default: all 1);
+    box: [x1, y1, x2, y2]. At least one point or the box.
+    """
 
     points: Sequence[Sequence[float]] = ()
     labels: Sequence[int] | None = None
@@ -35,19 +56,22 @@ class ObjectPrompt:
 
 @dataclass(frozen=True)
 class EncodeResult:
+    """The stored embedding's identity: pass `image_id` to segment() to skip hashing and uploading."""
+
     image_id: str
     width: int
     height: int
-    cached: bool
+    cached: bool  # the store already held it: the model did not run
     model_id: str
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # server-side milliseconds per stage
+    error: Sam3Error | None = None  # encode_many only: this image failed, the stream carried on
 
 
 @dataclass(frozen=True)
 class Mask:
     """One returned mask: boolean H x W at the original size (None when the format was 'none')."""
 
-    index: int
+    index: int  # which of the decoder's 3 candidates
     iou_score: float
     mask: np.ndarray | None
     bbox: tuple[int, int, int, int]  # COCO x, y, width, height
@@ -56,11 +80,13 @@ class Mask:
 
 @dataclass(frozen=True)
 class ObjectResult:
+    """The result for one ObjectPrompt: the selected mask(s), all 3 IoU scores, presence probability."""
+
     masks: list[Mask]
     iou_scores: list[float]
     best_index: int
-    presence: float
-    low_res_logits: np.ndarray | None = None
+    presence: float  # probability the prompted object is in the image at all
+    low_res_logits: np.ndarray | None = None  # [masks, 288, 288] float32, when asked for
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -70,13 +96,48 @@ class ObjectResult:
 
 @dataclass(frozen=True)
 class SegmentResult:
+    """Masks for every object of one request, in request order."""
+
     image_id: str
     width: int
     height: int
     objects: list[ObjectResult]
     model_id: str
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # server-side milliseconds per stage
     encoded: EncodeResult | None = None  # set when the call had to Encode the image first
+    request_id: str = ""  # segment_stream: the index of the request this answers, as a string
+    skipped: bool = False  # segment_stream: a newer request for the same object_key superseded this one
+    error: Sam3Error | None = None  # segment_stream: this request failed, the session carried on
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """The first object's chosen mask: the answer of a one-object segment()."""
+        return self.objects[0].mask if self.objects else None
+
+
+class SegmentOptions(TypedDict, total=False):
+    """Keyword options of segment, segment_objects and segment_stream (all optional).
+
+    mask: "best" (default: the mask with the highest predicted IoU), "all" (three, index order) or an index 0..2.
+    mask_format: how masks travel: "rle" (default, compact), "png", "bits", or "none" (scores only, faster).
+    low_res_logits: also return the model's 288 x 288 mask logits (ObjectResult.low_res_logits).
+    timeout: seconds for the whole call, encode included (segment_stream: the whole session);
+        default: the client's Deadlines.
+    """
+
+    mask: int | str
+    mask_format: str
+    low_res_logits: bool
+    timeout: float | None
+
+
+# A segment_stream request: (image, objects) or (image, objects, object_key).
+StreamRequest = (
+    tuple[Any, ObjectPrompt | Sequence[ObjectPrompt]] | tuple[Any, ObjectPrompt | Sequence[ObjectPrompt], str]
+)
+
+
+# ---------------------------------------------------------------- images
 
 
 @dataclass(frozen=True)
@@ -88,7 +149,13 @@ class ImagePayload:
 
 
 def image_payload(image: Any) -> ImagePayload:
-    """Paths, bytes, PIL images, numpy arrays, or an image id (64 hex digits) -> bytes + sha256 id."""
+    """Paths, bytes, PIL images, numpy arrays, or an image id (64 hex digits) -> bytes + sha256 id.
+
+    Files and bytes travel unchanged (the server applies their EXIF orientation); PIL images and
+    arrays travel as lossless PNG of exactly their pixels, as they are (no EXIF rotation).
+    """
+    if isinstance(image, ImagePayload):
+        return image
     if isinstance(image, str) and IMAGE_ID.match(image) and not Path(image).exists():
         return ImagePayload(image, None)
     if isinstance(image, str | Path):
@@ -103,23 +170,41 @@ def image_payload(image: Any) -> ImagePayload:
 
 
 def _encode_pixels(image: Any) -> bytes:
-    """PIL images and arrays travel as lossless PNG (the server decodes exactly these pixels)."""
+    """PIL images and uint8 arrays (H x W, H x W x 1/3/4) -> PNG bytes the server decodes to the same pixels."""
     from PIL import Image
 
     if isinstance(image, np.ndarray):
-        array = image if image.dtype == np.uint8 else np.clip(np.rint(image), 0, 255).astype(np.uint8)
-        image = Image.fromarray(array)
+        if image.dtype != np.uint8:
+            raise TypeError(
+                f"numpy images must be uint8 (0..255), got {image.dtype}: convert first, "
+                "e.g. (array * 255).round().astype(np.uint8) for floats in 0..1"
+            )
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+            raise ValueError(f"numpy images must be H x W, H x W x 3 (RGB) or H x W x 4 (RGBA), got {image.shape}")
+        image = Image.fromarray(np.ascontiguousarray(image))
     if not isinstance(image, Image.Image):
         raise TypeError(
             f"expected a path, bytes, a PIL image, a numpy array or an image id, got {type(image).__name__}"
         )
+    if image.mode not in _PNG_MODES:
+        image = image.convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
+# ---------------------------------------------------------------- requests and results
+
+
 def object_prompt(prompt: ObjectPrompt) -> decoder_pb2.ObjectPrompt:
-    points = [tuple(p) for p in prompt.points]
+    try:
+        points = [tuple(p) for p in prompt.points]
+    except TypeError:
+        points = []
+    if any(len(p) != 2 for p in points) or len(points) != len(prompt.points):
+        raise ValueError(f"points must be [[x, y], ...], got {prompt.points!r}")
     labels = list(prompt.labels) if prompt.labels is not None else [1] * len(points)
     if len(labels) != len(points):
         raise ValueError(f"{len(labels)} labels for {len(points)} points")
@@ -127,7 +212,7 @@ def object_prompt(prompt: ObjectPrompt) -> decoder_pb2.ObjectPrompt:
         raise ValueError(f"labels must be 1 (foreground) or 0 (background), got {labels}")
     message = decoder_pb2.ObjectPrompt(
         points=[
-            decoder_pb2.Point(x=float(x), y=float(y), label=_LABELS[label])
+            decoder_pb2.Point(x=float(x), y=float(y), label=_LABELS[int(label)])
             for (x, y), label in zip(points, labels, strict=True)
         ]
     )
@@ -141,20 +226,22 @@ def segment_request(
     image_id: str,
     objects: Sequence[ObjectPrompt],
     *,
-    mask: int | str = "best",
-    mask_format: str = "rle",
-    low_res_logits: bool = False,
     request_id: str = "",
     object_key: str = "",
+    **options: Unpack[SegmentOptions],
 ) -> decoder_pb2.SegmentRequest:
-    """mask: "best", "all" or an index 0..2; mask_format: "rle" (compact), "png", "bits" or "none"."""
+    """The SegmentRequest for `objects` with SegmentOptions (`timeout` is the caller's business, not sent)."""
+    unknown = set(options) - SegmentOptions.__optional_keys__
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}: use {sorted(SegmentOptions.__optional_keys__)}")
+    mask, mask_format = options.get("mask", "best"), options.get("mask_format", "rle")
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format {mask_format!r}: choose one of {sorted(MASK_FORMATS)}")
     request = decoder_pb2.SegmentRequest(
         image_id=image_id,
         objects=[object_prompt(o) for o in objects],
         mask_format=MASK_FORMATS[mask_format],
-        return_low_res_logits=low_res_logits,
+        return_low_res_logits=options.get("low_res_logits", False),
         request_id=request_id,
         object_key=object_key,
     )
@@ -182,35 +269,30 @@ def decode_mask(message: decoder_pb2.Mask) -> np.ndarray | None:
     return codecs.from_png(message.data)
 
 
+def _object_result(obj: decoder_pb2.ObjectResult) -> ObjectResult:
+    logits = None
+    if obj.HasField("low_res_logits"):
+        shape = (obj.low_res_logits.count, obj.low_res_logits.height, obj.low_res_logits.width)
+        logits = np.frombuffer(obj.low_res_logits.data, "<f4").reshape(shape)
+    masks = [
+        Mask(m.index, m.iou_score, decode_mask(m), (m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height), m.area)
+        for m in obj.masks
+    ]
+    return ObjectResult(masks, list(obj.iou_scores), obj.best_index, obj.presence_probability, logits)
+
+
 def segment_result(response: decoder_pb2.SegmentResponse, encoded: EncodeResult | None = None) -> SegmentResult:
-    objects = []
-    for obj in response.objects:
-        logits = None
-        if obj.HasField("low_res_logits"):
-            shape = (obj.low_res_logits.count, obj.low_res_logits.height, obj.low_res_logits.width)
-            logits = np.frombuffer(obj.low_res_logits.data, "<f4").reshape(shape)
-        objects.append(
-            ObjectResult(
-                masks=[
-                    Mask(
-                        m.index, m.iou_score, decode_mask(m), (m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height), m.area
-                    )
-                    for m in obj.masks
-                ],
-                iou_scores=list(obj.iou_scores),
-                best_index=obj.best_index,
-                presence=obj.presence_probability,
-                low_res_logits=logits,
-            )
-        )
     return SegmentResult(
         response.image_id,
         response.width,
         response.height,
-        objects,
+        [_object_result(obj) for obj in response.objects],
         response.model_id,
         dict(response.timings.milliseconds),
         encoded,
+        response.request_id,
+        response.skipped,
+        Sam3Error.from_item(response.error) if response.HasField("error") else None,
     )
 
 
@@ -228,4 +310,205 @@ def encode_result(response: encoder_pb2.EncodeResponse) -> EncodeResult:
         response.cached,
         response.model_id,
         dict(response.timings.milliseconds),
+        Sam3Error.from_item(response.error) if response.HasField("error") else None,
     )
+
+
+# ---------------------------------------------------------------- flows
+
+
+Flow = Generator[Call, Any, T]
+
+
+class Steps(Generic[T]):
+    """Runs a flow one rpc at a time; the clients' only job is to make each rpc:
+
+    steps = Steps(flow)
+    for call in steps:                      # the next rpc the flow needs
+        with steps.answer():                # an RpcError is thrown into the flow as a Sam3Error
+            steps.send(make_the_rpc(call))  # the response goes back into the flow
+    return steps.result
+    """
+
+    def __init__(self, flow: Flow[T]) -> None:
+        self._flow = flow
+        self._call: Call | None = None
+        self._result: T | None = None
+        self._advance(None, None)
+
+    def __iter__(self) -> Iterator[Call]:
+        while self._call is not None:
+            yield self._call
+
+    def send(self, reply: Any) -> None:
+        self._advance(reply, None)
+
+    @contextmanager
+    def answer(self) -> Iterator[None]:
+        try:
+            yield
+        except grpc.RpcError as rpc_error:
+            error = Sam3Error.from_rpc(rpc_error)
+        else:
+            return
+        try:
+            self._advance(None, error)
+        except Sam3Error as final:
+            raise final from None  # the RpcError behind it says nothing more
+
+    @property
+    def result(self) -> T:
+        return cast(T, self._result)
+
+    def _advance(self, reply: Any, error: Sam3Error | None) -> None:
+        try:
+            self._call = self._flow.send(reply) if error is None else self._flow.throw(error)
+        except StopIteration as done:
+            self._call, self._result = None, done.value
+
+
+@contextmanager
+def stream_errors(call: Any) -> Iterator[None]:
+    """Around reading a streaming call: RpcError -> Sam3Error, and the call cancelled if the reader stops early."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise Sam3Error.from_rpc(error) from None
+    finally:
+        call.cancel()
+
+
+def stream_deadline(timeout: float | None, deadlines: Deadlines) -> float:
+    return deadlines.stream if timeout is None else timeout
+
+
+class Budget:
+    """The deadline of one user-level call that may need several rpcs (segment -> encode -> segment).
+
+    With `timeout=None` each rpc gets its own default deadline; with a timeout they share it.
+    """
+
+    def __init__(self, timeout: float | None) -> None:
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def left(self, default: float) -> float:
+        if self._end is None:
+            return default
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise Sam3Error(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's timeout expired between its rpcs")
+        return left
+
+
+def encode_flow(
+    image: Any, deadlines: Deadlines, *, force: bool = False, timeout: float | None = None
+) -> Flow[EncodeResult]:
+    request = encode_request(image_payload(image), force=force)
+    response = yield Call("encode", request, Budget(timeout).left(deadlines.encode))
+    return encode_result(response)
+
+
+def segment_flow(
+    image: Any, objects: Sequence[ObjectPrompt], deadlines: Deadlines, **options: Unpack[SegmentOptions]
+) -> Flow[SegmentResult]:
+    """Segment; on NOT_FOUND with the image at hand, Encode it and Segment again (one user call)."""
+    budget = Budget(options.get("timeout"))
+    payload = image_payload(image)
+    request = segment_request(payload.image_id, objects, **options)
+    try:
+        return segment_result((yield Call("segment", request, budget.left(deadlines.segment))))
+    except Sam3Error as error:
+        if not error.is_not_encoded:
+            raise
+        if payload.data is None:
+            raise error.with_message(
+                f"image {payload.image_id} is not in the store and only its id was given: pass the image itself "
+                f"(a path, bytes, a PIL image or an array) so the client can encode it ({error.message})"
+            ) from None
+    encoded = encode_result((yield Call("encode", encode_request(payload), budget.left(deadlines.encode))))
+    try:
+        response = yield Call("segment", request, budget.left(deadlines.segment))
+    except Sam3Error as error:
+        if not error.is_not_encoded:
+            raise
+        raise error.with_message(
+            f"the encoder stored image {payload.image_id} under model {encoded.model_id}, yet the decoder cannot "
+            f"find it: do both workers share the Redis store, key prefix and model? ({error.message})"
+        ) from None
+    return segment_result(response, encoded)
+
+
+def info_flow(deadlines: Deadlines, timeout: float | None) -> Flow[common_pb2.ModelInfo]:
+    info: common_pb2.ModelInfo = yield Call(
+        "info", common_pb2.GetModelInfoRequest(), Budget(timeout).left(deadlines.info)
+    )
+    return info
+
+
+def _prompts(objects: ObjectPrompt | Sequence[ObjectPrompt]) -> Sequence[ObjectPrompt]:
+    return [objects] if isinstance(objects, ObjectPrompt) else objects
+
+
+class Session:
+    """One segment_stream: numbers its requests and encodes each new image (not ids) once before use."""
+
+    def __init__(self, deadlines: Deadlines, options: SegmentOptions) -> None:
+        self._deadlines = deadlines
+        self.timeout = stream_deadline(options.get("timeout"), deadlines)
+        self._options = options
+        self._ready: set[str] = set()
+        self._count = itertools.count()
+
+    def request_flow(self, item: StreamRequest) -> Flow[decoder_pb2.SegmentRequest]:
+        image, objects, *key = item
+        payload = image_payload(image)
+        if payload.data is not None and payload.image_id not in self._ready:
+            yield from encode_flow(payload, self._deadlines)
+            self._ready.add(payload.image_id)
+        return segment_request(
+            payload.image_id,
+            _prompts(objects),
+            request_id=str(next(self._count)),
+            object_key=str(key[0]) if key else "",
+            **self._options,
+        )
+
+
+class Batch:
+    """One encode_many: numbers its requests (request_id = position in the input)."""
+
+    def __init__(self, force: bool) -> None:
+        self._force = force
+        self._count = itertools.count()
+
+    def request(self, image: Any) -> encoder_pb2.EncodeRequest:
+        return encode_request(image_payload(image), force=self._force, request_id=str(next(self._count)))
+
+
+class Feed:
+    """The request side of a streaming call.
+
+    A failure while producing requests (an unreadable file, a bad prompt) ends the request stream
+    cleanly and is raised to the reader once the answers to the earlier requests are in, instead
+    of gRPC logging it and cancelling the whole call.
+    """
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    def wrap(self, requests: Iterable[T]) -> Iterator[T]:
+        try:
+            yield from requests
+        except Exception as error:
+            self.error = error
+
+    async def wrap_async(self, requests: AsyncIterable[T]) -> AsyncIterator[T]:
+        try:
+            async for request in requests:
+                yield request
+        except Exception as error:
+            self.error = error
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error

@@ -2,70 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, Unpack
 
 import grpc
 
 from sam3_client import _convert
-from sam3_client._channel import ChannelSettings, Deadlines, Sam3Error, call_metadata, open_channel
-from sam3_client._convert import EncodeResult, ObjectPrompt, SegmentResult
-from sam3_client.proto import common_pb2, decoder_pb2_grpc, encoder_pb2_grpc
+from sam3_client._channel import Call, ClientBase
+from sam3_client._convert import EncodeResult, Feed, Flow, ObjectPrompt, SegmentOptions, SegmentResult, StreamRequest
+from sam3_client.proto import common_pb2
+
+T = TypeVar("T")
 
 
-class Client:
-    """Talks to a `sam3 serve` (one target) or to split encoder/decoder deployments.
+class Client(ClientBase):
+    """Blocking client for `sam3 serve` (one target) or split encoder/decoder deployments.
 
     >>> with Client("localhost:50051") as sam3:
     ...     result = sam3.segment("photo.jpg", points=[[500, 375]])
-    ...     mask = result.objects[0].mask            # numpy bool, H x W
+    ...     mask = result.mask                   # numpy bool, H x W at the photo's size
+
+    Images may be a path (str or Path), bytes of an image file, a PIL image, a uint8 numpy array
+    (H x W, H x W x 3 RGB, H x W x 4 RGBA) or the id `encode` returned. Every call has a deadline
+    (`deadlines`, or `timeout=` per call) and fails with `Sam3Error`. Thread-safe: share one client.
+    For asyncio use `AsyncClient`, which has the same methods.
     """
 
-    def __init__(
-        self,
-        target: str | None = None,
-        *,
-        encoder_target: str | None = None,
-        decoder_target: str | None = None,
-        settings: ChannelSettings | None = None,
-        deadlines: Deadlines | None = None,
-    ) -> None:
-        encoder_target = encoder_target or target
-        decoder_target = decoder_target or target
-        if not encoder_target or not decoder_target:
-            raise ValueError("give a target (host:port of `sam3 serve`) or both encoder_target and decoder_target")
-        self.settings = settings or ChannelSettings()
-        self.deadlines = deadlines or Deadlines()
-        self._decoder_channel = open_channel(grpc, decoder_target, self.settings)
-        self._encoder_channel = (
-            self._decoder_channel
-            if encoder_target == decoder_target
-            else open_channel(grpc, encoder_target, self.settings)
-        )
-        self._encoder = encoder_pb2_grpc.EncoderServiceStub(self._encoder_channel)
-        self._decoder = decoder_pb2_grpc.DecoderServiceStub(self._decoder_channel)
-        self._metadata = call_metadata(self.settings)
+    _grpc = grpc
 
     def close(self) -> None:
-        self._decoder_channel.close()
-        if self._encoder_channel is not self._decoder_channel:
-            self._encoder_channel.close()
+        """Close the channels; calls in flight are cancelled."""
+        for channel in self._connection.channels:
+            channel.close()
 
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException], BaseException, TracebackType] | Any) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.close()
 
     def encode(self, image: Any, *, force: bool = False, timeout: float | None = None) -> EncodeResult:
-        """Stores the image's embeddings (no-op when already stored, unless force)."""
-        request = _convert.encode_request(_convert.image_payload(image), force=force)
-        try:
-            response = self._encoder.Encode(request, timeout=timeout or self.deadlines.encode, metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise Sam3Error.from_rpc(error) from None
-        return _convert.encode_result(response)
+        """Store the image's embeddings ahead of prompts (returns at once when already stored, unless `force`).
+
+        Not needed before `segment`, which encodes on demand; useful to pre-warm, or to get the id.
+        """
+        return self._run(_convert.encode_flow(image, self.deadlines, force=force, timeout=timeout))
 
     def segment(
         self,
@@ -73,48 +57,67 @@ class Client:
         points: Sequence[Sequence[float]] = (),
         labels: Sequence[int] | None = None,
         box: Sequence[float] | None = None,
-        **options: Any,
+        **options: Unpack[SegmentOptions],
     ) -> SegmentResult:
-        """One object from clicks (labels 1 foreground / 0 background, default all 1) and/or a box.
+        """One object from clicks [[x, y], ...] (labels 1 foreground / 0 background, default all 1) and/or a box.
 
-        `image` is a path, bytes, a PIL image, a numpy array or an image id; options: mask="best" | "all" | 0..2,
-        mask_format="rle" | "png" | "bits" | "none", low_res_logits=False, timeout=seconds.
+        The image is hashed locally and only its id is sent; when the store lacks it, the image is
+        encoded and the prompt asked again (`result.encoded` is then set). Options (SegmentOptions):
+        mask="best" | "all" | 0..2, mask_format="rle" | "png" | "bits" | "none", low_res_logits=False,
+        timeout=seconds for the whole call, encode included.
         """
         return self.segment_objects(image, [ObjectPrompt(points, labels, box)], **options)
 
     def segment_objects(
-        self,
-        image: Any,
-        objects: Sequence[ObjectPrompt],
-        *,
-        mask: int | str = "best",
-        mask_format: str = "rle",
-        low_res_logits: bool = False,
-        timeout: float | None = None,
+        self, image: Any, objects: Sequence[ObjectPrompt], **options: Unpack[SegmentOptions]
     ) -> SegmentResult:
-        """Several objects in one call. Asks the decoder first; on NOT_FOUND encodes the image, then asks again."""
-        payload = _convert.image_payload(image)
-        request = _convert.segment_request(
-            payload.image_id, objects, mask=mask, mask_format=mask_format, low_res_logits=low_res_logits
-        )
-        try:
-            return _convert.segment_result(self._segment(request, timeout))
-        except Sam3Error as error:
-            if not error.is_not_encoded or payload.data is None:
-                raise
-        encoded = self.encode(payload.data)
-        return _convert.segment_result(self._segment(request, timeout), encoded)
+        """Several objects on one image in one call: `result.objects` follows the order of `objects`."""
+        return self._run(_convert.segment_flow(image, objects, self.deadlines, **options))
+
+    def encode_many(
+        self, images: Iterable[Any], *, force: bool = False, timeout: float | None = None
+    ) -> Iterator[EncodeResult]:
+        """Encode a folder's worth of images over one stream (EncodeBatch), yielding results in order.
+
+        A bad image yields a result with `error` set and the stream carries on; an unreadable input
+        ends the stream after the images before it, then raises. `timeout` bounds the whole stream.
+        """
+        feed = Feed()
+        requests = feed.wrap(map(_convert.Batch(force).request, images))
+        call = Call("encode_batch", requests, _convert.stream_deadline(timeout, self.deadlines))
+        yield from self._stream(call, feed, _convert.encode_result)
+
+    def segment_stream(
+        self, requests: Iterable[StreamRequest], **options: Unpack[SegmentOptions]
+    ) -> Iterator[SegmentResult]:
+        """An interactive session (SegmentStream): one result per request, in order.
+
+        Each request is `(image, objects)` or `(image, objects, object_key)`, objects being an
+        ObjectPrompt or a list of them; feed them as the user clicks (e.g. from a queue). Requests
+        sharing an object_key supersede each other: a stale one the worker had not started yet comes
+        back with `skipped=True`. A failed request has `error` set and the session carries on. An
+        image given as pixels/bytes is encoded once, when first seen; ids are used as they are.
+        Options as for `segment`; `timeout` bounds the whole session.
+        """
+        session = _convert.Session(self.deadlines, options)
+        feed = Feed()
+        messages = feed.wrap(self._run(session.request_flow(item)) for item in requests)
+        yield from self._stream(Call("segment_stream", messages, session.timeout), feed, _convert.segment_result)
 
     def model_info(self, *, timeout: float | None = None) -> common_pb2.ModelInfo:
-        try:
-            return self._decoder.GetModelInfo(
-                common_pb2.GetModelInfoRequest(), timeout=timeout or self.deadlines.info, metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise Sam3Error.from_rpc(error) from None
+        """What the decoder serves (model_id, mask size, embedding shapes, server version)."""
+        return self._run(_convert.info_flow(self.deadlines, timeout))
 
-    def _segment(self, request: Any, timeout: float | None) -> Any:
-        try:
-            return self._decoder.Segment(request, timeout=timeout or self.deadlines.segment, metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise Sam3Error.from_rpc(error) from None
+    def _run(self, flow: Flow[T]) -> T:
+        steps = _convert.Steps(flow)
+        for call in steps:
+            with steps.answer():
+                steps.send(self._connection.invoke(call))
+        return steps.result
+
+    def _stream(self, call: Call, feed: Feed, convert: Callable[[Any], T]) -> Iterator[T]:
+        responses = self._connection.invoke(call)
+        with _convert.stream_errors(responses):
+            for response in responses:
+                yield convert(response)
+        feed.raise_error()

@@ -1,0 +1,127 @@
+"""The asyncio client: `Client`'s methods as coroutines and async generators, on grpc.aio."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar, Unpack
+
+from grpc import aio
+
+from sam3_client import _convert
+from sam3_client._channel import Call, ClientBase
+from sam3_client._convert import EncodeResult, Feed, Flow, ObjectPrompt, SegmentOptions, SegmentResult, StreamRequest
+from sam3_client.proto import common_pb2
+
+T = TypeVar("T")
+
+
+class AsyncClient(ClientBase):
+    """`Client` for asyncio: the same methods, arguments and results, awaited.
+
+    >>> async with AsyncClient("localhost:50051") as sam3:
+    ...     result = await sam3.segment("photo.jpg", points=[[500, 375]])
+    ...     async for item in sam3.segment_stream(clicks()):   # clicks(): an async generator
+    ...         show(item.mask)
+
+    Many calls may run at once on one client (asyncio.gather); create and use it on one event loop.
+    See `Client` for what each method does.
+    """
+
+    _grpc = aio
+
+    async def close(self) -> None:
+        """Close the channels; calls in flight are cancelled."""
+        for channel in self._connection.channels:
+            await channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def encode(self, image: Any, *, force: bool = False, timeout: float | None = None) -> EncodeResult:
+        """Store the image's embeddings (see `Client.encode`)."""
+        return await self._run(_convert.encode_flow(image, self.deadlines, force=force, timeout=timeout))
+
+    async def segment(
+        self,
+        image: Any,
+        points: Sequence[Sequence[float]] = (),
+        labels: Sequence[int] | None = None,
+        box: Sequence[float] | None = None,
+        **options: Unpack[SegmentOptions],
+    ) -> SegmentResult:
+        """One object from clicks and/or a box, encoding the image on demand (see `Client.segment`)."""
+        return await self.segment_objects(image, [ObjectPrompt(points, labels, box)], **options)
+
+    async def segment_objects(
+        self, image: Any, objects: Sequence[ObjectPrompt], **options: Unpack[SegmentOptions]
+    ) -> SegmentResult:
+        """Several objects on one image in one call (see `Client.segment_objects`)."""
+        return await self._run(_convert.segment_flow(image, objects, self.deadlines, **options))
+
+    async def encode_many(
+        self, images: Iterable[Any] | AsyncIterable[Any], *, force: bool = False, timeout: float | None = None
+    ) -> AsyncIterator[EncodeResult]:
+        """Encode images over one EncodeBatch stream, results in order (see `Client.encode_many`)."""
+        batch = _convert.Batch(force)
+
+        async def requests() -> AsyncIterator[Any]:
+            async for image in _items(images):
+                yield batch.request(image)
+
+        feed = Feed()
+        call = Call("encode_batch", feed.wrap_async(requests()), _convert.stream_deadline(timeout, self.deadlines))
+        async for result in self._stream(call, feed, _convert.encode_result):
+            yield result
+
+    async def segment_stream(
+        self, requests: Iterable[StreamRequest] | AsyncIterable[StreamRequest], **options: Unpack[SegmentOptions]
+    ) -> AsyncIterator[SegmentResult]:
+        """An interactive SegmentStream session: one result per request, in order (see `Client.segment_stream`).
+
+        Stopping early (`break`) leaves the call open until the generator is closed: wrap it in
+        `contextlib.aclosing(...)` or let the session's request iterator end.
+        """
+        session = _convert.Session(self.deadlines, options)
+
+        async def messages() -> AsyncIterator[Any]:
+            async for item in _items(requests):
+                yield await self._run(session.request_flow(item))
+
+        feed = Feed()
+        async for result in self._stream(
+            Call("segment_stream", feed.wrap_async(messages()), session.timeout), feed, _convert.segment_result
+        ):
+            yield result
+
+    async def model_info(self, *, timeout: float | None = None) -> common_pb2.ModelInfo:
+        """What the decoder serves (see `Client.model_info`)."""
+        return await self._run(_convert.info_flow(self.deadlines, timeout))
+
+    async def _run(self, flow: Flow[T]) -> T:
+        steps = _convert.Steps(flow)
+        for call in steps:
+            with steps.answer():
+                steps.send(await self._connection.invoke(call))
+        return steps.result
+
+    async def _stream(self, call: Call, feed: Feed, convert: Callable[[Any], T]) -> AsyncIterator[T]:
+        responses = self._connection.invoke(call)
+        with _convert.stream_errors(responses):
+            async for response in responses:
+                yield convert(response)
+        feed.raise_error()
+
+
+async def _items(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
