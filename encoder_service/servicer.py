@@ -150,7 +150,11 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 raise ServiceError(code, f"image: {error}", reason, field="image") from error
             timer.measure("decode", started)
             run_options = ort.RunOptions()
-            context.add_callback(lambda: setattr(run_options, "terminate", True))
+            # add_callback refuses (False) once the call has ended: then do not start the model at all.
+            if not context.add_callback(lambda: setattr(run_options, "terminate", True)):
+                raise ServiceError(
+                    grpc.StatusCode.CANCELLED, "call ended before the encode started; nothing stored", Reason.CANCELLED
+                )
             try:
                 embeddings = encode(self.model, rgb, timer, run_options)
             except Exception as error:

@@ -69,6 +69,9 @@ class ServerConfig:
     auth_token: str | None = None  # bearer token required in `authorization: Bearer <token>` metadata
     tls_cert: str | None = None  # PEM paths: serve TLS when both are given
     tls_key: str | None = None
+    # Close connections after this long (clients reconnect and re-resolve DNS, so replicas an
+    # autoscaler adds start getting traffic); None keeps connections for ever.
+    max_connection_age_seconds: float | None = None
 
     def __post_init__(self) -> None:
         """Fail at startup on settings that would otherwise fail confusingly later."""
@@ -472,6 +475,15 @@ class Worker:
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.http2.max_pings_without_data", 0),
+            *(
+                [
+                    ("grpc.max_connection_age_ms", int(self.config.max_connection_age_seconds * 1000)),
+                    # Calls still running at that age get the drain time a SIGTERM would give them.
+                    ("grpc.max_connection_age_grace_ms", int(self.config.grace_seconds * 1000)),
+                ]
+                if self.config.max_connection_age_seconds
+                else []
+            ),
         ]
 
     def _authorized(self, context: grpc.ServicerContext) -> str | None:

@@ -572,3 +572,16 @@ def test_sigterm_stops_the_worker_gracefully() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_max_connection_age_makes_clients_reconnect() -> None:
+    """With an age set, gRPC closes connections gracefully so clients re-resolve DNS (new replicas get traffic)."""
+    services = _services(FakeDecoder())
+    aged = Worker(
+        ServerConfig(port=0, max_connection_age_seconds=300, grace_seconds=7), services, worker="t", ready=bool
+    )
+    options = dict(aged._server_options())
+    assert options["grpc.max_connection_age_ms"] == 300_000
+    assert options["grpc.max_connection_age_grace_ms"] == 7_000
+    plain = Worker(ServerConfig(port=0), services, worker="t", ready=bool)
+    assert "grpc.max_connection_age_ms" not in dict(plain._server_options())
