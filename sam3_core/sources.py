@@ -3,11 +3,18 @@
 Published repos (onnx-community/sam3-tracker-ONNX) keep the graphs in an `onnx/` subfolder with
 variants as suffixes (`vision_encoder_int8.onnx`, `..._q4.onnx`, `..._fp16.onnx`); only the files of the
 requested variants are fetched. Without network the download fails within seconds, saying what to do.
+
+Also what `sam3 models pull|list` need: copying a cached snapshot into a plain folder a container can
+mount (`materialize`), and describing the model folders found locally or in the hub cache.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sam3_core.model import ModelNotFoundError
@@ -19,6 +26,16 @@ DOWNLOAD_TIMEOUT_SECONDS = 10.0
 def _graph_patterns(stem: str, variant: str | None) -> list[str]:
     name = f"{stem}_{variant}.onnx" if variant and variant != "fp32" else f"{stem}.onnx"
     return [name, f"{name}_data*", f"onnx/{name}", f"onnx/{name}_data*"]
+
+
+def download_patterns(variant: str | None = None, decoder_variant: str | None = None) -> list[str]:
+    """The repo files a model folder of these variants needs (glob patterns, relative to the repo root)."""
+    return [
+        "preprocessor_config.json",
+        "config.json",
+        *_graph_patterns("vision_encoder", variant),
+        *_graph_patterns("prompt_encoder_mask_decoder", decoder_variant),
+    ]
 
 
 def looks_like_repo_id(source: str) -> bool:
@@ -44,7 +61,7 @@ def resolve_model_dir(
         raise ModelNotFoundError(
             f"model folder {text} does not exist. Pass --model-dir DIR (a folder in the onnx-community layout), "
             f"--model OWNER/REPO (downloaded from the Hugging Face Hub), or create one offline with "
-            f"`sam3 export --random-init --config tiny --out DIR`."
+            f"`sam3 models export --random-init --config tiny --out DIR`."
         )
     return download(text, variant=variant, decoder_variant=decoder_variant, revision=revision, cache_dir=cache_dir)
 
@@ -61,17 +78,12 @@ def download(
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    patterns = [
-        "preprocessor_config.json",
-        "config.json",
-        *_graph_patterns("vision_encoder", variant),
-        *_graph_patterns("prompt_encoder_mask_decoder", decoder_variant),
-    ]
+    patterns = download_patterns(variant, decoder_variant)
     try:
         folder = snapshot_download(
             repo_id,
             revision=revision,
-            cache_dir=cache_dir,
+            cache_dir=None if cache_dir is None else Path(cache_dir),
             allow_patterns=patterns,
             etag_timeout=DOWNLOAD_TIMEOUT_SECONDS,
         )
@@ -80,6 +92,170 @@ def download(
         raise ModelNotFoundError(
             f"cannot download {repo_id} from the Hugging Face Hub ({reason}). Without network access, use a "
             f"local model folder with --model-dir DIR, or create one with "
-            f"`sam3 export --random-init --config full --out DIR` (random weights: real cost, meaningless masks)."
+            f"`sam3 models export --random-init --config full --out DIR` (random weights: real cost, meaningless "
+            f"masks)."
         ) from error
     return Path(folder)
+
+
+# ---------------------------------------------------------------- model folders on disk
+
+_GRAPH_FILE = re.compile(r"^(vision_encoder|prompt_encoder_mask_decoder)(?:_(\w+))?\.onnx$")
+_ROLES = {"vision_encoder": "encoder", "prompt_encoder_mask_decoder": "decoder"}
+# Repos listed from the hub cache even before a graph file arrived (an interrupted pull).
+_SAM_ONNX_REPO = re.compile(r"sam[-_.]?[23].*onnx|onnx.*sam[-_.]?[23]", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class GraphFile:
+    """One graph of a model folder: role, variant, path and size (the graph plus its external weights)."""
+
+    role: str  # "encoder" or "decoder"
+    variant: str  # "fp32" for the unsuffixed file
+    path: Path
+    size: int
+    model_id: str | None = None  # encoders only, when asked for: the id that namespaces cached embeddings
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A folder holding graphs in the onnx-community layout, and where it came from."""
+
+    path: Path
+    origin: str  # "local" or "hub cache"
+    graphs: list[GraphFile] = field(default_factory=list)
+    repo_id: str | None = None
+    revision: str | None = None
+    refs: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return sum(g.size for g in self.graphs)
+
+    @property
+    def usable(self) -> bool:
+        """At least one encoder and one decoder graph: `--model-dir` can load it."""
+        return {g.role for g in self.graphs} >= {"encoder", "decoder"}
+
+
+def graph_size(path: Path) -> int:
+    """Bytes of a graph and its external-data files (`<name>_data*` as published, `<name>.data` from ORT)."""
+    parts = [path, *path.parent.glob(glob_escape(path.name) + "_data*"), path.with_name(path.name + ".data")]
+    return sum(p.stat().st_size for p in dict.fromkeys(parts) if p.is_file())
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def graph_files(folder: str | os.PathLike[str], *, with_ids: bool = True) -> list[GraphFile]:
+    """The graphs in `folder` and its `onnx/` subfolder, encoders first, then by variant."""
+    from sam3_core.model import Preprocessing, compute_model_id
+
+    root = Path(folder)
+    preprocessing = Preprocessing.from_folder(root) if with_ids else None
+    found: list[GraphFile] = []
+    for directory in (root, root / "onnx"):
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            match = _GRAPH_FILE.match(path.name)
+            if not match or not path.is_file():
+                continue
+            role = _ROLES[match.group(1)]
+            model_id = compute_model_id(path, preprocessing) if role == "encoder" and preprocessing else None
+            found.append(GraphFile(role, match.group(2) or "fp32", path, graph_size(path), model_id))
+    return sorted(found, key=lambda g: (g.role != "encoder", g.variant != "fp32", g.variant))
+
+
+def is_model_folder(folder: str | os.PathLike[str]) -> bool:
+    directories = [d for d in (Path(folder), Path(folder) / "onnx") if d.is_dir()]
+    return any(_GRAPH_FILE.match(p.name) for d in directories for p in d.iterdir())
+
+
+def local_models(paths: list[str | os.PathLike[str]], *, with_ids: bool = True) -> list[ModelFolder]:
+    """Each path that is a model folder, or else its immediate subfolders that are (a `models/` directory)."""
+    folders: list[ModelFolder] = []
+    for given in paths:
+        path = Path(given).expanduser()
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{path} is not a folder")
+        candidates = [path] if is_model_folder(path) else [p for p in sorted(path.iterdir()) if p.is_dir()]
+        folders += [
+            ModelFolder(c, "local", graph_files(c, with_ids=with_ids)) for c in candidates if is_model_folder(c)
+        ]
+    return folders
+
+
+def cached_models(cache_dir: str | os.PathLike[str] | None = None, *, with_ids: bool = True) -> list[ModelFolder]:
+    """Snapshots in the Hugging Face hub cache that hold SAM2/SAM3 ONNX graphs (one entry per revision)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        cache = scan_cache_dir(None if cache_dir is None else Path(cache_dir))
+    except CacheNotFound:
+        return []
+    folders: list[ModelFolder] = []
+    for repo in sorted(cache.repos, key=lambda r: r.repo_id):
+        if repo.repo_type != "model":
+            continue
+        for revision in sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True):
+            graphs = graph_files(revision.snapshot_path, with_ids=with_ids)
+            if graphs or _SAM_ONNX_REPO.search(repo.repo_id):
+                folders.append(
+                    ModelFolder(
+                        Path(revision.snapshot_path),
+                        "hub cache",
+                        graphs,
+                        repo_id=repo.repo_id,
+                        revision=revision.commit_hash,
+                        refs=tuple(sorted(revision.refs)),
+                    )
+                )
+    return folders
+
+
+def materialize(
+    snapshot: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    patterns: list[str] | None = None,
+    mode: str = "copy",
+) -> list[Path]:
+    """Copies (or links) the snapshot's files matching `patterns` into `target`, keeping the layout.
+
+    mode "copy" gives a self-contained folder (what a container mounts), "hardlink" the same without
+    using more disk (falls back to a copy across filesystems), "symlink" points into the hub cache
+    (which must then stay where it is). Files already present with the same size are left alone.
+    """
+    if mode not in ("copy", "hardlink", "symlink"):
+        raise ValueError(f"mode {mode!r}: use copy, hardlink or symlink")
+    source, destination = Path(snapshot), Path(target)
+    written: list[Path] = []
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source).as_posix()
+        if not path.is_file() or (patterns and not any(fnmatch.fnmatch(relative, p) for p in patterns)):
+            continue
+        blob = path.resolve()
+        out = destination / relative
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_symlink() or out.exists():
+            same = out.resolve() == blob if mode == "symlink" else out.is_file() and not out.is_symlink()
+            if same and out.stat().st_size == blob.stat().st_size:
+                written.append(out)
+                continue
+            out.unlink()
+        if mode == "symlink":
+            out.symlink_to(blob)
+        elif mode == "hardlink":
+            try:
+                os.link(blob, out)
+            except OSError:
+                shutil.copyfile(blob, out)
+        else:
+            shutil.copyfile(blob, out)
+        written.append(out)
+    if not written:
+        raise ModelNotFoundError(f"no model files in {source} matched {patterns}")
+    return written

@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sam3_client.cli_options import add_model_options, option
+from sam3_client.cli_options import add_model_options, model_source, option
 
 if TYPE_CHECKING:
     from sam3_serving.server import ServerConfig, Worker
@@ -26,6 +26,12 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
     option(server, "--max-message-mb", type=int, default=64, help="largest request or response accepted, MiB")
     option(server, "--grace-seconds", type=float, default=30.0, help="on SIGTERM, time in-flight calls get to finish")
     option(server, "--handler-threads", type=int, default=16, help="gRPC handler threads")
+    option(
+        server,
+        "--max-connection-age-seconds",
+        type=float,
+        help="close client connections after this long so they re-resolve DNS and reach new replicas",
+    )
     option(server, "--auth-token", help="require `authorization: Bearer <token>` on every call")
     option(server, "--tls-cert", help="PEM certificate: serve TLS (with --tls-key)")
     option(server, "--tls-key", help="PEM private key for --tls-cert")
@@ -73,7 +79,7 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
 def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: bool) -> int:
     """Loads the model once, builds the servicers for `roles`, serves until SIGTERM/SIGINT."""
     from sam3_core.model import RuntimeOptions, Sam3Model
-    from sam3_core.sources import DEFAULT_REPO, resolve_model_dir
+    from sam3_core.sources import resolve_model_dir
     from sam3_serving.redis_server import start_embedded_redis
     from sam3_serving.server import configure_logging
     from sam3_serving.store import EmbeddingStore, StoreConfig
@@ -87,7 +93,7 @@ def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: boo
         embedded = start_embedded_redis()
         redis_url = embedded.url
     try:
-        folder = resolve_model_dir(args.model_dir or args.model or DEFAULT_REPO, variant=args.variant)
+        folder = resolve_model_dir(model_source(args), variant=args.variant)
         runtime = RuntimeOptions(
             providers=tuple(args.provider) if args.provider else "auto", intra_op_threads=args.threads
         )
@@ -126,6 +132,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_workers=args.handler_threads,
         grace_seconds=args.grace_seconds,
         metrics_port=args.metrics_port,
+        max_connection_age_seconds=args.max_connection_age_seconds,
         auth_token=args.auth_token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

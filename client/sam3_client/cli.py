@@ -1,8 +1,9 @@
-"""The `sam3` command: one entry point for trying, serving and exporting SAM3.
+"""The `sam3` command: one entry point for trying, serving, pre-warming and managing SAM3 models.
 
-Each subcommand is a small function; the heavy imports (onnxruntime, torch, grpc) happen inside them,
-so `sam3 --help` is instant. Errors are one readable line and a non-zero exit code; `--debug` shows
-the traceback.
+Each subcommand is a small function; the heavy imports (onnxruntime, torch, huggingface_hub) happen
+inside them, so `sam3 --help` and `sam3 health` are instant. Errors are one readable line (what
+happened, what to do) and exit code 1; `--debug` adds the traceback. Usage errors exit with 2.
+Longer commands live in `_cli_*.py` beside this module.
 """
 
 from __future__ import annotations
@@ -12,19 +13,35 @@ import json
 import re
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam3_client.cli_options import add_model_options, option
+from sam3_client import _cli_encode, _cli_health, _cli_models
+from sam3_client._cli_errors import CliError, explain, first_unreachable, targets_of
+from sam3_client.cli_options import HelpFormatter, add_connection_options, add_model_options, model_source, option
+
+__all__ = ["CliError", "build_parser", "main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 _COORDINATE_FLAGS = ("--point", "--bg-point", "--box")
 _NUMBER_LIST = re.compile(r"^-?\d")
+MASK_FORMATS = ("png", "rle")
+EXAMPLES = """\
+examples:
+  sam3 segment -i photo.jpg --point 500,375 --model-dir models/sam3        # in-process, no server
+  sam3 serve --model-dir models/sam3 --port 50051                          # encoder + decoder + Redis
+  sam3 segment -i photo.jpg --point 500,375 --server localhost:50051 --overlay preview.png
+  sam3 encode photos/ --server localhost:50051                             # pre-warm a folder
+  sam3 models pull --variant int8 --dir models/sam3-int8                   # download (needs network)
+  sam3 models export --random-init --config tiny --out models/tiny         # build one offline
+  sam3 health --target localhost:50051                                     # exit 0 when SERVING
 
-
-class CliError(Exception):
-    """A failure the user can fix; printed without a traceback."""
+Every option that configures a worker can also be set as a SAM3_* environment variable (see each
+command's --help). Add --debug to any command to see the traceback of an error.
+"""
 
 
 def parse_numbers(text: str, count: int, flag: str) -> tuple[float, ...]:
@@ -61,49 +78,77 @@ def join_negative_coordinates(argv: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------- segment
 
 
-def _add_segment(commands: argparse._SubParsersAction) -> None:
+def _add_segment(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "segment",
+        parents=parents,
         help="segment one object in an image (in-process, or through a running service)",
-        description="Segment one object from clicks and/or a box. Coordinates are pixels of the image as "
-        "displayed (after EXIF rotation); x in 0..width, y in 0..height. Negative or outside values "
-        "are rejected with the offending flag named. Writes a binary 0/255 PNG at the image's size.",
+        description="Segment one object from clicks and/or a box, in this process (--model-dir / --model) or "
+        "through a running service (--server). Coordinates are pixels of the image as displayed (after EXIF "
+        "rotation): x in 0..width, y in 0..height; values outside are rejected with the offending flag named. "
+        "Prints the IoU score of the three candidate masks and the object presence probability, and writes the "
+        "chosen mask at the image's size: a binary 0/255 PNG, or COCO RLE JSON with --format rle.",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n"
+        "  sam3 segment -i photo.jpg --point 500,375 --model-dir models/sam3\n"
+        "  sam3 segment -i photo.jpg --point 500,375 --bg-point 620,400 --box 400,300,700,500 \\\n"
+        "      --server localhost:50051 --overlay preview.jpg --json scores.json\n"
+        "  sam3 segment -i photo.jpg --box 10,20,300,400 --mask-index 2 --format rle -o mask.json",
     )
-    parser.add_argument("--image", "-i", required=True, type=Path, help="image file (JPEG, PNG, WebP, ...)")
-    parser.add_argument(
+    prompts = parser.add_argument_group("image and prompts")
+    prompts.add_argument("--image", "-i", required=True, type=Path, help="image file (JPEG, PNG, WebP, ...)")
+    prompts.add_argument(
         "--point",
         action="append",
         default=[],
         metavar="X,Y",
         help="foreground click (repeatable); negative values need --point=-5,3 or --point -5,3",
     )
-    parser.add_argument(
+    prompts.add_argument(
         "--bg-point", action="append", default=[], metavar="X,Y", help="background click: 'not this' (repeatable)"
     )
-    parser.add_argument("--box", metavar="X1,Y1,X2,Y2", help="box around the object")
-    choice = parser.add_mutually_exclusive_group()
+    prompts.add_argument("--box", metavar="X1,Y1,X2,Y2", help="box around the object")
+    outputs = parser.add_argument_group("output")
+    choice = outputs.add_mutually_exclusive_group()
     choice.add_argument("--mask-index", type=int, choices=(0, 1, 2), help="write candidate mask N")
     choice.add_argument(
         "--best-mask", action="store_true", help="write the mask with the highest IoU score (the default)"
     )
-    parser.add_argument("--output", "-o", type=Path, default=Path("mask.png"), help="mask PNG (default: mask.png)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write scores as JSON")
+    outputs.add_argument(
+        "--output", "-o", type=Path, help="mask file (default mask.png, or mask.json with --format rle)"
+    )
+    outputs.add_argument(
+        "--format",
+        choices=MASK_FORMATS,
+        help="mask file format: png (binary 0/255 greyscale, the default) or rle (COCO RLE JSON "
+        '{"size": [h, w], "counts": [...]}, as pycocotools reads it); default: rle when --output ends in .json',
+    )
+    outputs.add_argument("--json", type=Path, metavar="PATH", help="also write scores and details as JSON")
+    outputs.add_argument(
+        "--overlay",
+        type=Path,
+        metavar="PATH",
+        help="also write the image with the mask tinted and the prompts drawn (green: foreground, red: "
+        "background, box as a rectangle); .png or .jpg",
+    )
     add_model_options(parser)
     remote = parser.add_argument_group("service (instead of in-process)")
     option(remote, "--server", metavar="HOST:PORT", help="a `sam3 serve` (or anything serving both services)")
     option(remote, "--encoder-server", metavar="HOST:PORT", help="encoder service of a split deployment")
     option(remote, "--decoder-server", metavar="HOST:PORT", help="decoder service of a split deployment")
-    option(remote, "--token", help="bearer token the workers require")
-    remote.add_argument("--tls", action="store_true", help="connect with TLS (system trust store)")
+    add_connection_options(remote)
+    remote.add_argument(
+        "--timeout", type=float, help="seconds the whole call may take, an encode included (default: the SDK's)"
+    )
     parser.set_defaults(handler=run_segment)
 
 
 def load_model(args: argparse.Namespace) -> Any:
     """Sam3Model for --model-dir / --model, with the runtime options of the flags."""
     from sam3_core.model import RuntimeOptions, Sam3Model
-    from sam3_core.sources import DEFAULT_REPO, resolve_model_dir
+    from sam3_core.sources import resolve_model_dir
 
-    folder = resolve_model_dir(args.model_dir or args.model or DEFAULT_REPO, variant=args.variant)
+    folder = resolve_model_dir(model_source(args), variant=args.variant)
     runtime = RuntimeOptions(providers=tuple(args.provider) if args.provider else "auto", intra_op_threads=args.threads)
     return Sam3Model(folder, variant=args.variant, runtime=runtime)
 
@@ -123,11 +168,17 @@ def _prompt_from_flags(args: argparse.Namespace) -> tuple[Any, Callable[[str], s
 
     def flag_for(field: str) -> str:
         match = re.search(r"points\[(\d+)\]", field)
-        if match:
+        if match and int(match.group(1)) < len(flags):
             return flags[int(match.group(1))]
         return f"--box {args.box}" if ".box" in field else field
 
     return prompt, flag_for
+
+
+def _output_settings(args: argparse.Namespace) -> tuple[Path, str]:
+    """(mask path, "png" | "rle"): --format wins, else the extension of --output, else PNG."""
+    kind = args.format or ("rle" if args.output is not None and args.output.suffix.lower() == ".json" else "png")
+    return args.output or Path("mask.json" if kind == "rle" else "mask.png"), kind
 
 
 def print_scores(iou_scores: Sequence[float], presence: float, chosen: int) -> None:
@@ -139,21 +190,66 @@ def print_scores(iou_scores: Sequence[float], presence: float, chosen: int) -> N
     print(f"Selected mask: {chosen}")
 
 
-def write_outputs(
-    args: argparse.Namespace, mask: Any, iou_scores: Sequence[float], presence: float, chosen: int
-) -> None:
-    from sam3_core.masks import to_png
+@dataclass(frozen=True)
+class Segmentation:
+    """What either mode returns: the chosen mask, all IoU scores, presence, and where it came from."""
 
+    mask: Any  # bool H x W
+    iou_scores: list[float]
+    presence: float
+    chosen: int
+    best_index: int
+    model_id: str
+    mode: str  # "in-process" or "server"
+    timings: str
+
+
+def mask_rle_json(mask: Any) -> dict[str, Any]:
+    """COCO RLE with uncompressed counts: pycocotools.mask.frPyObjects(rle, h, w) decodes it."""
+    from sam3_core.masks import to_coco_rle
+
+    rle = to_coco_rle(mask)
+    return {"size": list(rle.size), "counts": rle.counts}
+
+
+def write_outputs(args: argparse.Namespace, rgb: Any, prompt: Any, segmentation: Segmentation) -> None:
+    from sam3_core.masks import bounding_box, to_png
+
+    mask = segmentation.mask
     height, width = mask.shape
-    args.output.write_bytes(to_png(mask))
-    print(f"Mask written to {args.output} ({width}x{height}, {int(mask.sum())} foreground pixels)")
+    output, kind = _output_settings(args)
+    if kind == "rle":
+        output.write_text(json.dumps(mask_rle_json(mask)) + "\n")
+    else:
+        output.write_bytes(to_png(mask))
+    area = int(mask.sum())
+    print(f"Mask written to {output} ({width}x{height} {kind.upper()}, {area} foreground pixels)")
+    foreground = [list(p) for p, label in zip(prompt.points, prompt.labels, strict=True) if label == 1]
+    background = [list(p) for p, label in zip(prompt.points, prompt.labels, strict=True) if label == 0]
+    if args.overlay:
+        from sam3_client._cli_overlay import render_overlay, write_overlay
+
+        write_overlay(args.overlay, render_overlay(rgb, mask, foreground, background, prompt.box))
+        print(f"Overlay written to {args.overlay}")
     if args.json:
         summary = {
+            "image": str(args.image),
             "width": width,
             "height": height,
-            "iou_scores": [float(s) for s in iou_scores],
-            "presence": float(presence),
-            "mask_index": chosen,
+            "mode": segmentation.mode,
+            "model_id": segmentation.model_id,
+            "iou_scores": [float(s) for s in segmentation.iou_scores],
+            "presence": float(segmentation.presence),
+            "best_index": segmentation.best_index,
+            "mask_index": segmentation.chosen,
+            "area": area,
+            "bbox": list(bounding_box(mask)),
+            "output": str(output),
+            "format": kind,
+            "overlay": str(args.overlay) if args.overlay else None,
+            "points": foreground,
+            "bg_points": background,
+            "box": list(prompt.box) if prompt.box is not None else None,
         }
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -163,26 +259,30 @@ def run_segment(args: argparse.Namespace) -> int:
     from sam3_core.prompts import PromptError, validate
 
     prompt, flag_for = _prompt_from_flags(args)
+    if args.overlay:
+        from sam3_client._cli_overlay import overlay_format
+
+        overlay_format(args.overlay)  # a wrong extension should not cost an encode
     rgb = load_image(args.image)
     try:  # before any model or server work: a typo in a flag should not cost an encode
         validate([prompt], rgb.shape[:2])
     except PromptError as error:
         raise CliError(f"{flag_for(error.field)}: {str(error).split(': ', 1)[1]}") from error
     remote = args.server or args.encoder_server or args.decoder_server
-    segment = _segment_remote if remote else _segment_in_process
     started = time.perf_counter()
-    mask, iou_scores, presence, chosen, timings = segment(args, prompt)
-    print_scores(iou_scores, presence, chosen)
-    write_outputs(args, mask, iou_scores, presence, chosen)
-    print(f"Time: {timings}, total {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    segmentation = _segment_remote(args, prompt, flag_for) if remote else _segment_in_process(args, prompt)
+    print_scores(segmentation.iou_scores, segmentation.presence, segmentation.chosen)
+    write_outputs(args, rgb, prompt, segmentation)
+    print(f"Time: {segmentation.timings}, total {time.perf_counter() - started:.2f} s", file=sys.stderr)
     return EXIT_OK
 
 
-def _segment_in_process(args: argparse.Namespace, prompt: Any) -> tuple[Any, list[float], float, int, str]:
+def _segment_in_process(args: argparse.Namespace, prompt: Any) -> Segmentation:
     from sam3_core.predictor import Predictor
 
     started = time.perf_counter()
-    predictor = Predictor(load_model(args))
+    model = load_model(args)
+    predictor = Predictor(model)
     loaded = time.perf_counter()
     predictor.set_image(args.image)
     encoded = time.perf_counter()
@@ -194,14 +294,21 @@ def _segment_in_process(args: argparse.Namespace, prompt: Any) -> tuple[Any, lis
         f"model load {loaded - started:.2f} s, encoder {1000 * (encoded - loaded):.0f} ms, "
         f"decoder {1000 * (decoded - encoded):.1f} ms, mask {1000 * (time.perf_counter() - decoded):.1f} ms"
     )
-    return mask, prediction.iou_scores.tolist(), prediction.presence, chosen, timings
+    scores = [float(s) for s in prediction.iou_scores]
+    return Segmentation(
+        mask, scores, prediction.presence, chosen, prediction.best_index, model.model_id, "in-process", timings
+    )
 
 
-def _segment_remote(args: argparse.Namespace, prompt: Any) -> tuple[Any, list[float], float, int, str]:
+def _segment_remote(args: argparse.Namespace, prompt: Any, flag_for: Callable[[str], str]) -> Segmentation:
     from sam3_client import Client, ObjectPrompt, Sam3Error
-    from sam3_client._channel import ChannelSettings
+    from sam3_client.cli_options import channel_settings, tls_root
 
-    settings = ChannelSettings(tls=args.tls, token=args.token)
+    # Interactive: 3 attempts (~0.6 s of backoff) rather than the SDK's 5 (~3 s) before "cannot reach".
+    settings = channel_settings(args, retry_attempts=3)
+    targets = targets_of(args.server, args.encoder_server, args.decoder_server)
+    if not args.server and not (args.encoder_server and args.decoder_server):
+        raise CliError("give --server HOST:PORT, or both --encoder-server and --decoder-server")
     with Client(
         args.server, encoder_target=args.encoder_server, decoder_target=args.decoder_server, settings=settings
     ) as client:
@@ -211,19 +318,32 @@ def _segment_remote(args: argparse.Namespace, prompt: Any) -> tuple[Any, list[fl
                 [ObjectPrompt(prompt.points, prompt.labels, prompt.box)],
                 mask="best" if args.mask_index is None else args.mask_index,
                 mask_format="rle",
+                timeout=args.timeout,
             )
         except Sam3Error as error:
-            raise CliError(f"{error} (server {args.server or args.decoder_server})") from error
+            target = targets[0]
+            if error.code.name == "UNAVAILABLE" and len(targets) > 1:
+                target = first_unreachable(targets, tls=args.tls, root_certificates=tls_root(args)) or target
+            raise CliError(explain(error, target, flag_for=flag_for, timeout=args.timeout)) from error
     (obj,) = result.objects
     encoded = "" if result.encoded is None else f"encode {result.encoded.timings.get('total', 0):.0f} ms, "
     timings = encoded + f"segment server-side {result.timings.get('total', 0):.1f} ms"
-    return obj.mask, obj.iou_scores, obj.presence, obj.masks[0].index, timings
+    return Segmentation(
+        obj.mask,
+        list(obj.iou_scores),
+        obj.presence,
+        obj.masks[0].index,
+        obj.best_index,
+        result.model_id,
+        "server",
+        timings,
+    )
 
 
 # ---------------------------------------------------------------- workers
 
 
-def _add_workers(commands: argparse._SubParsersAction) -> None:
+def _add_workers(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     from sam3_serving.launch import DECODER, ENCODER, add_worker_options, main_for
 
     workers = {
@@ -232,54 +352,9 @@ def _add_workers(commands: argparse._SubParsersAction) -> None:
         "decoder": ({DECODER}, False, "the decoder worker: prompts -> masks, from embeddings in Redis"),
     }
     for name, (roles, embedded, text) in workers.items():
-        parser = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        parser = commands.add_parser(name, parents=parents, help=text, description=text[0].upper() + text[1:] + ".")
         add_worker_options(parser, roles, embedded_redis=embedded)
         parser.set_defaults(handler=main_for(roles, embedded_redis=embedded))
-
-
-# ---------------------------------------------------------------- export
-
-
-def _add_export(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "export",
-        help="build SAM3 with transformers and write ONNX graphs (needs the `export` extra)",
-        description="Write a model folder in the onnx-community layout from a transformers checkpoint, or "
-        "from random weights (real shapes and cost, meaningless masks) when no weights can be downloaded.",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output folder (replaced if it exists)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="local transformers checkpoint folder (Sam3TrackerModel)")
-    source.add_argument("--random-init", action="store_true", help="random variance-preserving weights")
-    parser.add_argument("--config", choices=("tiny", "full"), default="full", help="size for --random-init")
-    parser.add_argument("--seed", type=int, default=0, help="seed for --random-init")
-    parser.add_argument(
-        "--quantize",
-        action="append",
-        choices=("int8", "q4"),
-        default=[],
-        help="also write vision_encoder_<kind>.onnx (repeatable)",
-    )
-    parser.add_argument("--validate", action="store_true", help="compare torch and ONNX Runtime on random inputs")
-    parser.set_defaults(handler=run_export)
-
-
-def run_export(args: argparse.Namespace) -> int:
-    try:
-        from sam3_core import export
-    except ImportError as error:
-        raise CliError(
-            f"sam3 export needs torch and transformers ({error.name} is missing): pip install 'sam3-service[export]'"
-        ) from error
-    export.run(
-        out_dir=args.out,
-        checkpoint=args.checkpoint,
-        config=args.config,
-        seed=args.seed,
-        quantizations=args.quantize,
-        check=args.validate,
-    )
-    return EXIT_OK
 
 
 # ---------------------------------------------------------------- entry point
@@ -288,31 +363,79 @@ def run_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sam3",
-        description="Interactive image segmentation with Segment Anything 3 (SAM3) on ONNX Runtime.",
+        description="Interactive image segmentation with Segment Anything 3 (SAM3) on ONNX Runtime: segment "
+        "in this process, or run the encoder/decoder services and talk to them.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # Also accepted after the command (`sam3 segment ... --debug`); SUPPRESS keeps the top-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    parents = [common]
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    _add_segment(commands)
-    _add_workers(commands)
-    _add_export(commands)
+    _add_segment(commands, parents)
+    _cli_encode.add_parser(commands, parents)
+    _add_workers(commands, parents)
+    _cli_models.add_parser(commands, parents)
+    _cli_health.add_parser(commands, parents)
+    export = commands.add_parser(
+        "export",
+        parents=parents,
+        help="same as `sam3 models export`",
+        description=_cli_models.EXPORT_DESCRIPTION,
+    )
+    _cli_models.add_export_arguments(export)
+    bench = commands.add_parser(
+        "bench",
+        parents=parents,
+        help="benchmark transformers, raw ONNX Runtime, the predictor and the services side by side",
+        description="Measure, in one run on this machine: transformers eager, the raw ONNX Runtime sessions, "
+        "the in-process predictor and the gRPC services through the SDK; encoder variants, prompt latency, "
+        "local-cache and Redis-fetch paths, and a concurrency sweep. Writes report.json, report.md and "
+        "report.png (with the bench extra). Without --model-dir it uses (or exports) models/full.",
+        formatter_class=HelpFormatter,
+    )
+    bench.set_defaults(handler=_run_bench)
+    from sam3_bench.run import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; returns the process exit code."""
-    from sam3_core.images import ImageError
-    from sam3_core.model import ModelNotFoundError
+def _run_bench(args: argparse.Namespace) -> int:
+    from sam3_bench.run import run
 
-    args = build_parser().parse_args(join_negative_coordinates(sys.argv[1:] if argv is None else argv))
+    return run(args)
+
+
+def describe(error: BaseException) -> str:
+    """One line for the user; unexpected exceptions say they are unexpected."""
+    from sam3_client import Sam3Error
+
+    if isinstance(error, Sam3Error):
+        return explain(error, "the server")
+    if isinstance(error, CliError | ValueError | OSError):
+        return str(error) or type(error).__name__
+    return f"unexpected {type(error).__name__}: {error} (run with --debug for the traceback, and please report it)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the process exit code (0 ok, 1 failed, 2 usage error)."""
+    try:
+        args = build_parser().parse_args(join_negative_coordinates(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exit_:  # --help exits 0, usage errors 2: returned rather than raised, for callers
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE if exit_.code else EXIT_OK
     try:
         return int(args.handler(args))
-    except (CliError, ImageError, ModelNotFoundError, ValueError, OSError) as error:
-        if args.debug:
-            raise
-        print(f"sam3: error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
+        print("sam3: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"sam3: error: {describe(error)}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -27,9 +27,12 @@ def option(
     help: str,
     **kwargs: Any,
 ) -> None:
-    """An option whose default comes from its SAM3_* environment variable, which --help names."""
+    """An option whose default comes from its SAM3_* environment variable, which --help names.
+
+    An empty variable counts as unset: compose files and Kubernetes manifests produce them easily.
+    """
     variable = env_name(flag)
-    if variable in os.environ:
+    if os.environ.get(variable):
         default = type(os.environ[variable])
     shown = "" if default in (None, "") else f"; default {default}"
     parser.add_argument(flag, default=default, type=type, help=f"{help} [env {variable}{shown}]", **kwargs)
@@ -54,3 +57,48 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="execution provider, e.g. CUDAExecutionProvider (repeatable; default: best available)",
     )
+
+
+def model_source(args: argparse.Namespace) -> str | Path:
+    """--model-dir or --model (default the published repo). A flag typed on the command line beats one
+    that came from the environment, so `docker run IMAGE encoder --model X` is not overridden by the
+    image's SAM3_MODEL_DIR."""
+    from sam3_core.sources import DEFAULT_REPO
+
+    candidates = [("--model-dir", args.model_dir), ("--model", args.model)]
+    typed = [value for flag, value in candidates if value and os.environ.get(env_name(flag)) != str(value)]
+    return next(iter(typed), None) or next((value for _, value in candidates if value), None) or DEFAULT_REPO
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-paragraph descriptions to the terminal, keeps multi-line text (example epilogs) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def add_connection_options(group: argparse._ActionsContainer) -> None:
+    """How a client command reaches the workers: bearer token and TLS."""
+    option(group, "--token", help="bearer token the workers require (their --auth-token)")
+    group.add_argument("--tls", action="store_true", help="connect with TLS (system trust store, or --tls-ca)")
+    option(group, "--tls-ca", type=Path, metavar="PEM", help="CA bundle to trust for TLS (implies --tls)")
+
+
+def tls_root(args: argparse.Namespace) -> bytes | None:
+    """The PEM bytes of --tls-ca, read with an error that names the flag."""
+    if not getattr(args, "tls_ca", None):
+        return None
+    try:
+        return Path(args.tls_ca).read_bytes()
+    except OSError as error:
+        raise ValueError(f"--tls-ca {args.tls_ca}: {error.strerror or error}") from error
+
+
+def channel_settings(args: argparse.Namespace, **overrides: Any) -> Any:
+    """The SDK's ChannelSettings for the connection flags (plus any other ChannelSettings field)."""
+    from sam3_client import ChannelSettings
+
+    root = tls_root(args)
+    return ChannelSettings(tls=bool(args.tls or root), root_certificates=root, token=args.token, **overrides)

@@ -1,0 +1,199 @@
+"""`sam3 encode PATH...`: pre-warm a service's embedding store with many images.
+
+Each image is sent to the encoder once; images it already holds answer at once and count as cached
+(`--force` encodes them again). A file that fails (not an image, too large, unreadable) is counted
+and reported with its reason, and the run goes on; a server that cannot be reached stops the run,
+since every other file would fail the same way. Exit code 1 when anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sam3_client._cli_errors import START_HINT, CliError, explain, first_unreachable, targets_of
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+# Service-wide failures: every remaining file would fail the same way, so the run stops.
+_FATAL_CODES = frozenset({"UNAVAILABLE", "UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED"})
+_OVERLOAD_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass
+class Outcome:
+    path: str
+    status: str  # "encoded", "cached" or "failed"
+    image_id: str | None = None
+    width: int | None = None
+    height: int | None = None
+    milliseconds: float | None = None
+    error: str | None = None
+
+
+class Fatal(Exception):
+    def __init__(self, outcome: Outcome, error: Any) -> None:
+        super().__init__(error)
+        self.outcome, self.error = outcome, error
+
+
+def find_images(paths: Sequence[Path]) -> tuple[list[Path], list[Outcome]]:
+    """Files as given (any extension), folders searched recursively for image extensions; missing paths fail."""
+    found: dict[Path, None] = {}
+    missing: list[Outcome] = []
+    for path in paths:
+        if path.is_dir():
+            for candidate in sorted(path.rglob("*")):
+                if candidate.suffix.lower() in IMAGE_SUFFIXES and candidate.is_file():
+                    found.setdefault(candidate, None)
+        elif path.is_file():
+            found.setdefault(path, None)
+        else:
+            missing.append(Outcome(str(path), "failed", error="no such file or folder"))
+    return list(found), missing
+
+
+def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    from sam3_client.cli_options import HelpFormatter, add_connection_options, option
+
+    parser = commands.add_parser(
+        "encode",
+        parents=parents,
+        help="pre-warm a service with many images (files or folders), skipping those already cached",
+        description="Send images to a running service's encoder so later prompts on them answer in "
+        "milliseconds. Folders are searched recursively for "
+        + " ".join(sorted(IMAGE_SUFFIXES))
+        + " files. Images the store already holds are skipped (counted as cached) unless --force. "
+        "A file that fails is reported and the run goes on; the exit code is 1 if any failed.",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n  sam3 encode photos/ --server localhost:50051\n"
+        "  sam3 encode a.jpg b.png --server localhost:50051 --force --json encoded.json",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
+    option(parser, "--server", metavar="HOST:PORT", help="a `sam3 serve` or an encoder service (required)")
+    option(parser, "--encoder-server", metavar="HOST:PORT", help="encoder service of a split deployment")
+    add_connection_options(parser)
+    parser.add_argument("--force", action="store_true", help="encode again even when the store holds the image")
+    parser.add_argument("--jobs", "-j", type=int, default=1, help="images in flight at once (default 1)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one encode may take (default 300)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write one record per image as JSON")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from sam3_client import Client
+    from sam3_client.cli_options import channel_settings, tls_root
+
+    target = args.encoder_server or args.server
+    if not target:
+        raise CliError(f"sam3 encode needs a service: pass --server HOST:PORT ({START_HINT})")
+    if args.jobs < 1:
+        raise CliError(f"--jobs {args.jobs}: give at least 1")
+    images, missing = find_images(args.paths)
+    if not images and not missing:
+        raise CliError(f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) found in {' '.join(map(str, args.paths))}")
+    started = time.perf_counter()
+    outcomes: list[Outcome] = list(missing)
+    fatal: Fatal | None = None
+    progress = tqdm(total=len(images), unit="img", file=sys.stderr, disable=_progress_disabled(args.progress))
+    with Client(target, settings=channel_settings(args)) as client, progress:
+        for outcome in _encode_all(client, images, args):
+            if isinstance(outcome, Fatal):
+                fatal = outcome  # reported below as the error, not as one more failed file
+                break
+            outcomes.append(outcome)
+            progress.update(1)
+            progress.set_postfix_str(_counts(outcomes), refresh=False)
+    _print_summary(outcomes, len(images) + len(missing) - len(outcomes), time.perf_counter() - started)
+    if args.json:
+        records = sorted((asdict(o) for o in outcomes), key=lambda r: r["path"])
+        args.json.write_text(json.dumps(records, indent=2) + "\n")
+    if fatal is not None:
+        targets = targets_of(args.server, args.encoder_server, None)
+        down = first_unreachable(targets, tls=args.tls, root_certificates=tls_root(args))
+        raise CliError(explain(fatal.error, down or target, timeout=args.timeout))
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _progress_disabled(wanted: bool | None) -> bool | None:
+    return None if wanted is None else not wanted  # tqdm: None = only on a terminal
+
+
+def _encode_all(client: Any, images: list[Path], args: argparse.Namespace) -> Iterable[Outcome | Fatal]:
+    """Outcomes in completion order; stops at the first service-wide failure (returned as a Fatal)."""
+    if args.jobs == 1:
+        for path in images:
+            try:
+                yield _encode_one(client, path, args)
+            except Fatal as fatal:
+                yield fatal
+                return
+        return
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(_encode_one, client, path, args) for path in images]
+        for future in futures:
+            try:
+                yield future.result()
+            except Fatal as fatal:
+                for pending in futures:
+                    pending.cancel()
+                yield fatal
+                return
+
+
+def _encode_one(client: Any, path: Path, args: argparse.Namespace) -> Outcome:
+    from sam3_client import Sam3Error
+
+    started = time.perf_counter()
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return Outcome(str(path), "failed", error=f"cannot read: {error.strerror or error}")
+    target = args.encoder_server or args.server
+    for delay in (*_OVERLOAD_BACKOFF, None):
+        try:
+            result = client.encode(data, force=args.force, timeout=args.timeout)
+            break
+        except Sam3Error as error:
+            if error.code.name == "RESOURCE_EXHAUSTED" and error.reason == "OVERLOADED" and delay is not None:
+                time.sleep(delay)  # another client (or --jobs) holds the encoder's slots
+                continue
+            outcome = Outcome(str(path), "failed", error=explain(error, target, timeout=args.timeout))
+            if error.code.name in _FATAL_CODES and error.reason != "SHUTTING_DOWN":
+                raise Fatal(outcome, error) from error
+            return outcome
+    return Outcome(
+        str(path),
+        "cached" if result.cached else "encoded",
+        image_id=result.image_id,
+        width=result.width,
+        height=result.height,
+        milliseconds=round((time.perf_counter() - started) * 1000, 1),
+    )
+
+
+def _counts(outcomes: Sequence[Outcome]) -> str:
+    tally = {status: sum(o.status == status for o in outcomes) for status in ("encoded", "cached", "failed")}
+    return ", ".join(f"{count} {status}" for status, count in tally.items())
+
+
+def _print_summary(outcomes: Sequence[Outcome], not_tried: int, seconds: float) -> None:
+    stopped = f"; stopped early, {not_tried} not tried" if not_tried else ""
+    print(f"Summary: {_counts(outcomes)} ({len(outcomes)} images in {seconds:.1f} s{stopped})")
+    for outcome in outcomes:
+        if outcome.status == "failed":
+            print(f"  failed: {outcome.path}: {outcome.error}")

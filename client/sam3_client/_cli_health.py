@@ -1,0 +1,65 @@
+"""`sam3 health`: one grpc.health.v1 Check, for container healthchecks and scripts.
+
+Imports only grpc (no model, no torch, no ONNX Runtime), so it answers in a fraction of a second.
+Exit code 0 when the service is SERVING, 1 otherwise (NOT_SERVING, unknown service, unreachable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from sam3_client._cli_errors import CliError, open_channel, unreachable
+
+
+def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    from sam3_client.cli_options import HelpFormatter, option
+
+    parser = commands.add_parser(
+        "health",
+        parents=parents,
+        help="ask a worker whether it is serving (exit 0 if SERVING, else 1)",
+        description="Call grpc.health.v1.Health/Check on a worker and print its status. Exit code 0 when "
+        "SERVING, 1 otherwise: usable as a container HEALTHCHECK. Services: '' (the whole worker, the "
+        "default), sam3.v1.EncoderService, sam3.v1.DecoderService, liveness.",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n  sam3 health --target localhost:50051\n"
+        "  sam3 health --target decoder:50051 --service sam3.v1.DecoderService --timeout 2",
+    )
+    default_target = f"127.0.0.1:{os.environ.get('SAM3_PORT', '50051')}"
+    option(parser, "--target", default=default_target, metavar="HOST:PORT", help="worker to ask")
+    parser.add_argument("--service", default="", metavar="NAME", help="service name to ask about (default: '')")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (system trust store, or --tls-ca)")
+    option(parser, "--tls-ca", type=Path, metavar="PEM", help="CA bundle to trust for TLS (implies --tls)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from sam3_client.cli_options import tls_root
+
+    shown = args.service or "(server)"
+    with open_channel(args.target, tls=args.tls, root_certificates=tls_root(args)) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as error:
+            code = error.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise CliError(
+                    f"{args.target} does not know the service {args.service!r}; ask for '' (the whole worker), "
+                    "sam3.v1.EncoderService or sam3.v1.DecoderService"
+                ) from None
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise CliError(unreachable(args.target, error.details() or "")) from None
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise CliError(f"{args.target} did not answer within {args.timeout:g} s (raise --timeout)") from None
+            raise CliError(f"{args.target}: {code.name}: {error.details()}") from None
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(f"{args.target} {shown}: {status}")
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
