@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint serve proto clean
+.PHONY: test lint serve proto bench clean
 
 test: $(VENV)/.installed lint
 	$(BIN)/python -m pytest
@@ -12,10 +12,15 @@ lint: $(VENV)/.installed
 	$(BIN)/python protos/generate.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict client/sam3_client --exclude 'client/sam3_client/_?cli'
 
-# The whole service on one port with an embedded Redis and the committed tiny model.
+# The whole service on one port, with an embedded Redis and the committed tiny model.
 serve: $(VENV)/.installed
 	$(BIN)/sam3 serve --model-dir tests/fixtures/model-tiny --port 50051
+
+# Side-by-side benchmark on the full-size model (exported into models/full on first use: needs the export extra).
+bench: $(VENV)/.installed
+	$(BIN)/sam3 bench
 
 # Regenerate client/sam3_client/proto after editing protos/.
 proto: $(VENV)/.installed
@@ -24,7 +29,7 @@ proto: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
 clean:

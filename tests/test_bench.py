@@ -1,0 +1,40 @@
+"""`sam3 bench --quick` runs end to end (CI exercises it; the numbers are not asserted, only their shape)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sam3_bench.report import TARGETS
+from sam3_client.cli import main
+
+
+def test_quick_bench_writes_every_section_and_the_ratios(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.json"
+    code = main(
+        [
+            "bench",
+            "--quick",
+            "--repeats",
+            "2",
+            "--sweep-seconds",
+            "0.3",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+            str(copy),
+        ]
+    )
+    assert code == 0
+    report = json.loads(copy.read_text())
+    assert set(report["ratios"]) == set(TARGETS)
+    assert report["encoders"]["fp32"]["model"]["p50"] > 0
+    assert report["raw_decoder"]["1 click"]["p50"] > 0
+    assert {"1 click@1920x1080", "3 objects@4000x3000"} <= set(report["predictor"])
+    assert report["services"]["local_hit/1 click@4000x3000"]["p50"] > 0
+    assert report["services"]["redis_fetch/1 click@1920x1080"]["p50"] > 0
+    assert list(report["concurrency"]) == ["1", "2", "4", "8", "16"]
+    assert all(level["throughput_per_s"] > 0 and not level["errors"] for level in report["concurrency"].values())
+    assert "skipped" in report["transformers"] or report["transformers"]["prompts"]
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "Headline ratios" in markdown and "segment_local_hit_vs_raw" in markdown
