@@ -19,6 +19,9 @@ def quantize(out_dir: Path, kind: str) -> Path:
     source = out_dir / ENCODER_FILE
     target = out_dir / f"vision_encoder_{kind}.onnx"
     large = (out_dir / f"{ENCODER_FILE}_data").exists()
+    # The quantizers append to an existing external-data file: start from nothing.
+    for stale in (target, target.with_name(target.name + ".data")):
+        stale.unlink(missing_ok=True)
     if kind == "int8":
         # Shape inference cannot type the fused-attention (com.microsoft) outputs: they are float32.
         quantize_dynamic(
