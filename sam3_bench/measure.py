@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,9 @@ def run_child(task: str, arguments: dict[str, Any], *, python: str | None = None
     """Runs `python -m sam3_bench.child TASK JSON` in a fresh process (clean peak memory, no shared
     sessions) and returns the JSON it prints last; a failure becomes {"skipped": reason}."""
     command = [python or sys.executable, "-m", "sam3_bench.child", task, json.dumps(arguments)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
+    # Only the project's own folders: another interpreter (--transformers-python) keeps its own packages.
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "client")])}
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:

@@ -28,9 +28,10 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
     None where a column was skipped (e.g. no torch for the transformers column).
     """
     raw_click = _get(results, "raw_decoder", "1 click", "p50")
-    local = _get(results, "services", "local_hit/1 click@1920x1080", "p50")
-    redis = _get(results, "services", "redis_fetch/1 click@1920x1080", "p50")
-    large = _get(results, "services", "local_hit/1 click@4000x3000", "p50")
+    rpc_local = _get(results, "services", "rpc_local_hit/1 click@1920x1080", "p50")
+    rpc_redis = _get(results, "services", "rpc_redis_fetch/1 click@1920x1080", "p50")
+    rpc_large = _get(results, "services", "rpc_local_hit/1 click@4000x3000", "p50")
+    sdk_click = _get(results, "services", "local_hit/1 click@1920x1080", "p50")
     transformers_click = _get(results, "transformers", "prompts", "1 click@1920x1080", "p50")
     transformers_encoder = _get(results, "transformers", "encoder_1920x1080", "p50")
     encoders = {v: r for v, r in (results.get("encoders") or {}).items() if "model" in r}
@@ -41,10 +42,10 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
     encode_model = _get(results, "services", "encode_model_ms", "p50")
     encode_total = _get(results, "services", "encode_server_total_ms", "p50")
     return {
-        "segment_local_hit_vs_raw": _ratio(local, raw_click),
-        "segment_redis_minus_raw_ms": round(redis - raw_click, 2) if redis and raw_click else None,
-        "segment_4000x3000_vs_raw": _ratio(large, raw_click),
-        "sdk_click_vs_transformers": _ratio(local, transformers_click),
+        "segment_local_hit_vs_raw": _ratio(rpc_local, raw_click),
+        "segment_redis_minus_raw_ms": round(rpc_redis - raw_click, 2) if rpc_redis and raw_click else None,
+        "segment_4000x3000_vs_raw": _ratio(rpc_large, raw_click),
+        "sdk_click_vs_transformers": _ratio(sdk_click, transformers_click),
         "encoder_fastest_speedup_vs_transformers": _ratio(transformers_encoder, fastest_ms, 2),
         "encoder_fastest_mask_iou_vs_fp32": _get(results, "encoders", fastest or "", "mask_iou_vs_fp32"),
         "encoder_fp32_peak_rss_gb": _get(results, "encoders", "fp32", "peak_rss_gb"),
@@ -137,6 +138,28 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_fmt(results['predictor'][key])} | {_fmt(services.get('local_hit/' + key))} | "
             f"{_fmt(services.get('redis_fetch/' + key))} |"
         )
+    mask_rle = results.get("mask_rle") or {}
+    if mask_rle:
+        lines += [
+            "",
+            "## Best mask -> COCO RLE at full size (in-process)",
+            "",
+            "| mask | runs | ms p50 |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {key} | {row['runs']} | {row['p50']:.1f} |" for key, row in mask_rle.items()]
+    rpc_rows = {k: v for k, v in services.items() if k.startswith("rpc_")}
+    if rpc_rows:
+        lines += [
+            "",
+            "## Segment RPC (best mask as RLE, raw stub: no client-side mask decoding)",
+            "",
+            "| path | client p50 ms | p95 | server stages, p50 ms |",
+            "|---|---|---|---|",
+        ]
+        for key, row in rpc_rows.items():
+            stages = ", ".join(f"{k} {v}" for k, v in row.get("server_stages_p50_ms", {}).items())
+            lines.append(f"| {key.removeprefix('rpc_')} | {row['p50']:.1f} | {row['p95']:.1f} | {stages} |")
     if services:
         lines += [
             "",

@@ -276,7 +276,28 @@ class Bench:
                 ).as_dict()
         self.results["raw_decoder"] = raw
         self.results["predictor"] = predictor_rows
+        self.results["mask_rle"] = self._mask_rle_cost(predictor)
         self.log(f"raw decoder 1 click p50 {raw['1 click']['p50']:.1f} ms")
+
+    def _mask_rle_cost(self, predictor: Any) -> dict[str, Any]:
+        """Best mask -> COCO RLE at full size: this model's mask vs a smooth object-like one.
+
+        Random weights give speckled masks (hundreds of thousands of runs at 1920x1080) where a trained
+        model gives a few thousand; the cost of the mask step follows the number of runs.
+        """
+        from sam3_core.prompts import Prompt
+        from sam3_core.resize import upsample_logits_to_rle
+
+        (prediction,) = predictor.predict_objects([Prompt.of([[960.0, 540.0]])])
+        yy, xx = np.mgrid[0:288, 0:288].astype(np.float32)
+        smooth = ((60 - np.hypot(xx - 140, yy - 120)) / 10 + 3 * np.sin(xx / 9) * np.cos(yy / 13)).astype(np.float32)
+        rows: dict[str, Any] = {}
+        for name, logits in (("this model", prediction.low_res_logits[prediction.best_index]), ("smooth", smooth)):
+            for size_name, (width, height) in SIZES.items():
+                runs = len(upsample_logits_to_rle(logits, height, width).counts)
+                stats = time_calls(lambda x=logits, h=height, w=width: upsample_logits_to_rle(x, h, w), self.repeats)
+                rows[f"{name}@{size_name}"] = {"runs": runs, **stats.as_dict()}
+        return rows
 
     # ------------------------------------------------------------ the services through the SDK
 
@@ -315,11 +336,35 @@ class Bench:
                         rows[f"redis_fetch/1 click@{size_name}"] = time_calls(
                             lambda r=click, i=ids[size_name]: fetching.segment_objects(i, r), self.repeats
                         ).as_dict()
+                        for path, target in (("local_hit", serve.target), ("redis_fetch", fetcher.target)):
+                            rows[f"rpc_{path}/1 click@{size_name}"] = self._segment_rpc(target, ids[size_name], click)
                     self.results["services"] = rows
                     self.results["concurrency"] = self._sweep(serve.target, ids["1920x1080"], Sam3Error)
             finally:
                 serve.stop()
                 fetcher.stop()
+
+    def _segment_rpc(self, target: str, image_id: str, objects: list[Any]) -> dict[str, Any]:
+        """The Segment RPC itself (best mask as RLE, no client-side decoding), with the server's stages."""
+        import grpc
+
+        from sam3_client import ChannelSettings
+        from sam3_client._convert import segment_request
+        from sam3_client.proto import decoder_pb2_grpc
+
+        request = segment_request(image_id, objects, mask="best", mask_format="rle")
+        stages: dict[str, list[float]] = {}
+        with grpc.insecure_channel(target, options=ChannelSettings().options()) as channel:
+            stub = decoder_pb2_grpc.DecoderServiceStub(channel)
+
+            def call() -> None:
+                response = stub.Segment(request, timeout=60)
+                for stage, ms in response.timings.milliseconds.items():
+                    stages.setdefault(stage, []).append(ms)
+
+            row = time_calls(call, self.repeats).as_dict()
+        row["server_stages_p50_ms"] = {stage: round(float(np.median(v)), 2) for stage, v in stages.items()}
+        return row
 
     def _fastest_variant(self) -> str:
         encoders = self.results.get("encoders", {})
@@ -411,22 +456,12 @@ class Worker:
         self.target = target
 
     def wait_until_serving(self, timeout: float = 300.0) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from sam3_client import wait_until_serving
 
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise SystemExit(f"worker exited: {self.process.stderr.read() if self.process.stderr else ''}")
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.3)
-        raise SystemExit(f"worker at {self.target} did not become ready in {timeout:.0f} s")
+        try:
+            wait_until_serving(self.target, timeout=timeout, alive=lambda: self.process.poll() is None)
+        except (RuntimeError, TimeoutError) as error:
+            raise SystemExit(f"{error}: {self.process.stderr.read() if self.process.stderr else ''}") from error
 
     def stop(self) -> None:
         self.process.terminate()

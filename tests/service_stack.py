@@ -7,16 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import grpc
-
 import references
+from sam3_client import wait_until_serving as sdk_wait_until_serving
 from sam3_core.model import Sam3Model
 from sam3_serving.launch import DECODER, ENCODER, start_worker
 from sam3_serving.server import ServerConfig, Worker
@@ -101,26 +99,12 @@ def serve_subprocess(*extra: str, env: dict[str, str] | None = None) -> Iterator
 
 
 def wait_until_serving(target: str, process: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {process.returncode}: {process.stdout.read() if process.stdout else ''}"
-                )
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"{target} did not become SERVING within {timeout} s")
+    """The SDK's wait, with the process's output in the error when it died during start-up."""
+    try:
+        sdk_wait_until_serving(target, timeout=timeout, alive=lambda: process is None or process.poll() is None)
+    except RuntimeError as error:
+        output = process.stdout.read() if process is not None and process.stdout else ""
+        raise RuntimeError(f"{error}: exit code {process.returncode if process else '?'}\n{output}") from error
 
 
 def image_bytes(name: str) -> bytes:

@@ -33,6 +33,7 @@ def test_quick_bench_writes_every_section_and_the_ratios(tmp_path: Path) -> None
     assert {"1 click@1920x1080", "3 objects@4000x3000"} <= set(report["predictor"])
     assert report["services"]["local_hit/1 click@4000x3000"]["p50"] > 0
     assert report["services"]["redis_fetch/1 click@1920x1080"]["p50"] > 0
+    assert report["services"]["rpc_redis_fetch/1 click@4000x3000"]["server_stages_p50_ms"]["fetch"] > 0
     assert list(report["concurrency"]) == ["1", "2", "4", "8", "16"]
     assert all(level["throughput_per_s"] > 0 and not level["errors"] for level in report["concurrency"].values())
     assert "skipped" in report["transformers"] or report["transformers"]["prompts"]

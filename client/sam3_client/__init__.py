@@ -10,7 +10,7 @@ wait_for_ready, message size) are `ChannelSettings`; default deadlines per metho
 every failure is a `Sam3Error` carrying the gRPC status code and the server's reason.
 """
 
-from sam3_client._channel import ChannelSettings, Deadlines, Sam3Error
+from sam3_client._channel import ChannelSettings, Deadlines, Sam3Error, wait_until_serving
 from sam3_client._convert import EncodeResult, Mask, ObjectPrompt, ObjectResult, SegmentResult, StreamRequest
 from sam3_client.async_client import AsyncClient
 from sam3_client.client import Client
@@ -27,4 +27,5 @@ __all__ = [
     "Sam3Error",
     "SegmentResult",
     "StreamRequest",
+    "wait_until_serving",
 ]

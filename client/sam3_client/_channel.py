@@ -15,7 +15,7 @@ calling sam3), and leave it off where a wrong address should fail fast (interact
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,3 +279,29 @@ def error_info(error: Any) -> common_pb2.ErrorInfo | None:
             return None
         return info
     return None
+
+
+def wait_until_serving(target: str, *, timeout: float = 60.0, alive: Callable[[], bool] = lambda: True) -> None:
+    """Blocks until the worker at `target` reports SERVING on grpc.health.v1 (model loaded, Redis reachable).
+
+    Raises TimeoutError after `timeout` seconds, or RuntimeError as soon as `alive()` turns false (a
+    worker process that exited will never answer).
+    """
+    import time
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if not alive():
+                raise RuntimeError(f"the worker for {target} stopped before it was serving")
+            try:
+                request = health_pb2.HealthCheckRequest()
+                if stub.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{target} did not become SERVING within {timeout:g} s")
