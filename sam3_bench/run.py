@@ -267,6 +267,7 @@ class Bench:
                             model.run_decoder(b.points, b.labels, b.empty_boxes, embeddings.tensors) for b in batches
                         ],
                         self.repeats,
+                        warmup=5,  # the first runs of a fresh session allocate; they are not the floor
                     ).as_dict()
                 predictor_rows[key] = time_calls(
                     lambda prompts=prompts, predictor=predictor: [
