@@ -48,14 +48,6 @@ def time_calls(call: Callable[[], Any], repeats: int, warmup: int = 2) -> Stats:
     return Stats.of(samples)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def peak_rss_gb() -> float:
     """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
     import resource

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from sam3_bench.images import synthetic_rgb
-from sam3_bench.measure import Stats, free_port, run_child, time_calls
+from sam3_bench.measure import Stats, run_child, time_calls
+from sam3_serving.redis_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FULL_MODEL = REPO / "models" / "full"

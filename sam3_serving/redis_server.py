@@ -89,7 +89,7 @@ def find_server_binary() -> tuple[Path | None, list[str]]:
     return None, tried
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A port nobody listens on right now (the server may still lose a race for it; we retry)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -150,7 +150,7 @@ class EmbeddedRedis:
         self.binary = Path(binary)
         self.maxmemory = maxmemory
         self._fixed_port = port is not None
-        self._port = port if port is not None else _free_port()
+        self._port = port if port is not None else free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="sam3-redis-")
         self._state: dict[str, subprocess.Popen[bytes] | None] = {"proc": None}
         self._finalizer = weakref.finalize(self, _reap, self._state)
@@ -243,7 +243,7 @@ class EmbeddedRedis:
                 return self
             # An auto-picked port can be taken between our probe and the server's bind: pick another.
             if attempt + 1 < attempts and "in use" in self._log_tail():
-                self._port = _free_port()
+                self._port = free_port()
                 continue
             break
         raise RuntimeError(

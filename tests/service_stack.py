@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import references
 from sam3_client import wait_until_serving as sdk_wait_until_serving
 from sam3_core.model import Sam3Model
 from sam3_serving.launch import DECODER, ENCODER, start_worker
+from sam3_serving.redis_server import free_port
 from sam3_serving.server import ServerConfig, Worker
 from sam3_serving.store import EmbeddingStore, StoreConfig
 
@@ -51,12 +51,6 @@ def running(
     finally:
         worker.stop(0)
         store.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

@@ -72,7 +72,7 @@ def test_kill_then_start(redis_server: rs.EmbeddedRedis) -> None:
 def test_explicit_port_and_refuses_a_taken_one(redis_server: rs.EmbeddedRedis) -> None:
     with pytest.raises(RuntimeError, match="already served by another process"):
         rs.start_embedded_redis(port=redis_server.port)
-    port = rs._free_port()
+    port = rs.free_port()
     with rs.start_embedded_redis(port=port) as other:
         assert other.port == port and _client(other.url).ping()
 
