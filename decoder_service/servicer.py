@@ -58,6 +58,14 @@ def to_prompts(request: decoder_pb2.SegmentRequest) -> list[Prompt]:
     return prompts
 
 
+def check_enums(request: decoder_pb2.SegmentRequest) -> None:
+    """Values from a newer (or broken) client are refused by name rather than silently read as defaults."""
+    for field, enum in (("selection", decoder_pb2.MaskSelection), ("mask_format", decoder_pb2.MaskFormat)):
+        value = getattr(request, field)
+        if value not in enum.values():
+            raise PromptError(field, f"unknown value {value}; expected one of {', '.join(enum.keys())}")
+
+
 def selected_indices(request: decoder_pb2.SegmentRequest, prediction: ObjectPrediction) -> list[int]:
     if request.selection == decoder_pb2.MASK_SELECTION_ALL:
         return list(range(len(prediction.iou_scores)))
@@ -186,6 +194,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         started = time.perf_counter()
         embeddings = self._embeddings(request.image_id, timer)
         try:
+            check_enums(request)
             prompts = to_prompts(request)
             predictions = decode(self.model, embeddings, prompts, limits=self.settings.prompt_limits, timer=timer)
             objects = [object_result(request, p, timer) for p in predictions]

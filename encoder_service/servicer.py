@@ -14,6 +14,7 @@ choice, DESIGN §4).
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from sam3_serving.model_info import model_info
 from sam3_serving.store import EmbeddingStore, StoreUnavailableError
 
 WORKER = "encoder"
+log = logging.getLogger("sam3.encoder")
 
 
 @dataclass(frozen=True)
@@ -106,14 +108,24 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                     return respond(size, cached=True)
                 token = self.store.try_lock(image_id)
             try:
+                # Another worker may have stored it and let go of the lock between our peek and our lock.
+                if token is not None and not request.force and (size := self.store.peek_size(image_id)):
+                    return respond(size, cached=True)
                 return respond(self._run_model(request, image_id, context, timer), cached=False)
             finally:
                 if token is not None:
-                    self.store.release(image_id, token)
+                    self._release(image_id, token)
         except StoreUnavailableError as error:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, f"embedding store unavailable: {error}", Reason.STORE_UNAVAILABLE
             ) from error
+
+    def _release(self, image_id: str, token: str) -> None:
+        """A lock that cannot be released expires by itself: never let that replace the call's outcome."""
+        try:
+            self.store.release(image_id, token)
+        except StoreUnavailableError as error:
+            log.warning("could not release the encode lock of %s (it expires by itself): %s", image_id, error)
 
     def _wait_for_other_worker(
         self, image_id: str, context: grpc.ServicerContext, timer: StageTimer

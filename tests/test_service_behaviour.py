@@ -264,3 +264,30 @@ def test_sigterm_lets_an_in_flight_encode_finish() -> None:
         thread.join(60)
         assert outcome and not isinstance(outcome[0], Exception) and outcome[0].cached is False
         assert process.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(("field", "value"), [("mask_format", 99), ("selection", 42)])
+def test_unknown_enum_values_are_invalid_argument(redis_url: str, field: str, value: int) -> None:
+    with running(redis_url, prefix()) as stack, Client(stack.target) as client:
+        image_id = client.encode(new_image(10)).image_id
+        request = decoder_pb2.SegmentRequest(
+            image_id=image_id, objects=[decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=1, y=1)])]
+        )
+        setattr(request, field, value)
+        with grpc.insecure_channel(stack.target) as channel, pytest.raises(grpc.RpcError) as failure:
+            decoder_pb2_grpc.DecoderServiceStub(channel).Segment(request, timeout=10)
+        error = Sam3Error.from_rpc(failure.value)
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT and error.metadata["field"] == field
+
+
+def test_a_lock_that_cannot_be_released_does_not_change_the_answer(redis_url: str) -> None:
+    from sam3_serving.store import StoreUnavailableError
+
+    with running(redis_url, prefix(), {ENCODER}) as stack, Client(stack.target) as client:
+
+        def fail(image_id: str, token: str) -> None:
+            raise StoreUnavailableError("redis went away after the write")
+
+        stack.store.release = fail  # a real store whose release fails: the encode itself succeeded
+        result = client.encode(new_image(11))
+        assert not result.cached and stack.store.peek_size(result.image_id) is not None
