@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 import onnxruntime as ort
@@ -133,10 +132,6 @@ class Predictor:
         self.prompt_limits = prompt_limits
         self._embeddings: ImageEmbeddings | None = None
 
-    @cached_property
-    def model_id(self) -> str:
-        return self.model.model_id
-
     def set_image(self, image: ImageInput) -> ImageEmbeddings:
         """Encodes the image (path, bytes, PIL image or array); returns the embeddings, which serialise."""
         self._embeddings = encode(self.model, load_image(image, self.image_limits))
@@ -145,7 +140,9 @@ class Predictor:
     def set_embeddings(self, embeddings: ImageEmbeddings) -> None:
         """Reuses embeddings computed earlier (or elsewhere) for the same model."""
         if embeddings.model_id != self.model.model_id:
-            raise ValueError(f"embeddings are for model {embeddings.model_id}, this predictor runs {self.model_id}")
+            raise ValueError(
+                f"embeddings are for model {embeddings.model_id}, this predictor runs {self.model.model_id}"
+            )
         self._embeddings = embeddings
 
     @property

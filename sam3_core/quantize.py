@@ -41,7 +41,7 @@ def quantize(out_dir: Path, kind: str) -> Path:
         quantizer.process()
         quantizer.model.save_model_to_file(str(target), use_external_data_format=large)
     else:
-        raise ValueError(f"unknown quantization {kind!r}: choose int8 or q4")
+        raise ValueError(f"unknown quantization {kind!r}: choose one of {', '.join(QUANTIZATIONS)}")
     _drop_untyped_value_info(target)
     return target
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sam3_client._cli_errors import CliError
+from sam3_core.quantize import QUANTIZATIONS
 
 # sam3_core.sources.DEFAULT_REPO, repeated so that building the parser loads no ONNX Runtime (a test checks).
 DEFAULT_REPO = "onnx-community/sam3-tracker-ONNX"
@@ -107,7 +108,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize",
         action="append",
-        choices=("int8", "q4"),
+        choices=QUANTIZATIONS,
         default=[],
         help="also write vision_encoder_<kind>.onnx (repeatable)",
     )
