@@ -12,7 +12,7 @@ lint: $(VENV)/.installed
 	$(BIN)/python protos/generate.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict client/sam3_client --exclude 'client/sam3_client/_?cli'
+	$(BIN)/mypy --strict client/sam3_client
 
 # The whole service on one port, with an embedded Redis and the committed tiny model.
 serve: $(VENV)/.installed
@@ -26,10 +26,11 @@ bench: $(VENV)/.installed
 proto: $(VENV)/.installed
 	$(BIN)/python protos/generate.py
 
-$(VENV)/.installed: pyproject.toml
+# Two distributions, both editable: the SDK (client/, sam3-client) and the service that depends on it.
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e ./client -e '.[test,bench]'
 	touch $@
 
 clean:

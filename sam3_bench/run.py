@@ -86,7 +86,7 @@ def resolve_model(args: argparse.Namespace) -> Path:
         command = [
             sys.executable,
             "-m",
-            "sam3_client.cli",
+            "sam3_cli",
             "export",
             "--random-init",
             "--config",
@@ -379,7 +379,7 @@ class Bench:
             [
                 sys.executable,
                 "-m",
-                "sam3_client.cli",
+                "sam3_cli",
                 command,
                 "--model-dir",
                 str(self.model_dir),
@@ -458,7 +458,7 @@ class Worker:
         self.target = target
 
     def wait_until_serving(self, timeout: float = 300.0) -> None:
-        from sam3_client import wait_until_serving
+        from sam3_serving.health_check import wait_until_serving
 
         try:
             wait_until_serving(self.target, timeout=timeout, alive=lambda: self.process.poll() is None)

@@ -1,4 +1,7 @@
-"""Binary masks at the original size, and the wire formats they travel in (PNG, COCO RLE, packed bits)."""
+"""Binary masks at the original size -> the wire formats they travel in (PNG, COCO RLE, packed bits).
+
+The SDK holds the inverses (sam3_client.masks): only clients read masks back.
+"""
 
 from __future__ import annotations
 
@@ -33,10 +36,6 @@ def to_png(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def from_png(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 127
-
-
 def to_coco_rle(mask: np.ndarray) -> CocoRle:
     """COCO RLE (what pycocotools' `frPyObjects`/`decode` read) straight from the boolean mask."""
     flat = np.asarray(mask, dtype=bool).ravel(order="F")
@@ -68,19 +67,6 @@ def rle_area_and_box(rle: CocoRle) -> tuple[int, tuple[int, int, int, int]]:
     return int((last - first + 1).sum()), (left, top, right - left + 1, bottom - top + 1)
 
 
-def from_coco_rle(rle: CocoRle) -> np.ndarray:
-    height, width = rle.size
-    values = np.zeros(len(rle.counts), dtype=bool)
-    values[1::2] = True
-    flat = np.repeat(values, rle.counts)
-    return flat.reshape((width, height)).T
-
-
 def to_packed_bits(mask: np.ndarray) -> bytes:
     """The whole mask row-major as one bit string, most significant bit first (np.packbits), no row padding."""
     return np.packbits(np.asarray(mask, dtype=bool).reshape(-1)).tobytes()
-
-
-def from_packed_bits(data: bytes, height: int, width: int) -> np.ndarray:
-    bits = np.unpackbits(np.frombuffer(data, np.uint8), count=height * width)
-    return bits.reshape(height, width).astype(bool)

@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sam3_serving import metrics
-from sam3_serving.errors import ERROR_INFO_KEY, Reason, ServiceError
+from sam3_serving.errors import Reason, ServiceError
 
 __all__ = ["LIVENESS", "ServerConfig", "Service", "Worker", "configure_logging"]
 
@@ -152,9 +152,7 @@ class _Call:
         context = self.context
         if isinstance(exc, ServiceError):
             self.code = exc.code
-            kept = [(k, v) for k, v in (context.trailing_metadata() or ()) if k != ERROR_INFO_KEY]
-            context.set_trailing_metadata((*kept, *exc.trailing_metadata()))
-            context.abort(exc.code, exc.message)
+            exc.abort(context)
         if _is_abort(exc, context):  # the servicer called context.abort() itself
             self.code = _status_code(context)
             raise exc

@@ -13,9 +13,9 @@ from functools import cache
 from typing import Any
 
 import references
-from sam3_client import wait_until_serving as sdk_wait_until_serving
+from sam3_cli.workers import DECODER, ENCODER, start_worker
 from sam3_core.model import Sam3Model
-from sam3_serving.launch import DECODER, ENCODER, start_worker
+from sam3_serving.health_check import wait_until_serving as wait_for_health
 from sam3_serving.redis_server import free_port
 from sam3_serving.server import ServerConfig, Worker
 from sam3_serving.store import EmbeddingStore, StoreConfig
@@ -61,7 +61,7 @@ def serve_subprocess(*extra: str, env: dict[str, str] | None = None) -> Iterator
         [
             sys.executable,
             "-m",
-            "sam3_client.cli",
+            "sam3_cli",
             "serve",
             "--model-dir",
             str(references.MODEL_DIR),
@@ -95,7 +95,7 @@ def serve_subprocess(*extra: str, env: dict[str, str] | None = None) -> Iterator
 def wait_until_serving(target: str, process: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
     """The SDK's wait, with the process's output in the error when it died during start-up."""
     try:
-        sdk_wait_until_serving(target, timeout=timeout, alive=lambda: process is None or process.poll() is None)
+        wait_for_health(target, timeout=timeout, alive=lambda: process is None or process.poll() is None)
     except RuntimeError as error:
         output = process.stdout.read() if process is not None and process.stdout else ""
         raise RuntimeError(f"{error}: exit code {process.returncode if process else '?'}\n{output}") from error

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from sam3_bench.report import TARGETS
-from sam3_client.cli import main
+from sam3_cli.main import main
 
 
 def test_quick_bench_writes_every_section_and_the_ratios(tmp_path: Path) -> None:

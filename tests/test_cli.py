@@ -20,10 +20,10 @@ import pytest
 from PIL import Image
 
 import references
-from sam3_client import Sam3Error
-from sam3_client._cli_errors import explain
-from sam3_client._cli_models import human_size
-from sam3_client.cli import join_negative_coordinates, main
+from sam3_cli.errors import explain
+from sam3_cli.main import join_negative_coordinates, main
+from sam3_cli.models import human_size
+from sam3_client import Reason, Sam3Error
 from sam3_core.images import load_image
 from sam3_core.model import Preprocessing, compute_model_id, graph_path
 from sam3_core.predictor import Predictor
@@ -48,8 +48,8 @@ def tiny_model_id() -> str:
 
 
 def sam3(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The installed `sam3` console script (or `python -m sam3_client.cli`) as a real process."""
-    command = [str(SAM3)] if SAM3.exists() else [sys.executable, "-m", "sam3_client.cli"]
+    """The installed `sam3` console script (or `python -m sam3_cli.main`) as a real process."""
+    command = [str(SAM3)] if SAM3.exists() else [sys.executable, "-m", "sam3_cli"]
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
@@ -70,9 +70,9 @@ def decode_rle(rle: dict) -> np.ndarray:
     try:
         from pycocotools import mask as coco
     except ImportError:
-        from sam3_core.masks import CocoRle, from_coco_rle
+        from sam3_client.masks import decode_rle as sdk_decode_rle
 
-        return from_coco_rle(CocoRle(rle["counts"], (height, width)))
+        return sdk_decode_rle(rle["counts"], height, width)
     with warnings.catch_warnings():  # pycocotools' own NumPy 2 deprecation notice
         warnings.simplefilter("ignore", DeprecationWarning)
         return coco.decode(coco.frPyObjects(rle, height, width)).astype(bool)
@@ -442,7 +442,7 @@ def test_token_errors_mention_the_token_flag(redis_url, redis_namespace, capsys)
 FIELD = "objects[0].points[1].x"
 
 
-def error(code: grpc.StatusCode, message: str, reason: str = "", **metadata: str) -> Sam3Error:
+def error(code: grpc.StatusCode, message: str, reason: Reason | None = None, **metadata: str) -> Sam3Error:
     return Sam3Error(code, message, reason, metadata)
 
 
@@ -455,23 +455,23 @@ def error(code: grpc.StatusCode, message: str, reason: str = "", **metadata: str
         ),
         (error(grpc.StatusCode.UNAVAILABLE, "DNS resolution failed for nope:1"), "the host name does not resolve"),
         (
-            error(grpc.StatusCode.UNAVAILABLE, "embedding store unavailable: x", "STORE_UNAVAILABLE"),
+            error(grpc.StatusCode.UNAVAILABLE, "embedding store unavailable: x", Reason.STORE_UNAVAILABLE),
             "cannot reach its embedding store",
         ),
-        (error(grpc.StatusCode.UNAVAILABLE, "draining", "SHUTTING_DOWN"), "is shutting down"),
+        (error(grpc.StatusCode.UNAVAILABLE, "draining", Reason.SHUTTING_DOWN), "is shutting down"),
         (error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), "did not answer within 10 s"),
-        (error(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token", "UNAUTHENTICATED"), "--token TOKEN"),
+        (error(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token", Reason.UNAUTHENTICATED), "--token TOKEN"),
         (
-            error(grpc.StatusCode.INVALID_ARGUMENT, "objects[0].points[1].x: bad", "INVALID_PROMPT", field=FIELD),
+            error(grpc.StatusCode.INVALID_ARGUMENT, "objects[0].points[1].x: bad", Reason.INVALID_PROMPT, field=FIELD),
             "the server rejected --point 3,4: bad",
         ),
         (
-            error(grpc.StatusCode.INVALID_ARGUMENT, "image: not an image", "INVALID_IMAGE", field="image"),
+            error(grpc.StatusCode.INVALID_ARGUMENT, "image: not an image", Reason.INVALID_IMAGE, field="image"),
             "the server cannot use the image: not an image",
         ),
-        (error(grpc.StatusCode.RESOURCE_EXHAUSTED, "encoder busy", "OVERLOADED"), "is busy (encoder busy)"),
+        (error(grpc.StatusCode.RESOURCE_EXHAUSTED, "encoder busy", Reason.OVERLOADED), "is busy (encoder busy)"),
         (
-            error(grpc.StatusCode.RESOURCE_EXHAUSTED, "image: too big", "IMAGE_TOO_LARGE", limit="max_pixels"),
+            error(grpc.StatusCode.RESOURCE_EXHAUSTED, "image: too big", Reason.IMAGE_TOO_LARGE, limit="max_pixels"),
             "--max-image-pixels",
         ),
         (
@@ -479,7 +479,7 @@ def error(code: grpc.StatusCode, message: str, reason: str = "", **metadata: str
             "--max-message-mb",
         ),
     ],
-    ids=lambda v: v.code.name + ":" + v.reason if isinstance(v, Sam3Error) else None,
+    ids=lambda v: f"{v.code.name}:{v.reason}" if isinstance(v, Sam3Error) else None,
 )
 def test_status_codes_become_sentences(failure, expected):
     flags = {FIELD: "--point 3,4"}
@@ -577,10 +577,10 @@ def test_models_list_shows_local_folders_and_the_hub_cache(tmp_path, capsys):
 
 
 def test_models_default_repo_matches_sources():
-    from sam3_client import _cli_models
+    from sam3_cli import models as cli_models
     from sam3_core import sources
 
-    assert _cli_models.DEFAULT_REPO == sources.DEFAULT_REPO
+    assert cli_models.DEFAULT_REPO == sources.DEFAULT_REPO
 
 
 # ---------------------------------------------------------------- health
@@ -608,7 +608,7 @@ def test_health_of_a_live_server_and_a_dead_port(server):
 def test_health_loads_no_model_runtime(server):
     """Container healthchecks run it every few seconds: grpc only, no torch, no ONNX Runtime."""
     script = (
-        "import sys; from sam3_client.cli import main; code = main(['health', '--target', sys.argv[1]]); "
+        "import sys; from sam3_cli.main import main; code = main(['health', '--target', sys.argv[1]]); "
         "print(sorted(m for m in ('torch', 'onnxruntime', 'transformers') if m in sys.modules)); sys.exit(code)"
     )
     result = subprocess.run([sys.executable, "-c", script, server], capture_output=True, text=True, timeout=60)

@@ -62,8 +62,8 @@ DECODER_WORKING_SET_MIB = 256  # requests in flight: masks at the original size
 @functools.cache
 def flag_env_names() -> dict[str, frozenset[str]]:
     """Per worker command, the SAM3_* variables its flags read (options whose help names `[env ...]`)."""
-    from sam3_client.cli import build_parser
-    from sam3_client.cli_options import env_name
+    from sam3_cli.main import build_parser
+    from sam3_cli.options import env_name
 
     commands = _subcommands(build_parser())
     result = {}
@@ -84,8 +84,8 @@ def all_flag_env_names() -> frozenset[str]:
 @functools.cache
 def cli_env_names() -> frozenset[str]:
     """Every SAM3_* variable any sam3 command reads (workers, clients, health, ...)."""
-    from sam3_client.cli import build_parser
-    from sam3_client.cli_options import env_name
+    from sam3_cli.main import build_parser
+    from sam3_cli.options import env_name
 
     names: set[str] = set()
     pending = [build_parser()]
@@ -109,7 +109,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 def parse_sam3(argv: list[str]) -> argparse.Namespace | None:
     """Parse a sam3 command line without running it; None when its subcommand does not exist (yet)."""
-    from sam3_client.cli import build_parser
+    from sam3_cli.main import build_parser
 
     parser = build_parser()
     if argv[0] not in _subcommands(parser):
@@ -501,7 +501,8 @@ def test_pods_run_as_the_images_non_root_user_without_api_access(overlay: str) -
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_worker_has_a_disruption_budget_and_an_autoscaler_on_real_metrics(overlay: str) -> None:
-    from sam3_serving import launch, metrics
+    from sam3_cli import workers as launch
+    from sam3_serving import metrics
 
     exported = {
         family.name: family
@@ -791,7 +792,7 @@ def test_the_image_healthcheck_asks_the_worker_on_sam3_port(health_server: tuple
     env = {**os.environ, "SAM3_PORT": str(port)}
 
     def check(*extra: str) -> int:
-        command = [sys.executable, "-m", "sam3_client.cli", *argv, *extra]
+        command = [sys.executable, "-m", "sam3_cli", *argv, *extra]
         return subprocess.run(command, env=env, capture_output=True, timeout=30).returncode
 
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -1,4 +1,4 @@
-"""sam3_core.masks: bounding boxes and the three wire formats (PNG, COCO RLE, packed bits)."""
+"""Bounding boxes and the three wire formats: sam3_core.masks encodes, sam3_client.masks decodes."""
 
 from __future__ import annotations
 
@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam3_core.masks import (
-    CocoRle,
-    bounding_box,
-    from_coco_rle,
-    from_packed_bits,
-    from_png,
-    to_coco_rle,
-    to_packed_bits,
-    to_png,
-)
+from sam3_client.masks import decode_packed_bits, decode_png, decode_rle
+from sam3_core.masks import CocoRle, bounding_box, to_coco_rle, to_packed_bits, to_png
 
 try:
     from pycocotools import mask as pycocotools_mask
@@ -98,12 +90,12 @@ def test_png_is_binary_greyscale_at_size(size):
         values = np.asarray(image)
     assert set(np.unique(values).tolist()) <= {0, 255}
     np.testing.assert_array_equal(values == 255, mask)
-    np.testing.assert_array_equal(from_png(data), mask)
+    np.testing.assert_array_equal(decode_png(data), mask)
 
 
 def test_png_accepts_non_bool_masks():
     mask = np.array([[0, 1], [2, 0]], np.uint8)
-    np.testing.assert_array_equal(from_png(to_png(mask)), mask > 0)
+    np.testing.assert_array_equal(decode_png(to_png(mask)), mask > 0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,7 +110,7 @@ def _check_rle(mask: np.ndarray) -> CocoRle:
     assert all(type(c) is int for c in rle.counts)
     assert all(c > 0 for c in rle.counts[1:])  # only the first run may be empty
     assert sum(rle.counts[1::2]) == int(mask.sum())
-    np.testing.assert_array_equal(from_coco_rle(rle), mask)
+    np.testing.assert_array_equal(decode_rle(rle.counts, *rle.size), mask)
     return rle
 
 
@@ -188,7 +180,7 @@ def test_packed_bits_round_trip(size):
     data = to_packed_bits(mask)
     height, width = size
     assert len(data) == (height * width + 7) // 8
-    np.testing.assert_array_equal(from_packed_bits(data, height, width), mask)
+    np.testing.assert_array_equal(decode_packed_bits(data, height, width), mask)
 
 
 def test_packed_bits_layout_row_major_msb_first_no_row_padding():
@@ -200,4 +192,4 @@ def test_packed_bits_layout_row_major_msb_first_no_row_padding():
 
 def test_packed_bits_of_non_contiguous_mask():
     mask = random_mask(12, 30)[::3, ::2]
-    np.testing.assert_array_equal(from_packed_bits(to_packed_bits(mask), *mask.shape), mask)
+    np.testing.assert_array_equal(decode_packed_bits(to_packed_bits(mask), *mask.shape), mask)

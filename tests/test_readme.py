@@ -6,8 +6,8 @@ import argparse
 import re
 from pathlib import Path
 
-from sam3_client.cli import build_parser
-from sam3_client.cli_options import env_name
+from sam3_cli.main import build_parser
+from sam3_cli.options import env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sam3_cli.workers import DECODER, start_worker
 from sam3_client import (
     AsyncClient,
     ChannelSettings,
@@ -36,7 +37,6 @@ from sam3_client import (
 )
 from sam3_client._convert import image_payload
 from sam3_client.proto import common_pb2, encoder_pb2
-from sam3_serving.launch import DECODER, start_worker
 from sam3_serving.server import ServerConfig
 from service_stack import Stack, image_bytes, running, shared_model
 

@@ -26,9 +26,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client import REGISTRY
 
+from sam3_client.errors import Reason, Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
 from sam3_serving import metrics
-from sam3_serving.errors import Reason, ServiceError, error_info
+from sam3_serving.errors import ServiceError
 from sam3_serving.server import JsonFormatter, ServerConfig, Service, Worker, configure_logging
 
 DECODER = decoder_pb2.DESCRIPTOR.services_by_name["DecoderService"].full_name
@@ -234,8 +235,7 @@ def test_service_error_becomes_status_and_error_info(channel: grpc.Channel) -> N
         stub.Segment(decoder_pb2.SegmentRequest(image_id="abc123"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert caught.value.details() == "no embedding for abc123"
-    info = error_info(caught.value)
-    assert info is not None
+    info = Sam3Error.from_rpc(caught.value)
     assert info.reason == Reason.EMBEDDING_NOT_FOUND
     assert dict(info.metadata) == {"image_id": "abc123"}
 
@@ -248,7 +248,7 @@ def test_unexpected_exception_is_internal_and_worker_keeps_serving(
         stub.Segment(decoder_pb2.SegmentRequest(image_id="boom"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert caught.value.details() == "internal error; see the worker log"
-    assert error_info(caught.value) is None
+    assert Sam3Error.from_rpc(caught.value).reason is None
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
     assert stub.Segment(decoder_pb2.SegmentRequest(image_id="ok"), timeout=5).image_id == "ok"
 
@@ -270,8 +270,8 @@ def test_errors_inside_bidirectional_stream(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         next(responses)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    info = error_info(caught.value)
-    assert info is not None and info.reason == Reason.EMBEDDING_NOT_FOUND
+    info = Sam3Error.from_rpc(caught.value)
+    assert info.reason == Reason.EMBEDDING_NOT_FOUND
 
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.SegmentStream(iter([decoder_pb2.SegmentRequest(image_id="boom")]), timeout=5))
@@ -298,8 +298,8 @@ def test_all_four_arities_convert_errors(channel: grpc.Channel, arity: str) -> N
     with pytest.raises(grpc.RpcError) as caught:
         invoke(b"bad")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    info = error_info(caught.value)
-    assert info is not None and info.reason == Reason.INVALID_PROMPT and info.metadata["field"] == "payload"
+    info = Sam3Error.from_rpc(caught.value)
+    assert info.reason == Reason.INVALID_PROMPT and info.metadata["field"] == "payload"
     with pytest.raises(grpc.RpcError) as caught:
         invoke(b"boom")
     assert caught.value.code() == grpc.StatusCode.INTERNAL
@@ -406,8 +406,8 @@ def test_auth_token_required_except_for_health_and_reflection() -> None:
                     stub.GetModelInfo(request, metadata=metadata, timeout=5)
                 assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 assert "authorization: Bearer <token>" in (caught.value.details() or "")
-                info = error_info(caught.value)
-                assert info is not None and info.reason == Reason.UNAUTHENTICATED
+                info = Sam3Error.from_rpc(caught.value)
+                assert info.reason == Reason.UNAUTHENTICATED
             with pytest.raises(grpc.RpcError) as caught:  # streams are guarded too
                 list(stub.SegmentStream(iter([decoder_pb2.SegmentRequest(image_id="ok")]), timeout=5))
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -472,8 +472,8 @@ def test_graceful_stop_finishes_running_call_and_refuses_new_ones() -> None:
         with pytest.raises(grpc.RpcError) as caught:
             stub.Segment(decoder_pb2.SegmentRequest(image_id="ok"), timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        info = error_info(caught.value)
-        assert info is not None and info.reason == Reason.SHUTTING_DOWN
+        info = Sam3Error.from_rpc(caught.value)
+        assert info.reason == Reason.SHUTTING_DOWN
 
         assert slow.result(timeout=5).request_id == "s"
         stopper.join(timeout=5)

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
 
+from sam3_cli.workers import DECODER, ENCODER
 from sam3_client import Client, Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
-from sam3_serving.launch import DECODER, ENCODER
 from service_stack import image_bytes, running, serve_subprocess
 
 

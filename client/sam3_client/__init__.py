@@ -10,10 +10,11 @@ wait_for_ready, message size) are `ChannelSettings`; default deadlines per metho
 every failure is a `Sam3Error` carrying the gRPC status code and the server's reason.
 """
 
-from sam3_client._channel import ChannelSettings, Deadlines, Sam3Error, wait_until_serving
+from sam3_client._channel import ChannelSettings, Deadlines
 from sam3_client._convert import EncodeResult, Mask, ObjectPrompt, ObjectResult, SegmentResult, StreamRequest
 from sam3_client.async_client import AsyncClient
 from sam3_client.client import Client
+from sam3_client.errors import Reason, Sam3Error
 
 __all__ = [
     "AsyncClient",
@@ -24,8 +25,8 @@ __all__ = [
     "Mask",
     "ObjectPrompt",
     "ObjectResult",
+    "Reason",
     "Sam3Error",
     "SegmentResult",
     "StreamRequest",
-    "wait_until_serving",
 ]

@@ -15,18 +15,14 @@ calling sam3), and leave it off where a wrong address should fail fast (interact
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from sam3_client.proto import common_pb2, decoder_pb2_grpc, encoder_pb2_grpc
+from sam3_client.proto import decoder_pb2_grpc, encoder_pb2_grpc
 
-# "-bin" suffix: gRPC base64-encodes the value on the wire and grpcio hands over raw bytes.
-ERROR_INFO_KEY = "sam3-error-bin"
 SERVICES = ("sam3.v1.EncoderService", "sam3.v1.DecoderService")
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 @dataclass(frozen=True)
@@ -213,95 +209,3 @@ class ClientBase:
         self._connection = Connection(self._grpc, target, encoder_target, decoder_target, settings, deadlines)
         self.settings = self._connection.settings
         self.deadlines = self._connection.deadlines
-
-
-class Sam3Error(Exception):
-    """A failed call: the gRPC status code, the server's message, and its machine-readable reason.
-
-    Branch on `code` (a grpc.StatusCode) or on `reason` (e.g. "EMBEDDING_NOT_FOUND", "INVALID_PROMPT",
-    "OVERLOADED"; see common.proto), never on the message text. `metadata` carries context such as
-    the offending prompt "field".
-    """
-
-    def __init__(
-        self, code: grpc.StatusCode, message: str, reason: str = "", metadata: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
-        self.reason = reason
-        self.metadata = dict(metadata or {})
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.code, self.message, self.reason, self.metadata))
-
-    @property
-    def is_not_encoded(self) -> bool:
-        """The decoder has no embeddings for this image: Encode, then ask again."""
-        return self.code == grpc.StatusCode.NOT_FOUND
-
-    def with_message(self, message: str) -> Sam3Error:
-        """The same error (code, reason, metadata) explained differently."""
-        return Sam3Error(self.code, message, self.reason, self.metadata)
-
-    @classmethod
-    def from_rpc(cls, error: Any) -> Sam3Error:
-        """From a grpc.RpcError (sync stubs) or grpc.aio.AioRpcError (async stubs)."""
-        info = error_info(error)
-        return cls(error.code(), error.details() or "", info.reason if info else "", info.metadata if info else None)
-
-    @classmethod
-    def from_item(cls, item: common_pb2.ItemError) -> Sam3Error:
-        """From the error of one item of a stream that carried on (EncodeBatch, SegmentStream)."""
-        code = _CODES.get(item.code, grpc.StatusCode.UNKNOWN)
-        return cls(code, item.message, item.info.reason, item.info.metadata)
-
-
-def error_info(error: Any) -> common_pb2.ErrorInfo | None:
-    """The ErrorInfo a worker attached to a failed call (trailing metadata `sam3-error-bin`), or None.
-
-    Works for the RpcError a blocking stub raises, a failed streaming call's iterator, and grpc.aio errors.
-    """
-    trailing = getattr(error, "trailing_metadata", None)
-    if not callable(trailing):
-        return None
-    try:
-        metadata: Sequence[tuple[str, str | bytes]] = trailing() or ()
-    except Exception:
-        return None
-    for key, value in metadata:
-        if key != ERROR_INFO_KEY:
-            continue
-        info = common_pb2.ErrorInfo()
-        try:
-            info.ParseFromString(value if isinstance(value, bytes) else value.encode("latin-1"))
-        except Exception:
-            return None
-        return info
-    return None
-
-
-def wait_until_serving(target: str, *, timeout: float = 60.0, alive: Callable[[], bool] = lambda: True) -> None:
-    """Blocks until the worker at `target` reports SERVING on grpc.health.v1 (model loaded, Redis reachable).
-
-    Raises TimeoutError after `timeout` seconds, or RuntimeError as soon as `alive()` turns false (a
-    worker process that exited will never answer).
-    """
-    import time
-
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if not alive():
-                raise RuntimeError(f"the worker for {target} stopped before it was serving")
-            try:
-                request = health_pb2.HealthCheckRequest()
-                if stub.Check(request, timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"{target} did not become SERVING within {timeout:g} s")

@@ -22,7 +22,9 @@ from typing import Any, Generic, TypedDict, TypeVar, Unpack, cast
 import grpc
 import numpy as np
 
-from sam3_client._channel import Call, Deadlines, Sam3Error
+from sam3_client import masks
+from sam3_client._channel import Call, Deadlines
+from sam3_client.errors import Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, encoder_pb2
 
 T = TypeVar("T")
@@ -257,16 +259,13 @@ def segment_request(
 
 
 def decode_mask(message: decoder_pb2.Mask) -> np.ndarray | None:
-    from sam3_core import masks as codecs
-
     if message.format == decoder_pb2.MASK_FORMAT_NONE:
         return None
     if message.format == decoder_pb2.MASK_FORMAT_RLE:
-        rle = message.rle
-        return codecs.from_coco_rle(codecs.CocoRle(list(rle.counts), (rle.height, rle.width)))
+        return masks.decode_rle(message.rle.counts, message.rle.height, message.rle.width)
     if message.format == decoder_pb2.MASK_FORMAT_PACKED_BITS:
-        return codecs.from_packed_bits(message.data, message.height, message.width)
-    return codecs.from_png(message.data)
+        return masks.decode_packed_bits(message.data, message.height, message.width)
+    return masks.decode_png(message.data)
 
 
 def _object_result(obj: decoder_pb2.ObjectResult) -> ObjectResult:

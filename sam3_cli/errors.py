@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+
+from grpc import StatusCode
+
+from sam3_client import Reason, Sam3Error
 
 START_HINT = "start one with: sam3 serve --model-dir DIR"
 
@@ -38,51 +41,48 @@ def unreachable(target: str, message: str) -> str:
 
 
 def explain(
-    error: Any,
+    error: Sam3Error,
     target: str,
     *,
     flag_for: Callable[[str], str] | None = None,
     timeout: float | None = None,
 ) -> str:
     """A Sam3Error (from the SDK) as one helpful sentence; `flag_for` maps a request field to its flag."""
-    code = error.code.name
-    reason = error.reason or ""
-    message = error.message or ""
-    metadata = getattr(error, "metadata", None) or {}
-    if code == "UNAVAILABLE":
-        if reason == "STORE_UNAVAILABLE":
+    code, reason, message, metadata = error.code, error.reason, error.message or "", error.metadata
+    if code == StatusCode.UNAVAILABLE:
+        if reason == Reason.STORE_UNAVAILABLE:
             return (
                 f"{target} cannot reach its embedding store ({message}). Check the workers' --redis-url and that "
                 "Redis is up; the service recovers by itself once it is back."
             )
-        if reason == "SHUTTING_DOWN":
+        if reason == Reason.SHUTTING_DOWN:
             return f"{target} is shutting down ({message}). Retry in a moment, or point at another replica."
         return unreachable(target, message)
-    if code == "DEADLINE_EXCEEDED":
+    if code == StatusCode.DEADLINE_EXCEEDED:
         within = f" within {timeout:g} s" if timeout else " within the deadline"
         return (
             f"{target} did not answer{within}. The server may be busy or the image large: retry, raise --timeout, "
             "or add replicas."
         )
-    if code == "UNAUTHENTICATED":
+    if code == StatusCode.UNAUTHENTICATED:
         return (
             f"{target} refused the call: {message or 'missing or wrong token'}. Pass the token the workers were "
             "started with (--auth-token) as --token TOKEN or SAM3_TOKEN."
         )
-    if code == "PERMISSION_DENIED":
+    if code == StatusCode.PERMISSION_DENIED:
         return f"{target} refused the call: {message}. Check --token."
-    if code == "INVALID_ARGUMENT":
+    if code == StatusCode.INVALID_ARGUMENT:
         field = metadata.get("field", "")
-        if reason == "INVALID_IMAGE" or field == "image":
+        if reason == Reason.INVALID_IMAGE or field == "image":
             return f"the server cannot use the image: {_strip_field(message, 'image')}"
         if field:
             shown = flag_for(field) if flag_for else field
             return f"the server rejected {shown}: {_strip_field(message, field)}"
         return f"the server rejected the request: {message}"
-    if code == "RESOURCE_EXHAUSTED":
-        if reason == "OVERLOADED":
+    if code == StatusCode.RESOURCE_EXHAUSTED:
+        if reason == Reason.OVERLOADED:
             return f"{target} is busy ({message}). Retry in a moment, or run more encoder replicas."
-        if reason == "IMAGE_TOO_LARGE":
+        if reason == Reason.IMAGE_TOO_LARGE:
             limit = f" ({metadata['limit']})" if metadata.get("limit") else ""
             return (
                 f"the image is larger than {target} accepts{limit}: {_strip_field(message, 'image')}. "
@@ -94,11 +94,11 @@ def explain(
                 "--max-message-mb, or send a smaller image."
             )
         return f"{target} is out of resources: {message}. Retry later."
-    if code == "NOT_FOUND":
+    if code == StatusCode.NOT_FOUND:
         return f"{target}: {message}. Encode the image first (sam3 encode IMAGE --server {target})."
-    if code == "UNIMPLEMENTED":
+    if code == StatusCode.UNIMPLEMENTED:
         return f"{target} does not serve this call ({message}). Is it a sam3 worker of a matching version?"
-    return f"{target}: {code}: {message}"
+    return f"{target}: {code.name}: {message}"
 
 
 def _strip_field(message: str, field: str) -> str:
@@ -112,29 +112,18 @@ def targets_of(server: str | None, encoder: str | None, decoder: str | None) -> 
     return list(dict.fromkeys(t for t in (decoder or server, encoder or server) if t))
 
 
-def open_channel(target: str, *, tls: bool = False, root_certificates: bytes | None = None) -> Any:
-    """A plain channel (no retries) for health checks: they should answer or fail at once."""
-    import grpc
-
-    if tls or root_certificates:
-        return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root_certificates))
-    return grpc.insecure_channel(target)
-
-
 def first_unreachable(
     targets: Sequence[str], *, tls: bool = False, root_certificates: bytes | None = None, timeout: float = 1.0
 ) -> str | None:
     """Of several targets, the first whose health service does not answer (to name the one that is down)."""
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from sam3_serving.health_check import check
 
     for target in targets:
-        channel = open_channel(target, tls=tls, root_certificates=root_certificates)
         try:
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            check(target, timeout=timeout, tls=tls, root_certificates=root_certificates)
         except grpc.RpcError as error:
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return target
-        finally:
-            channel.close()
     return None

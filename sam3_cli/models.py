@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sam3_client._cli_errors import CliError
+from sam3_cli.errors import CliError
 from sam3_core.quantize import QUANTIZATIONS
 
 # sam3_core.sources.DEFAULT_REPO, repeated so that building the parser loads no ONNX Runtime (a test checks).
@@ -24,7 +24,7 @@ def human_size(size: float) -> str:
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    from sam3_client.cli_options import HelpFormatter, option
+    from sam3_cli.options import HelpFormatter, option
 
     models = commands.add_parser(
         "models",

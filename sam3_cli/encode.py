@@ -18,11 +18,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sam3_client._cli_errors import START_HINT, CliError, explain, first_unreachable, targets_of
+from grpc import StatusCode
+
+from sam3_cli.errors import START_HINT, CliError, explain, first_unreachable, targets_of
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 # Service-wide failures: every remaining file would fail the same way, so the run stops.
-_FATAL_CODES = frozenset({"UNAVAILABLE", "UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED"})
+_FATAL_CODES = frozenset(
+    {StatusCode.UNAVAILABLE, StatusCode.UNAUTHENTICATED, StatusCode.PERMISSION_DENIED, StatusCode.UNIMPLEMENTED}
+)
 _OVERLOAD_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -60,7 +64,7 @@ def find_images(paths: Sequence[Path]) -> tuple[list[Path], list[Outcome]]:
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    from sam3_client.cli_options import HelpFormatter, add_connection_options, option
+    from sam3_cli.options import HelpFormatter, add_connection_options, option
 
     parser = commands.add_parser(
         "encode",
@@ -95,8 +99,8 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from sam3_cli.options import channel_settings, tls_root
     from sam3_client import Client
-    from sam3_client.cli_options import channel_settings, tls_root
 
     target = args.encoder_server or args.server
     if not target:
@@ -156,7 +160,7 @@ def _encode_all(client: Any, images: list[Path], args: argparse.Namespace) -> It
 
 
 def _encode_one(client: Any, path: Path, args: argparse.Namespace) -> Outcome:
-    from sam3_client import Sam3Error
+    from sam3_client import Reason, Sam3Error
 
     started = time.perf_counter()
     try:
@@ -169,11 +173,11 @@ def _encode_one(client: Any, path: Path, args: argparse.Namespace) -> Outcome:
             result = client.encode(data, force=args.force, timeout=args.timeout)
             break
         except Sam3Error as error:
-            if error.code.name == "RESOURCE_EXHAUSTED" and error.reason == "OVERLOADED" and delay is not None:
+            if error.reason == Reason.OVERLOADED and delay is not None:
                 time.sleep(delay)  # another client (or --jobs) holds the encoder's slots
                 continue
             outcome = Outcome(str(path), "failed", error=explain(error, target, timeout=args.timeout))
-            if error.code.name in _FATAL_CODES and error.reason != "SHUTTING_DOWN":
+            if error.code in _FATAL_CODES and error.reason != Reason.SHUTTING_DOWN:
                 raise Fatal(outcome, error) from error
             return outcome
     return Outcome(

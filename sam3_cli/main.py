@@ -3,7 +3,7 @@
 Each subcommand is a small function; the heavy imports (onnxruntime, torch, huggingface_hub) happen
 inside them, so `sam3 --help` and `sam3 health` are instant. Errors are one readable line (what
 happened, what to do) and exit code 1; `--debug` adds the traceback. Usage errors exit with 2.
-Longer commands live in `_cli_*.py` beside this module.
+Longer commands live in their own modules beside this one.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam3_client import _cli_encode, _cli_health, _cli_models
-from sam3_client._cli_errors import CliError, explain, first_unreachable, targets_of
-from sam3_client.cli_options import HelpFormatter, add_connection_options, add_model_options, model_source, option
+from sam3_cli import encode, health, models
+from sam3_cli.errors import CliError, explain, first_unreachable, targets_of
+from sam3_cli.options import HelpFormatter, add_connection_options, add_model_options, model_source, option
 
 __all__ = ["CliError", "build_parser", "main"]
 
@@ -227,7 +227,7 @@ def write_outputs(args: argparse.Namespace, rgb: Any, prompt: Any, segmentation:
     foreground = [list(p) for p, label in zip(prompt.points, prompt.labels, strict=True) if label == 1]
     background = [list(p) for p, label in zip(prompt.points, prompt.labels, strict=True) if label == 0]
     if args.overlay:
-        from sam3_client._cli_overlay import render_overlay, write_overlay
+        from sam3_cli.overlay import render_overlay, write_overlay
 
         write_overlay(args.overlay, render_overlay(rgb, mask, foreground, background, prompt.box))
         print(f"Overlay written to {args.overlay}")
@@ -260,7 +260,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
     prompt, flag_for = _prompt_from_flags(args)
     if args.overlay:
-        from sam3_client._cli_overlay import overlay_format
+        from sam3_cli.overlay import overlay_format
 
         overlay_format(args.overlay)  # a wrong extension should not cost an encode
     rgb = load_image(args.image)
@@ -301,8 +301,10 @@ def _segment_in_process(args: argparse.Namespace, prompt: Any) -> Segmentation:
 
 
 def _segment_remote(args: argparse.Namespace, prompt: Any, flag_for: Callable[[str], str]) -> Segmentation:
+    import grpc
+
+    from sam3_cli.options import channel_settings, tls_root
     from sam3_client import Client, ObjectPrompt, Sam3Error
-    from sam3_client.cli_options import channel_settings, tls_root
 
     # Interactive: 3 attempts (~0.6 s of backoff) rather than the SDK's 5 (~3 s) before "cannot reach".
     settings = channel_settings(args, retry_attempts=3)
@@ -322,7 +324,7 @@ def _segment_remote(args: argparse.Namespace, prompt: Any, flag_for: Callable[[s
             )
         except Sam3Error as error:
             target = targets[0]
-            if error.code.name == "UNAVAILABLE" and len(targets) > 1:
+            if error.code == grpc.StatusCode.UNAVAILABLE and len(targets) > 1:
                 target = first_unreachable(targets, tls=args.tls, root_certificates=tls_root(args)) or target
             raise CliError(explain(error, target, flag_for=flag_for, timeout=args.timeout)) from error
     (obj,) = result.objects
@@ -344,7 +346,7 @@ def _segment_remote(args: argparse.Namespace, prompt: Any, flag_for: Callable[[s
 
 
 def _add_workers(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    from sam3_serving.launch import DECODER, ENCODER, add_worker_options, main_for
+    from sam3_cli.workers import DECODER, ENCODER, add_worker_options, main_for
 
     workers = {
         "serve": ({ENCODER, DECODER}, True, "both services on one port; embedded Redis unless --redis-url"),
@@ -375,17 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
     parents = [common]
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_segment(commands, parents)
-    _cli_encode.add_parser(commands, parents)
+    encode.add_parser(commands, parents)
     _add_workers(commands, parents)
-    _cli_models.add_parser(commands, parents)
-    _cli_health.add_parser(commands, parents)
+    models.add_parser(commands, parents)
+    health.add_parser(commands, parents)
     export = commands.add_parser(
         "export",
         parents=parents,
         help="same as `sam3 models export`",
-        description=_cli_models.EXPORT_DESCRIPTION,
+        description=models.EXPORT_DESCRIPTION,
     )
-    _cli_models.add_export_arguments(export)
+    models.add_export_arguments(export)
     bench = commands.add_parser(
         "bench",
         parents=parents,
@@ -436,7 +438,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"sam3: error: {describe(error)}", file=sys.stderr)
         return EXIT_FAILURE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sam3_client._cli_errors import CliError
+from sam3_cli.errors import CliError
 
 MASK_TINT = (30, 144, 255)
 MASK_ALPHA = 0.5

@@ -10,11 +10,11 @@ import argparse
 import os
 from pathlib import Path
 
-from sam3_client._cli_errors import CliError, open_channel, unreachable
+from sam3_cli.errors import CliError, unreachable
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    from sam3_client.cli_options import HelpFormatter, option
+    from sam3_cli.options import HelpFormatter, option
 
     parser = commands.add_parser(
         "health",
@@ -38,28 +38,24 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from sam3_client.cli_options import tls_root
+    from sam3_cli.options import tls_root
+    from sam3_serving.health_check import check
 
     shown = args.service or "(server)"
-    with open_channel(args.target, tls=args.tls, root_certificates=tls_root(args)) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
-            )
-        except grpc.RpcError as error:
-            code = error.code()
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise CliError(
-                    f"{args.target} does not know the service {args.service!r}; ask for '' (the whole worker), "
-                    "sam3.v1.EncoderService or sam3.v1.DecoderService"
-                ) from None
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise CliError(unreachable(args.target, error.details() or "")) from None
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise CliError(f"{args.target} did not answer within {args.timeout:g} s (raise --timeout)") from None
-            raise CliError(f"{args.target}: {code.name}: {error.details()}") from None
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    try:
+        status = check(args.target, args.service, timeout=args.timeout, tls=args.tls, root_certificates=tls_root(args))
+    except grpc.RpcError as error:
+        code = error.code()
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise CliError(
+                f"{args.target} does not know the service {args.service!r}; ask for '' (the whole worker), "
+                "sam3.v1.EncoderService or sam3.v1.DecoderService"
+            ) from None
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise CliError(unreachable(args.target, error.details() or "")) from None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise CliError(f"{args.target} did not answer within {args.timeout:g} s (raise --timeout)") from None
+        raise CliError(f"{args.target}: {code.name}: {error.details()}") from None
     print(f"{args.target} {shown}: {status}")
-    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return 0 if status == "SERVING" else 1

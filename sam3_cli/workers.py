@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sam3_client.cli_options import add_model_options, model_source, option
+from sam3_cli.options import add_model_options, model_source, option
 
 if TYPE_CHECKING:
     from sam3_serving.server import ServerConfig, Worker

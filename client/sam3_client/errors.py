@@ -1,0 +1,104 @@
+"""The error half of the wire contract, shared by the workers (which raise) and this SDK (which reads).
+
+A failed call carries a gRPC status code, a message for people, and a `sam3.v1.ErrorInfo` (see
+protos/sam3/v1/common.proto) with a machine-readable `Reason` and metadata such as the offending
+prompt "field" or the "limit" that was exceeded. The workers encode it in one place
+(`sam3_serving.errors.ServiceError.abort`); this module decodes it in one place (`Sam3Error.from_rpc`).
+Branch on `Sam3Error.code` or `Sam3Error.reason`, never on the message text.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from sam3_client.proto import common_pb2
+
+__all__ = ["ERROR_INFO_KEY", "Reason", "Sam3Error"]
+
+# Trailing-metadata key of the serialized ErrorInfo. The "-bin" suffix: gRPC base64-encodes the value
+# on the wire and grpcio hands over raw bytes.
+ERROR_INFO_KEY = "sam3-error-bin"
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class Reason(enum.StrEnum):
+    """Machine-readable failure reasons (ErrorInfo.reason), each with the status code it comes with."""
+
+    EMBEDDING_NOT_FOUND = "EMBEDDING_NOT_FOUND"  # NOT_FOUND: call Encode, then retry.
+    INVALID_IMAGE = "INVALID_IMAGE"  # INVALID_ARGUMENT: the bytes are not a decodable image.
+    INVALID_PROMPT = "INVALID_PROMPT"  # INVALID_ARGUMENT: metadata "field" names the bad field.
+    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"  # RESOURCE_EXHAUSTED: metadata "limit" says which limit.
+    OVERLOADED = "OVERLOADED"  # RESOURCE_EXHAUSTED: over the concurrency limit, back off and retry.
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"  # UNAVAILABLE: Redis cannot be reached.
+    SHUTTING_DOWN = "SHUTTING_DOWN"  # UNAVAILABLE: the worker is draining; retry on another replica.
+    UNAUTHENTICATED = "UNAUTHENTICATED"  # UNAUTHENTICATED: missing or wrong bearer token.
+    CANCELLED = "CANCELLED"  # CANCELLED: the call ended mid-encode; nothing was stored.
+
+    @classmethod
+    def parse(cls, text: str) -> Reason | None:
+        """The member for a reason string; None for none or one this SDK does not know (a newer server)."""
+        try:
+            return cls(text)
+        except ValueError:
+            return None
+
+
+class Sam3Error(Exception):
+    """A failed call: the gRPC status code, the server's message, and its machine-readable reason.
+
+    Branch on `code` (a grpc.StatusCode) or on `reason` (a `Reason`, or None when the failure came
+    from the transport, e.g. nothing listening), never on the message text. `metadata` carries
+    context such as the offending prompt "field" or the "limit" an image exceeded.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: Reason | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, self.message, self.reason, self.metadata))
+
+    @property
+    def is_not_encoded(self) -> bool:
+        """The decoder has no embeddings for this image: Encode, then ask again."""
+        return self.code == grpc.StatusCode.NOT_FOUND
+
+    def with_message(self, message: str) -> Sam3Error:
+        """The same error (code, reason, metadata) explained differently."""
+        return Sam3Error(self.code, message, self.reason, self.metadata)
+
+    @classmethod
+    def from_rpc(cls, error: Any) -> Sam3Error:
+        """From a grpc.RpcError (sync stubs, streaming iterators) or grpc.aio.AioRpcError (async stubs).
+
+        The only place that reads the ErrorInfo back from a failed call.
+        """
+        info = common_pb2.ErrorInfo()
+        trailing = getattr(error, "trailing_metadata", None)
+        try:
+            metadata: Sequence[tuple[str, str | bytes]] = (trailing() if callable(trailing) else None) or ()
+            for key, value in metadata:
+                if key == ERROR_INFO_KEY:
+                    info.ParseFromString(value if isinstance(value, bytes) else value.encode("latin-1"))
+        except Exception:  # a garbled trailer must not hide the status itself
+            info = common_pb2.ErrorInfo()
+        return cls(error.code(), error.details() or "", Reason.parse(info.reason), info.metadata)
+
+    @classmethod
+    def from_item(cls, item: common_pb2.ItemError) -> Sam3Error:
+        """From the error of one item of a stream that carried on (EncodeBatch, SegmentStream)."""
+        code = _CODES.get(item.code, grpc.StatusCode.UNKNOWN)
+        return cls(code, item.message, Reason.parse(item.info.reason), item.info.metadata)

@@ -1,0 +1,97 @@
+"""Imports point one way: sam3_core <- sam3_serving <- {encoder_service, decoder_service} <- sam3_bench <- sam3_cli.
+
+The SDK (client/sam3_client, its own distribution) imports nothing of the server; the server imports
+the SDK's wire contract (generated stubs, error reasons). Every import counts, including the lazy
+ones inside functions. `python tests/test_architecture.py` prints the package-level graph.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = {
+    "sam3_client": ROOT / "client" / "sam3_client",
+    "sam3_core": ROOT / "sam3_core",
+    "sam3_serving": ROOT / "sam3_serving",
+    "encoder_service": ROOT / "encoder_service",
+    "decoder_service": ROOT / "decoder_service",
+    "sam3_bench": ROOT / "sam3_bench",
+    "sam3_cli": ROOT / "sam3_cli",
+}
+# What each package may import of the others (itself always).
+ALLOWED = {
+    "sam3_client": set(),
+    "sam3_core": set(),
+    "sam3_serving": {"sam3_core", "sam3_client"},
+    "encoder_service": {"sam3_serving", "sam3_core", "sam3_client"},
+    "decoder_service": {"sam3_serving", "sam3_core", "sam3_client"},
+    "sam3_bench": {"sam3_serving", "sam3_core", "sam3_client"},
+    "sam3_cli": {"encoder_service", "decoder_service", "sam3_bench", "sam3_serving", "sam3_core", "sam3_client"},
+}
+
+
+def imported_packages(path: Path) -> list[str]:
+    """The project packages a module imports (first dotted component), lazy imports included."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found += [name.split(".")[0] for name in names if name.split(".")[0] in PACKAGES]
+    return found
+
+
+def graph() -> dict[tuple[str, str], Counter[str]]:
+    """(importer, imported) -> which modules of the importer do it, and how often."""
+    edges: dict[tuple[str, str], Counter[str]] = {}
+    for package, folder in PACKAGES.items():
+        for path in sorted(folder.rglob("*.py")):
+            for target in imported_packages(path):
+                if target != package:
+                    edges.setdefault((package, target), Counter())[str(path.relative_to(ROOT))] += 1
+    return edges
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_imports_point_one_way(package: str) -> None:
+    wrong = {
+        f"{module} imports {target}"
+        for (importer, target), modules in graph().items()
+        if importer == package and target not in ALLOWED[package]
+        for module in modules
+    }
+    assert not wrong, f"{package} may import only {sorted(ALLOWED[package])}: " + "; ".join(sorted(wrong))
+
+
+def test_the_rules_form_layers_without_cycles() -> None:
+    placed: set[str] = set()
+    while len(placed) < len(PACKAGES):
+        layer = {p for p in PACKAGES if p not in placed and ALLOWED[p] <= placed}
+        assert layer, f"the allowed imports of {sorted(set(PACKAGES) - placed)} form a cycle"
+        placed |= layer
+
+
+def test_the_sdk_distribution_declares_no_server_dependency() -> None:
+    import tomllib
+
+    sdk = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=!~\[; ]", requirement)[0].lower() for requirement in sdk["dependencies"]}
+    assert names <= {"grpcio", "protobuf", "numpy", "pillow"}, names
+    server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert f"sam3-client=={sdk['version']}" in server["dependencies"], "the service depends on this very SDK"
+
+
+if __name__ == "__main__":
+    for (importer, target), modules in sorted(graph().items()):
+        print(f"{importer:16s} -> {target:16s} {sum(modules.values()):3d}  ({', '.join(sorted(modules))})")
+    sys.exit(0)
