@@ -81,7 +81,7 @@ def resolve_model(args: argparse.Namespace) -> Path:
         if not TINY_FIXTURE.exists():
             raise SystemExit("--quick needs tests/fixtures/model-tiny (run from a clone) or --model-dir")
         return TINY_FIXTURE
-    if not (DEFAULT_FULL_MODEL / "vision_encoder.onnx").exists():
+    if not variants_in(DEFAULT_FULL_MODEL):
         print(f"no model at {DEFAULT_FULL_MODEL}: exporting the full-size random-weight model (minutes, ~12 GB RAM)")
         command = [
             sys.executable,
@@ -104,10 +104,9 @@ def resolve_model(args: argparse.Namespace) -> Path:
 
 
 def variants_in(folder: Path) -> list[str]:
-    names = sorted(p.name for p in [*folder.glob("vision_encoder*.onnx"), *folder.glob("onnx/vision_encoder*.onnx")])
-    return [
-        "fp32" if n == "vision_encoder.onnx" else n.removeprefix("vision_encoder_").removesuffix(".onnx") for n in names
-    ]
+    from sam3_core.sources import graph_files
+
+    return [graph.variant for graph in graph_files(folder, with_ids=False) if graph.role == "encoder"]
 
 
 def machine() -> dict[str, Any]:
@@ -287,8 +286,8 @@ class Bench:
         Random weights give speckled masks (hundreds of thousands of runs at 1920x1080) where a trained
         model gives a few thousand; the cost of the mask step follows the number of runs.
         """
+        from sam3_core.postprocess import upsample_logits_to_rle
         from sam3_core.prompts import Prompt
-        from sam3_core.resize import upsample_logits_to_rle
 
         (prediction,) = predictor.predict_objects([Prompt.of([[960.0, 540.0]])])
         yy, xx = np.mgrid[0:288, 0:288].astype(np.float32)

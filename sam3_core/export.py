@@ -29,10 +29,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from sam3_core.quantize import ENCODER_FILE, quantize
+from sam3_core.graphs import (
+    DECODER_OUTPUTS,
+    DECODER_PROMPT_INPUTS,
+    DECODER_STEM,
+    EMBEDDING_NAMES,
+    ENCODER_INPUT,
+    ENCODER_STEM,
+    PUBLISHED_DATA_SUFFIX,
+    file_name,
+)
+from sam3_core.quantize import quantize
 
-DECODER_FILE = "prompt_encoder_mask_decoder.onnx"
-EMBEDDING_NAMES = ("image_embeddings.0", "image_embeddings.1", "image_embeddings.2")
 OPSET = 17
 # Graphs above this size keep their weights in a `<name>.onnx_data` file beside them, as published.
 EXTERNAL_DATA_BYTES = 256 * 1024 * 1024
@@ -191,7 +199,7 @@ def _save(onnx_path: Path) -> None:
         str(onnx_path),
         save_as_external_data=True,
         all_tensors_to_one_file=True,
-        location=f"{onnx_path.name}_data",
+        location=onnx_path.name + PUBLISHED_DATA_SUFFIX,
         size_threshold=1024,
     )
 
@@ -240,7 +248,7 @@ def _export_encoder(model: nn.Module, inputs: GraphInputs, path: Path) -> None:
             VisionEncoderGraph(model),
             (inputs.pixel_values,),
             str(path),
-            input_names=["pixel_values"],
+            input_names=[ENCODER_INPUT],
             output_names=list(EMBEDDING_NAMES),
             opset_version=OPSET,
             dynamo=False,
@@ -256,7 +264,7 @@ def export_graphs(
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
-    encoder_path = out_dir / ENCODER_FILE
+    encoder_path = out_dir / file_name(ENCODER_STEM)
     if fused_attention:
         backbone = model.config.vision_config.backbone_config
         heads = backbone.num_attention_heads
@@ -274,21 +282,20 @@ def export_graphs(
     log(f"  vision encoder written in {seconds['vision_encoder']:.1f} s")
 
     started = time.perf_counter()
-    decoder_path = out_dir / DECODER_FILE
+    decoder_path = out_dir / file_name(DECODER_STEM)
+    points, labels, boxes = DECODER_PROMPT_INPUTS
     with torch.no_grad():
         torch.onnx.export(
             PromptDecoderGraph(model),
             (inputs.points, inputs.labels, inputs.boxes, *embeddings),
             str(decoder_path),
-            input_names=["input_points", "input_labels", "input_boxes", *EMBEDDING_NAMES],
-            output_names=["iou_scores", "pred_masks", "object_score_logits"],
+            input_names=[*DECODER_PROMPT_INPUTS, *EMBEDDING_NAMES],
+            output_names=list(DECODER_OUTPUTS),
             dynamic_axes={
-                "input_points": {0: "batch", 1: "prompts", 2: "points"},
-                "input_labels": {0: "batch", 1: "prompts", 2: "points"},
-                "input_boxes": {0: "batch", 1: "boxes"},
-                "iou_scores": {0: "batch", 1: "prompts"},
-                "pred_masks": {0: "batch", 1: "prompts"},
-                "object_score_logits": {0: "batch", 1: "prompts"},
+                points: {0: "batch", 1: "prompts", 2: "points"},
+                labels: {0: "batch", 1: "prompts", 2: "points"},
+                boxes: {0: "batch", 1: "boxes"},
+                **{output: {0: "batch", 1: "prompts"} for output in DECODER_OUTPUTS},
             },
             opset_version=OPSET,
             dynamo=False,
@@ -354,12 +361,12 @@ def validate(model: nn.Module, out_dir: Path, image_size: int) -> dict[str, floa
     errors: dict[str, float] = {}
     with torch.no_grad():
         reference_embeddings = [e.numpy() for e in model.get_image_embeddings(inputs.pixel_values)]
-    encoder = ort.InferenceSession(str(out_dir / ENCODER_FILE), providers=["CPUExecutionProvider"])
-    embeddings = encoder.run(list(EMBEDDING_NAMES), {"pixel_values": inputs.pixel_values.numpy()})
+    encoder = ort.InferenceSession(str(out_dir / file_name(ENCODER_STEM)), providers=["CPUExecutionProvider"])
+    embeddings = encoder.run(list(EMBEDDING_NAMES), {ENCODER_INPUT: inputs.pixel_values.numpy()})
     for name, ours, theirs in zip(EMBEDDING_NAMES, embeddings, reference_embeddings, strict=True):
         errors[name] = float(np.abs(ours - theirs).max())
 
-    decoder = ort.InferenceSession(str(out_dir / DECODER_FILE), providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(out_dir / file_name(DECODER_STEM)), providers=["CPUExecutionProvider"])
     graph = PromptDecoderGraph(model)
     torch_embeddings = [torch.from_numpy(e) for e in reference_embeddings]
     no_boxes = torch.zeros((1, 0, 4))
@@ -371,12 +378,10 @@ def validate(model: nn.Module, out_dir: Path, image_size: int) -> dict[str, floa
     for case, (points, labels, boxes) in cases.items():
         with torch.no_grad():
             expected = [t.numpy() for t in graph(points, labels, boxes, *torch_embeddings)]
-        feeds = {"input_points": points.numpy(), "input_labels": labels.numpy(), "input_boxes": boxes.numpy()}
+        feeds = dict(zip(DECODER_PROMPT_INPUTS, (points.numpy(), labels.numpy(), boxes.numpy()), strict=True))
         feeds.update(zip(EMBEDDING_NAMES, reference_embeddings, strict=True))
-        actual = decoder.run(["iou_scores", "pred_masks", "object_score_logits"], feeds)
-        for name, ours, theirs in zip(
-            ("iou_scores", "pred_masks", "object_score_logits"), actual, expected, strict=True
-        ):
+        actual = decoder.run(list(DECODER_OUTPUTS), feeds)
+        for name, ours, theirs in zip(DECODER_OUTPUTS, actual, expected, strict=True):
             key = f"{case}/{name}"
             errors[key] = float(np.abs(ours - theirs).max())
     return errors

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-EMBEDDING_INPUTS = ("image_embeddings.0", "image_embeddings.1", "image_embeddings.2")
-DECODER_OUTPUTS = ("iou_scores", "pred_masks", "object_score_logits")
+from sam3_core import graphs
+
 # GPU and NPU providers in order of preference; the CPU provider is always the fallback.
 ACCELERATED_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider", "DmlExecutionProvider")
 _NUMPY_TYPES = {
@@ -98,7 +98,7 @@ class RuntimeOptions:
 
 def graph_path(folder: Path, stem: str, variant: str | None) -> Path:
     """`<stem>[_variant].onnx` in the folder or its `onnx/` subfolder (the hub repos' layout)."""
-    name = f"{stem}_{variant}.onnx" if variant and variant != "fp32" else f"{stem}.onnx"
+    name = graphs.file_name(stem, variant)
     for candidate in (folder / name, folder / "onnx" / name):
         if candidate.exists():
             return candidate
@@ -111,11 +111,9 @@ def graph_path(folder: Path, stem: str, variant: str | None) -> Path:
 
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
-    # onnx-community and our exporter write `<name>_data`; ONNX Runtime's quantizer writes `<name>.data`.
-    for part in (path, path.with_name(path.name + "_data"), path.with_name(path.name + ".data")):
-        if part.exists():
-            with part.open("rb") as handle:
-                digest.update(hashlib.file_digest(handle, "sha256").digest())
+    for part in graphs.data_files(path):
+        with part.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
 
 
@@ -123,8 +121,7 @@ def compute_model_id(encoder_path: Path, preprocessing: Preprocessing) -> str:
     """Changes whenever the encoder weights or the preprocessing change: cached embeddings stay valid."""
     digest = hashlib.sha256(_file_digest(encoder_path).encode())
     digest.update(json.dumps([preprocessing.size, preprocessing.mean, preprocessing.std]).encode())
-    stem = encoder_path.stem.removeprefix("vision_encoder").lstrip("_") or "fp32"
-    return f"{stem}-{digest.hexdigest()[:16]}"
+    return f"{graphs.variant_of(encoder_path)}-{digest.hexdigest()[:16]}"
 
 
 class Sam3Model:
@@ -146,10 +143,10 @@ class Sam3Model:
                 f"model folder {self.folder} does not exist; pass a folder in the onnx-community layout "
                 "or create one with `sam3 export --random-init --config tiny --out DIR`"
             )
-        self.variant = variant or "fp32"
+        self.variant = variant or graphs.DEFAULT_VARIANT
         self.preprocessing = Preprocessing.from_folder(self.folder)
-        self.encoder_path = graph_path(self.folder, "vision_encoder", variant)
-        self.decoder_path = graph_path(self.folder, "prompt_encoder_mask_decoder", decoder_variant)
+        self.encoder_path = graph_path(self.folder, graphs.ENCODER_STEM, variant)
+        self.decoder_path = graph_path(self.folder, graphs.DECODER_STEM, decoder_variant)
         self.manifest = self._read_manifest()
         self.model_id = compute_model_id(self.encoder_path, self.preprocessing)
         self.runtime = runtime
@@ -191,7 +188,7 @@ class Sam3Model:
         if self._encoder is not None:
             return [tuple(o.shape) for o in self._encoder.get_outputs()]
         inputs = {i.name: i for i in self.decoder.get_inputs()}
-        return [tuple(inputs[name].shape) for name in EMBEDDING_INPUTS]
+        return [tuple(inputs[name].shape) for name in graphs.EMBEDDING_NAMES]
 
     @property
     def mask_size(self) -> tuple[int, int]:
@@ -216,11 +213,11 @@ class Sam3Model:
         self, points: np.ndarray, labels: np.ndarray, boxes: np.ndarray, embeddings: tuple[np.ndarray, ...]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns (iou_scores [1,P,3], pred_masks [1,P,3,h,w], object_score_logits [1,P,1]) as float32."""
-        feeds = {"input_points": points, "input_labels": labels, "input_boxes": boxes}
-        feeds.update(zip(EMBEDDING_INPUTS, embeddings, strict=True))
+        feeds = dict(zip(graphs.DECODER_PROMPT_INPUTS, (points, labels, boxes), strict=True))
+        feeds.update(zip(graphs.EMBEDDING_NAMES, embeddings, strict=True))
         for model_input in self.decoder.get_inputs():
             wanted = _NUMPY_TYPES.get(model_input.type)
             if wanted is not None and feeds[model_input.name].dtype != wanted:
                 feeds[model_input.name] = feeds[model_input.name].astype(wanted)
-        iou, masks, objects = self.decoder.run(list(DECODER_OUTPUTS), feeds)
+        iou, masks, objects = self.decoder.run(list(graphs.DECODER_OUTPUTS), feeds)
         return (np.asarray(iou, np.float32), np.asarray(masks, np.float32), np.asarray(objects, np.float32))

@@ -18,9 +18,9 @@ from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.images import ImageInput, ImageLimits, load_image
 from sam3_core.masks import CocoRle
 from sam3_core.model import Sam3Model
+from sam3_core.postprocess import MASK_THRESHOLD, upsample_logits, upsample_logits_to_mask, upsample_logits_to_rle
 from sam3_core.preprocess import pixel_values
 from sam3_core.prompts import Prompt, PromptLimits, build_batches, validate
-from sam3_core.resize import upsample_logits, upsample_logits_to_mask, upsample_logits_to_rle
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class ObjectPrediction:
 
     def masks(self) -> np.ndarray:
         """All candidate masks, boolean [3, H, W]."""
-        return upsample_logits(self.low_res_logits, *self.original_size) > 0
+        return upsample_logits(self.low_res_logits, *self.original_size) > MASK_THRESHOLD
 
 
 def _check_index(index: int, count: int) -> int:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sam3_core.preprocess import scale_points
+
 FOREGROUND, BACKGROUND = 1, 0
 _BOX_CORNER_LABELS = (2, 3)
 _NOT_A_POINT = -1
@@ -128,16 +130,14 @@ def build_batches(
     *,
     appends_pad_point: bool = False,
 ) -> list[DecoderBatch]:
-    """Groups objects by token count and scales x by model_w / W and y by model_h / H (as transformers)."""
-    height, width = original_size
-    scale = np.array([model_size[1] / width, model_size[0] / height], np.float32)
+    """Groups objects by token count, in model-input pixels (`preprocess.scale_points`)."""
     groups: dict[int, list[int]] = {}
     tokens = [object_tokens(p, appends_pad_point) for p in prompts]
     for index, (points, _) in enumerate(tokens):
         groups.setdefault(len(points), []).append(index)
     batches = []
     for indices in groups.values():
-        points = np.array([tokens[i][0] for i in indices], np.float32) * scale
+        points = scale_points(np.array([tokens[i][0] for i in indices], np.float32), original_size, model_size)
         labels = np.array([tokens[i][1] for i in indices], np.int64)
         batches.append(DecoderBatch(tuple(indices), points[None], labels[None]))
     return batches

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ENCODER_FILE = "vision_encoder.onnx"
+from sam3_core.graphs import ENCODER_STEM, PUBLISHED_DATA_SUFFIX, QUANTIZER_DATA_SUFFIX, file_name
+
 QUANTIZATIONS = ("int8", "q4")
 
 
@@ -16,11 +17,11 @@ def quantize(out_dir: Path, kind: str) -> Path:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    source = out_dir / ENCODER_FILE
-    target = out_dir / f"vision_encoder_{kind}.onnx"
-    large = (out_dir / f"{ENCODER_FILE}_data").exists()
+    source = out_dir / file_name(ENCODER_STEM)
+    target = out_dir / file_name(ENCODER_STEM, kind)
+    large = source.with_name(source.name + PUBLISHED_DATA_SUFFIX).exists()
     # The quantizers append to an existing external-data file: start from nothing.
-    for stale in (target, target.with_name(target.name + ".data")):
+    for stale in (target, target.with_name(target.name + QUANTIZER_DATA_SUFFIX)):
         stale.unlink(missing_ok=True)
     if kind == "int8":
         # Shape inference cannot type the fused-attention (com.microsoft) outputs: they are float32.

@@ -17,15 +17,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sam3_core import graphs
 from sam3_core.model import ModelNotFoundError
 
 DEFAULT_REPO = "onnx-community/sam3-tracker-ONNX"
 DOWNLOAD_TIMEOUT_SECONDS = 10.0
-
-
-def _graph_patterns(stem: str, variant: str | None) -> list[str]:
-    name = f"{stem}_{variant}.onnx" if variant and variant != "fp32" else f"{stem}.onnx"
-    return [name, f"{name}_data*", f"onnx/{name}", f"onnx/{name}_data*"]
 
 
 def download_patterns(variant: str | None = None, decoder_variant: str | None = None) -> list[str]:
@@ -33,8 +29,8 @@ def download_patterns(variant: str | None = None, decoder_variant: str | None = 
     return [
         "preprocessor_config.json",
         "config.json",
-        *_graph_patterns("vision_encoder", variant),
-        *_graph_patterns("prompt_encoder_mask_decoder", decoder_variant),
+        *graphs.download_patterns(graphs.ENCODER_STEM, variant),
+        *graphs.download_patterns(graphs.DECODER_STEM, decoder_variant),
     ]
 
 
@@ -100,8 +96,6 @@ def download(
 
 # ---------------------------------------------------------------- model folders on disk
 
-_GRAPH_FILE = re.compile(r"^(vision_encoder|prompt_encoder_mask_decoder)(?:_(\w+))?\.onnx$")
-_ROLES = {"vision_encoder": "encoder", "prompt_encoder_mask_decoder": "decoder"}
 # Repos listed from the hub cache even before a graph file arrived (an interrupted pull).
 _SAM_ONNX_REPO = re.compile(r"sam[-_.]?[23].*onnx|onnx.*sam[-_.]?[23]", re.IGNORECASE)
 
@@ -139,13 +133,8 @@ class ModelFolder:
 
 
 def graph_size(path: Path) -> int:
-    """Bytes of a graph and its external-data files (`<name>_data*` as published, `<name>.data` from ORT)."""
-    parts = [path, *path.parent.glob(glob_escape(path.name) + "_data*"), path.with_name(path.name + ".data")]
-    return sum(p.stat().st_size for p in dict.fromkeys(parts) if p.is_file())
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
+    """Bytes of a graph and its external-weights files."""
+    return sum(p.stat().st_size for p in graphs.data_files(path))
 
 
 def graph_files(folder: str | os.PathLike[str], *, with_ids: bool = True) -> list[GraphFile]:
@@ -159,18 +148,18 @@ def graph_files(folder: str | os.PathLike[str], *, with_ids: bool = True) -> lis
         if not directory.is_dir():
             continue
         for path in sorted(directory.iterdir()):
-            match = _GRAPH_FILE.match(path.name)
-            if not match or not path.is_file():
+            parsed = graphs.parse_file_name(path.name)
+            if parsed is None or not path.is_file():
                 continue
-            role = _ROLES[match.group(1)]
+            role, variant = parsed
             model_id = compute_model_id(path, preprocessing) if role == "encoder" and preprocessing else None
-            found.append(GraphFile(role, match.group(2) or "fp32", path, graph_size(path), model_id))
+            found.append(GraphFile(role, variant, path, graph_size(path), model_id))
     return sorted(found, key=lambda g: (g.role != "encoder", g.variant != "fp32", g.variant))
 
 
 def is_model_folder(folder: str | os.PathLike[str]) -> bool:
     directories = [d for d in (Path(folder), Path(folder) / "onnx") if d.is_dir()]
-    return any(_GRAPH_FILE.match(p.name) for d in directories for p in d.iterdir())
+    return any(graphs.parse_file_name(p.name) for d in directories for p in d.iterdir())
 
 
 def local_models(paths: list[str | os.PathLike[str]], *, with_ids: bool = True) -> list[ModelFolder]:

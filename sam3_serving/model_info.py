@@ -5,7 +5,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from sam3_client.proto import common_pb2
-from sam3_core.model import EMBEDDING_INPUTS, Sam3Model
+from sam3_core.graphs import EMBEDDING_NAMES
+from sam3_core.model import Sam3Model
 from sam3_serving.store import EmbeddingStore
 
 
@@ -27,7 +28,7 @@ def model_info(model: Sam3Model, store: EmbeddingStore) -> common_pb2.ModelInfo:
             common_pb2.TensorSpec(
                 name=name, shape=[d if isinstance(d, int) else -1 for d in shape], dtype=store.config.dtype
             )
-            for name, shape in zip(EMBEDDING_INPUTS, model.embedding_shapes(), strict=True)
+            for name, shape in zip(EMBEDDING_NAMES, model.embedding_shapes(), strict=True)
         ],
         server_version=server_version(),
     )

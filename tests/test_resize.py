@@ -1,4 +1,5 @@
-"""sam3_core.resize against torch goldens (tests/fixtures/make_resize_golden.py) — no torch needed here."""
+"""The two resizes against torch goldens (tests/fixtures/make_resize_golden.py) — no torch needed here:
+the image resize of sam3_core.preprocess and the logit upsampling of sam3_core.postprocess."""
 
 from __future__ import annotations
 
@@ -9,12 +10,8 @@ import numpy as np
 import pytest
 
 from sam3_core.masks import bounding_box, rle_area_and_box, to_coco_rle
-from sam3_core.resize import (
-    resize_uint8_antialiased,
-    upsample_logits,
-    upsample_logits_to_mask,
-    upsample_logits_to_rle,
-)
+from sam3_core.postprocess import upsample_logits, upsample_logits_to_mask, upsample_logits_to_rle
+from sam3_core.preprocess import resize_uint8_antialiased
 
 GOLDEN_PATH = Path(__file__).parent / "fixtures" / "resize_golden.npz"
 UPSAMPLE_ATOL = 1e-5

@@ -1,0 +1,62 @@
+"""The graph-file contract: file names, tensor names and weight files of a model folder.
+
+A model folder in the onnx-community layout (onnx-community/sam3-tracker-ONNX, and what `sam3 models
+export` writes) holds two graphs, `vision_encoder[_variant].onnx` and
+`prompt_encoder_mask_decoder[_variant].onnx`, in the folder itself or in its `onnx/` subfolder. A large
+graph keeps its weights beside it: `<name>.onnx_data` (onnx-community and our exporter) or
+`<name>.onnx.data` (ONNX Runtime's quantizer). Export, quantization, downloads and model loading all
+take these names from here. docs/model-contract.md describes the tensors.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ENCODER_STEM = "vision_encoder"
+DECODER_STEM = "prompt_encoder_mask_decoder"
+ROLES = {ENCODER_STEM: "encoder", DECODER_STEM: "decoder"}
+DEFAULT_VARIANT = "fp32"  # the unsuffixed file
+
+ENCODER_INPUT = "pixel_values"
+EMBEDDING_NAMES = ("image_embeddings.0", "image_embeddings.1", "image_embeddings.2")
+DECODER_PROMPT_INPUTS = ("input_points", "input_labels", "input_boxes")
+DECODER_OUTPUTS = ("iou_scores", "pred_masks", "object_score_logits")
+MASKS_PER_OBJECT = 3  # candidate masks the decoder returns for every object
+
+# Suffixes of a graph's external-weights file: as published (and exported), and as ONNX Runtime's quantizer writes.
+PUBLISHED_DATA_SUFFIX = "_data"
+QUANTIZER_DATA_SUFFIX = ".data"
+# Model folders, subfolder included.
+_GRAPH_FILE = re.compile(rf"^({ENCODER_STEM}|{DECODER_STEM})(?:_(\w+))?\.onnx$")
+
+
+def file_name(stem: str, variant: str | None = None) -> str:
+    """`vision_encoder.onnx` for fp32 (or no variant), `vision_encoder_int8.onnx` for int8."""
+    return f"{stem}_{variant}.onnx" if variant and variant != DEFAULT_VARIANT else f"{stem}.onnx"
+
+
+def parse_file_name(name: str) -> tuple[str, str] | None:
+    """`vision_encoder_q4.onnx` -> ("encoder", "q4"); None for files that are not graphs."""
+    match = _GRAPH_FILE.match(name)
+    return None if match is None else (ROLES[match.group(1)], match.group(2) or DEFAULT_VARIANT)
+
+
+def variant_of(path: Path) -> str:
+    """The variant a graph file name carries ("fp32" when unsuffixed)."""
+    parsed = parse_file_name(path.name)
+    return parsed[1] if parsed else DEFAULT_VARIANT
+
+
+def download_patterns(stem: str, variant: str | None) -> list[str]:
+    """Glob patterns (relative to a repo root) of one graph and its external weights, in either folder."""
+    name = file_name(stem, variant)
+    return [name, f"{name}{PUBLISHED_DATA_SUFFIX}*", f"onnx/{name}", f"onnx/{name}{PUBLISHED_DATA_SUFFIX}*"]
+
+
+def data_files(path: Path) -> list[Path]:
+    """The graph file and its external-weights files that exist (`<name>_data*`, `<name>.data`), in a fixed order."""
+    escaped = re.sub(r"([*?\[])", r"[\1]", path.name)
+    candidates = [path, *sorted(path.parent.glob(escaped + PUBLISHED_DATA_SUFFIX + "*"))]
+    candidates.append(path.with_name(path.name + QUANTIZER_DATA_SUFFIX))
+    return [p for p in dict.fromkeys(candidates) if p.is_file()]
