@@ -6,7 +6,9 @@ because one image is ~10 MB (float16) or ~21 MB (float32) and the worker's memor
 
 `get_or_load` coalesces concurrent misses for one image inside this process: when several calls for a
 freshly opened image arrive together, one fetches it from Redis and the others wait for that result
-instead of each pulling the same megabytes.
+instead of each pulling the same megabytes. It returns where the answer came from ("local", or what
+the loader reported), which the decoder counts in sam3_embedding_lookups_total; evictions and bytes
+held are exported as sam3_local_cache_evictions_total and sam3_local_cache_bytes.
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sam3_core.embeddings import ImageEmbeddings
+from sam3_serving import metrics
 
-__all__ = ["EmbeddingCache"]
+__all__ = ["LOCAL", "EmbeddingCache", "Loaded"]
+
+LOCAL = "local"  # the outcome of a lookup this cache answered
+# What a loader returns, and what get_or_load answers: the embeddings (None: not found) and where from.
+Loaded = tuple[ImageEmbeddings | None, str]
 
 
 @dataclass
@@ -26,16 +33,12 @@ class _Flight:
     """One in-progress load that other callers for the same image wait on."""
 
     done: threading.Event = field(default_factory=threading.Event)
-    result: ImageEmbeddings | None = None
+    result: Loaded = (None, "")
     error: BaseException | None = None
 
 
 class EmbeddingCache:
-    """Thread-safe LRU of ImageEmbeddings keyed by image id, holding at most `max_bytes` of tensors.
-
-    Counters (`hits`, `misses`, `evictions`) are cumulative, for metrics. A miss is counted per lookup
-    that did not find the item, including callers that then waited on another caller's load.
-    """
+    """Thread-safe LRU of ImageEmbeddings keyed by image id, holding at most `max_bytes` of tensors."""
 
     def __init__(self, max_bytes: int) -> None:
         if max_bytes < 0:
@@ -45,9 +48,6 @@ class EmbeddingCache:
         self._nbytes = 0
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
 
     def __len__(self) -> int:
         with self._lock:
@@ -67,11 +67,8 @@ class EmbeddingCache:
     def _lookup(self, image_id: str) -> ImageEmbeddings | None:
         """Caller holds the lock."""
         embeddings = self._items.get(image_id)
-        if embeddings is None:
-            self.misses += 1
-            return None
-        self._items.move_to_end(image_id)
-        self.hits += 1
+        if embeddings is not None:
+            self._items.move_to_end(image_id)
         return embeddings
 
     def get(self, image_id: str) -> ImageEmbeddings | None:
@@ -91,33 +88,34 @@ class EmbeddingCache:
             if old is not None:
                 self._nbytes -= old.nbytes
             if size > self.max_bytes:
+                metrics.LOCAL_CACHE_BYTES.set(self._nbytes)
                 return
             while self._items and self._nbytes + size > self.max_bytes:
                 _, evicted = self._items.popitem(last=False)
                 self._nbytes -= evicted.nbytes
-                self.evictions += 1
+                metrics.LOCAL_CACHE_EVICTIONS.inc()
             self._items[image_id] = embeddings
             self._nbytes += size
+            metrics.LOCAL_CACHE_BYTES.set(self._nbytes)
 
     def clear(self) -> None:
-        """Drop every item (counters are kept: they are cumulative)."""
+        """Drop every item."""
         with self._lock:
             self._items.clear()
             self._nbytes = 0
+            metrics.LOCAL_CACHE_BYTES.set(0)
 
-    def get_or_load(
-        self, image_id: str, load: Callable[[], ImageEmbeddings | None]
-    ) -> tuple[ImageEmbeddings | None, bool]:
-        """(embeddings, came from the cache). On a miss, `load` runs once per image however many callers wait.
+    def get_or_load(self, image_id: str, load: Callable[[], Loaded]) -> Loaded:
+        """(embeddings, "local") from the cache; else `load`'s answer, loaded once however many callers wait.
 
         The caller that starts the load runs it on its own thread; concurrent callers for the same id
-        block until it finishes and share its result or its exception. A None result (not in the store)
+        block until it finishes and share its answer or its exception. A None result (not in the store)
         and a failure are not cached, so the next call tries again.
         """
         with self._lock:
             cached = self._lookup(image_id)
             if cached is not None:
-                return cached, True
+                return cached, LOCAL
             flight = self._flights.get(image_id)
             leader = flight is None
             if flight is None:
@@ -126,11 +124,11 @@ class EmbeddingCache:
             flight.done.wait()
             if flight.error is not None:
                 raise flight.error
-            return flight.result, False
+            return flight.result
         try:
             flight.result = load()
-            if flight.result is not None:
-                self.put(image_id, flight.result)  # before the flight ends: later callers hit the cache
+            if flight.result[0] is not None:
+                self.put(image_id, flight.result[0])  # before the flight ends: later callers hit the cache
         except BaseException as error:
             flight.error = error
             raise
@@ -138,4 +136,4 @@ class EmbeddingCache:
             with self._lock:
                 del self._flights[image_id]
             flight.done.set()
-        return flight.result, False
+        return flight.result

@@ -1,41 +1,37 @@
 """DecoderService: prompts against stored embeddings, answered in about the decoder's own time.
 
-The prompt path is: embeddings from the local LRU (else one Redis GET, converted to float32 once and
-cached), prompt validation, one decoder run per group of same-shaped objects, then only the masks
-that were asked for are upsampled and encoded. Nothing here waits on anything but Redis.
+The prompt path is: the whole request checked (`plan`: everything but the coordinates), embeddings
+from the local LRU (else one Redis GET, converted to float32 once and cached), the coordinates checked
+against the image's size, one decoder run per group of same-shaped objects, then only the masks that
+were asked for are upsampled and encoded. Nothing here waits on anything but Redis.
 """
 
 from __future__ import annotations
 
 import queue
-import re
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
-from decoder_service.cache import EmbeddingCache
+from decoder_service.cache import EmbeddingCache, Loaded
+from sam3_client import wire
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc
 from sam3_core import masks as mask_codecs
 from sam3_core.embeddings import ImageEmbeddings
+from sam3_core.graphs import MASKS_PER_OBJECT
 from sam3_core.model import Sam3Model
-from sam3_core.predictor import ObjectPrediction, StageTimer, decode
-from sam3_core.prompts import BACKGROUND, FOREGROUND, Prompt, PromptError, PromptLimits
+from sam3_core.predictor import ObjectPrediction, decode
+from sam3_core.prompts import Prompt, PromptError, PromptLimits, check_prompts
+from sam3_core.timing import StageTimer
 from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
-from sam3_serving.store import EmbeddingStore, StoreUnavailableError
+from sam3_serving.store import EmbeddingStore
 
 WORKER = "decoder"
-IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
-_LABELS = {
-    decoder_pb2.POINT_LABEL_UNSPECIFIED: FOREGROUND,
-    decoder_pb2.POINT_LABEL_FOREGROUND: FOREGROUND,
-    decoder_pb2.POINT_LABEL_BACKGROUND: BACKGROUND,
-}
 
 
 @dataclass(frozen=True)
@@ -44,35 +40,61 @@ class DecoderSettings:
     cache_bytes: int = 1024 * 1024 * 1024  # local embedding LRU: ~50 images at float32
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A Segment request checked in full before any embedding is fetched: what to run and what to return."""
+
+    prompts: list[Prompt]
+    mask_format: int
+    selection: int
+    mask_index: int
+
+
+def plan(request: decoder_pb2.SegmentRequest, limits: PromptLimits) -> Plan:
+    """Everything that can be wrong with a request without knowing the image: id, enums, prompts, mask index.
+
+    Only the coordinates wait for the image's size (`decode` checks them). Raises INVALID_PROMPT naming the field.
+    """
+    try:
+        if not wire.is_image_id(request.image_id):
+            raise PromptError("image_id", "expected the 64 lowercase hex digits of the image's sha256")
+        for field, enum in (("selection", decoder_pb2.MaskSelection), ("mask_format", decoder_pb2.MaskFormat)):
+            value = getattr(request, field)
+            if value not in enum.values():  # from a newer (or broken) client: refused by name, not read as a default
+                raise PromptError(field, f"unknown value {value}; expected one of {', '.join(enum.keys())}")
+        if request.selection == decoder_pb2.MASK_SELECTION_INDEX and not 0 <= request.mask_index < MASKS_PER_OBJECT:
+            raise PromptError("mask_index", f"{request.mask_index} is not a mask index (0..{MASKS_PER_OBJECT - 1})")
+        prompts = to_prompts(request)
+        check_prompts(prompts, limits)
+    except PromptError as error:
+        raise invalid_prompt(error) from error
+    return Plan(prompts, request.mask_format or decoder_pb2.MASK_FORMAT_PNG, request.selection, request.mask_index)
+
+
+def invalid_prompt(error: PromptError) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error), Reason.INVALID_PROMPT, field=error.field)
+
+
 def to_prompts(request: decoder_pb2.SegmentRequest) -> list[Prompt]:
     """Wire prompts -> core prompts (unknown label values are reported with their field name)."""
     prompts = []
     for i, obj in enumerate(request.objects):
         labels = []
         for j, point in enumerate(obj.points):
-            if point.label not in _LABELS:
+            label = wire.label_from_wire(point.label)
+            if label is None:
                 raise PromptError(f"objects[{i}].points[{j}].label", f"unknown label value {point.label}")
-            labels.append(_LABELS[point.label])
+            labels.append(label)
         box = (obj.box.x1, obj.box.y1, obj.box.x2, obj.box.y2) if obj.HasField("box") else None
         prompts.append(Prompt(tuple((p.x, p.y) for p in obj.points), tuple(labels), box))
     return prompts
 
 
-def check_enums(request: decoder_pb2.SegmentRequest) -> None:
-    """Values from a newer (or broken) client are refused by name rather than silently read as defaults."""
-    for field, enum in (("selection", decoder_pb2.MaskSelection), ("mask_format", decoder_pb2.MaskFormat)):
-        value = getattr(request, field)
-        if value not in enum.values():
-            raise PromptError(field, f"unknown value {value}; expected one of {', '.join(enum.keys())}")
-
-
-def selected_indices(request: decoder_pb2.SegmentRequest, prediction: ObjectPrediction) -> list[int]:
-    if request.selection == decoder_pb2.MASK_SELECTION_ALL:
+def selected_indices(plan: Plan, prediction: ObjectPrediction) -> list[int]:
+    if plan.selection == decoder_pb2.MASK_SELECTION_ALL:
         return list(range(len(prediction.iou_scores)))
-    if request.selection == decoder_pb2.MASK_SELECTION_INDEX:
-        if not 0 <= request.mask_index < len(prediction.iou_scores):
-            raise PromptError("mask_index", f"{request.mask_index} is not a mask index (0..2)")
-        return [request.mask_index]
+    if plan.selection == decoder_pb2.MASK_SELECTION_INDEX:
+        return [plan.mask_index]
     return [prediction.best_index]
 
 
@@ -83,38 +105,35 @@ def mask_message(prediction: ObjectPrediction, index: int, fmt: int, timer: Stag
     if fmt == decoder_pb2.MASK_FORMAT_NONE:
         return message
     height, width = prediction.original_size
-    started = time.perf_counter()
     if fmt == decoder_pb2.MASK_FORMAT_RLE:
-        rle = prediction.mask_rle(index)
-        area, (x, y, w, h) = mask_codecs.rle_area_and_box(rle)
-        timer.measure("postprocess", started)
-        started = time.perf_counter()
-        message.rle.CopyFrom(decoder_pb2.RleMask(counts=rle.counts, height=height, width=width))
+        with timer.stage("postprocess"):
+            rle = prediction.mask_rle(index)
+            area, (x, y, w, h) = mask_codecs.rle_area_and_box(rle)
+        with timer.stage("encode_mask"):
+            message.rle.CopyFrom(decoder_pb2.RleMask(counts=rle.counts, height=height, width=width))
     else:
-        mask = prediction.mask(index)
-        area, (x, y, w, h) = int(np.count_nonzero(mask)), mask_codecs.bounding_box(mask)
-        timer.measure("postprocess", started)
-        started = time.perf_counter()
-        packed = fmt == decoder_pb2.MASK_FORMAT_PACKED_BITS
-        message.data = mask_codecs.to_packed_bits(mask) if packed else mask_codecs.to_png(mask)
+        with timer.stage("postprocess"):
+            mask = prediction.mask(index)
+            area, (x, y, w, h) = int(np.count_nonzero(mask)), mask_codecs.bounding_box(mask)
+        with timer.stage("encode_mask"):
+            packed = fmt == decoder_pb2.MASK_FORMAT_PACKED_BITS
+            message.data = mask_codecs.to_packed_bits(mask) if packed else mask_codecs.to_png(mask)
     message.width, message.height, message.area = width, height, area
     message.bbox.CopyFrom(decoder_pb2.BoundingBox(x=x, y=y, width=w, height=h))
-    timer.measure("encode_mask", started)
     return message
 
 
 def object_result(
-    request: decoder_pb2.SegmentRequest, prediction: ObjectPrediction, timer: StageTimer
+    request: decoder_pb2.SegmentRequest, plan: Plan, prediction: ObjectPrediction, timer: StageTimer
 ) -> decoder_pb2.ObjectResult:
-    fmt = request.mask_format or decoder_pb2.MASK_FORMAT_PNG
-    indices = selected_indices(request, prediction)
+    indices = selected_indices(plan, prediction)
     result = decoder_pb2.ObjectResult(
         presence_probability=prediction.presence,
         presence_logit=prediction.object_score_logit,
         iou_scores=prediction.iou_scores.tolist(),
         best_index=prediction.best_index,
     )
-    result.masks.extend(mask_message(prediction, index, fmt, timer) for index in indices)
+    result.masks.extend(mask_message(prediction, index, plan.mask_format, timer) for index in indices)
     if request.return_low_res_logits:
         logits = prediction.low_res_logits[indices]
         result.low_res_logits.CopyFrom(
@@ -191,18 +210,16 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
 
     def _segment(self, request: decoder_pb2.SegmentRequest) -> decoder_pb2.SegmentResponse:
         timer = StageTimer()
-        started = time.perf_counter()
-        embeddings = self._embeddings(request.image_id, timer)
-        try:
-            check_enums(request)
-            prompts = to_prompts(request)
-            predictions = decode(self.model, embeddings, prompts, limits=self.settings.prompt_limits, timer=timer)
-            objects = [object_result(request, p, timer) for p in predictions]
-        except PromptError as error:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT, str(error), Reason.INVALID_PROMPT, field=error.field
-            ) from error
-        timer.measure("total", started)
+        with timer.stage("total"):
+            checked = plan(request, self.settings.prompt_limits)
+            embeddings = self._embeddings(request.image_id, timer)
+            try:
+                predictions = decode(
+                    self.model, embeddings, checked.prompts, limits=self.settings.prompt_limits, timer=timer
+                )
+            except PromptError as error:  # a coordinate outside the image: only now is its size known
+                raise invalid_prompt(error) from error
+            objects = [object_result(request, checked, p, timer) for p in predictions]
         metrics.observe_stages(WORKER, timer.milliseconds)
         height, width = embeddings.original_size
         return decoder_pb2.SegmentResponse(
@@ -217,31 +234,16 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
 
     def _embeddings(self, image_id: str, timer: StageTimer) -> ImageEmbeddings:
         """Local cache, else Redis (converted to float32 once); NOT_FOUND tells the client to Encode."""
-        if not IMAGE_ID.match(image_id):
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "image_id: expected the 64 lowercase hex digits of the image's sha256",
-                Reason.INVALID_PROMPT,
-                field="image_id",
-            )
-        started = time.perf_counter()
-        outcome = "local"
 
-        def load() -> ImageEmbeddings | None:
-            nonlocal outcome
+        def load() -> Loaded:
             lookup = self.store.get(image_id)
-            outcome = "redis" if lookup.outcome == "hit" else lookup.outcome
-            return lookup.embeddings.astype(np.float32) if lookup.embeddings is not None else None
+            if lookup.embeddings is None:
+                return None, lookup.outcome
+            return lookup.embeddings.astype(np.float32), "redis"
 
-        try:
-            embeddings, _ = self.cache.get_or_load(image_id, load)
-        except StoreUnavailableError as error:
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, f"embedding store unavailable: {error}", Reason.STORE_UNAVAILABLE
-            ) from error
-        timer.measure("fetch", started)
+        with timer.stage("fetch"):
+            embeddings, outcome = self.cache.get_or_load(image_id, load)
         metrics.CACHE_LOOKUPS.labels(outcome).inc()
-        metrics.LOCAL_CACHE_BYTES.set(self.cache.nbytes)
         if embeddings is None:
             raise ServiceError(
                 grpc.StatusCode.NOT_FOUND,

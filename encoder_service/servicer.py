@@ -1,32 +1,36 @@
 """EncoderService: image bytes -> embeddings in the shared store, at most once per image across the fleet.
 
 The flow of one Encode:
-1. sha256 of the bytes is the image id; if the store already holds it for this model -> `cached`.
+1. The image's header is read (format, pixel count): a bad or oversized image is refused before it
+   costs a lock, a slot or a decode. The sha256 of the bytes is the image id; if the store already
+   holds it for this model -> `cached`.
 2. Take the image's short Redis lock. Whoever holds it encodes; the others wait for the value to
    appear (and answer `cached`), falling back to encoding themselves if the holder fails or is slow.
 3. Encoding needs a free slot: beyond `max_concurrent` encodes, RESOURCE_EXHAUSTED at once rather
    than an unbounded queue. A cancelled or expired call terminates the model run and writes nothing.
 
-Redis down means UNAVAILABLE: an embedding nobody can fetch is of no use to a decoder (documented
-choice, DESIGN §4).
+Redis down means UNAVAILABLE (StoreUnavailableError): an embedding nobody can fetch is of no use to a
+decoder (docs/operations.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
 import onnxruntime as ort
+from PIL import Image
 
+from sam3_client import wire
 from sam3_client.proto import common_pb2, encoder_pb2, encoder_pb2_grpc
-from sam3_core.images import ImageError, ImageLimits, decode_image
+from sam3_core.images import ImageError, ImageLimits, image_pixels, open_image
 from sam3_core.model import Sam3Model
-from sam3_core.predictor import StageTimer, encode
+from sam3_core.predictor import encode
+from sam3_core.timing import StageTimer
 from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
@@ -74,51 +78,59 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
 
     def _encode(self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext) -> encoder_pb2.EncodeResponse:
         timer = StageTimer()
-        started = time.perf_counter()
-        if not request.image:
+        with timer.stage("total"):
+            image = self._open(request.image)
+            with timer.stage("hash"):
+                image_id = wire.image_id(request.image)
+            size, cached = self._stored_or_encoded(request, image, image_id, context, timer)
+        metrics.observe_stages(WORKER, timer.milliseconds)
+        return encoder_pb2.EncodeResponse(
+            image_id=image_id,
+            height=size[0],
+            width=size[1],
+            cached=cached,
+            model_id=self.model.model_id,
+            timings=common_pb2.Timings(milliseconds=timer.milliseconds),
+            request_id=request.request_id,
+        )
+
+    def _open(self, data: bytes) -> Image.Image:
+        """The image's header, checked (format, pixel count); its pixels are decoded later, in a slot."""
+        if not data:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "image: empty; send the encoded file bytes",
                 Reason.INVALID_IMAGE,
                 field="image",
             )
-        image_id = hashlib.sha256(request.image).hexdigest()
-        timer.measure("hash", started)
+        with image_errors():
+            return open_image(data, self.settings.image_limits)
 
-        def respond(size: tuple[int, int], cached: bool) -> encoder_pb2.EncodeResponse:
-            timer.measure("total", started)
-            metrics.observe_stages(WORKER, timer.milliseconds)
-            return encoder_pb2.EncodeResponse(
-                image_id=image_id,
-                height=size[0],
-                width=size[1],
-                cached=cached,
-                model_id=self.model.model_id,
-                timings=common_pb2.Timings(milliseconds=timer.milliseconds),
-                request_id=request.request_id,
-            )
-
-        try:
-            if not request.force and (size := self.store.peek_size(image_id)) is not None:
-                return respond(size, cached=True)
+    def _stored_or_encoded(
+        self,
+        request: encoder_pb2.EncodeRequest,
+        image: Image.Image,
+        image_id: str,
+        context: grpc.ServicerContext,
+        timer: StageTimer,
+    ) -> tuple[tuple[int, int], bool]:
+        """((height, width), cached): the stored value's size, or the size of the image this call encoded."""
+        if not request.force and (size := self.store.peek_size(image_id)) is not None:
+            return size, True
+        token = self.store.try_lock(image_id)
+        if token is None and not request.force:
+            size = self._wait_for_other_worker(image_id, context, timer)
+            if size is not None:
+                return size, True
             token = self.store.try_lock(image_id)
-            if token is None and not request.force:
-                size = self._wait_for_other_worker(image_id, context, timer)
-                if size is not None:
-                    return respond(size, cached=True)
-                token = self.store.try_lock(image_id)
-            try:
-                # Another worker may have stored it and let go of the lock between our peek and our lock.
-                if token is not None and not request.force and (size := self.store.peek_size(image_id)):
-                    return respond(size, cached=True)
-                return respond(self._run_model(request, image_id, context, timer), cached=False)
-            finally:
-                if token is not None:
-                    self._release(image_id, token)
-        except StoreUnavailableError as error:
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, f"embedding store unavailable: {error}", Reason.STORE_UNAVAILABLE
-            ) from error
+        try:
+            # Another worker may have stored it and let go of the lock between our peek and our lock.
+            if token is not None and not request.force and (size := self.store.peek_size(image_id)):
+                return size, True
+            return self._run_model(image, image_id, context, timer), False
+        finally:
+            if token is not None:
+                self._release(image_id, token)
 
     def _release(self, image_id: str, token: str) -> None:
         """A lock that cannot be released expires by itself: never let that replace the call's outcome."""
@@ -130,20 +142,19 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     def _wait_for_other_worker(
         self, image_id: str, context: grpc.ServicerContext, timer: StageTimer
     ) -> tuple[int, int] | None:
-        started = time.perf_counter()
-        size = self.store.wait_for(
-            image_id, self.settings.single_flight_timeout, cancelled=lambda: not context.is_active()
-        )
-        timer.measure("single_flight_wait", started)
-        if not context.is_active():
+        with timer.stage("single_flight_wait"):
+            waited = self.store.wait_for(
+                image_id, self.settings.single_flight_timeout, cancelled=lambda: not context.is_active()
+            )
+        if waited.outcome == "cancelled" or not context.is_active():
             raise ServiceError(
                 grpc.StatusCode.CANCELLED, "call ended while waiting for another worker's encode", Reason.CANCELLED
             )
-        metrics.SINGLE_FLIGHT_WAITS.labels("ready" if size is not None else "timeout_or_failed").inc()
-        return size
+        metrics.SINGLE_FLIGHT_WAITS.labels(waited.outcome).inc()
+        return waited.size
 
     def _run_model(
-        self, request: encoder_pb2.EncodeRequest, image_id: str, context: grpc.ServicerContext, timer: StageTimer
+        self, image: Image.Image, image_id: str, context: grpc.ServicerContext, timer: StageTimer
     ) -> tuple[int, int]:
         if not self._slots.acquire(blocking=False):
             raise ServiceError(
@@ -153,14 +164,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 Reason.OVERLOADED,
             )
         try:
-            started = time.perf_counter()
-            try:
-                rgb = decode_image(request.image, self.settings.image_limits)
-            except ImageError as error:
-                code = grpc.StatusCode.RESOURCE_EXHAUSTED if error.too_large else grpc.StatusCode.INVALID_ARGUMENT
-                reason = Reason.IMAGE_TOO_LARGE if error.too_large else Reason.INVALID_IMAGE
-                raise ServiceError(code, f"image: {error}", reason, field="image") from error
-            timer.measure("decode", started)
+            with timer.stage("decode"), image_errors():
+                rgb = image_pixels(image)
             run_options = ort.RunOptions()
             # add_callback refuses (False) once the call has ended: then do not start the model at all.
             if not context.add_callback(lambda: setattr(run_options, "terminate", True)):
@@ -180,9 +185,27 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 raise ServiceError(
                     grpc.StatusCode.CANCELLED, "call ended during the encode; nothing stored", Reason.CANCELLED
                 )
-            started = time.perf_counter()
-            self.store.put(image_id, embeddings)
-            timer.measure("store_write", started)
+            with timer.stage("store_write"):
+                self.store.put(image_id, embeddings)
             return embeddings.original_size
         finally:
             self._slots.release()
+
+
+@contextmanager
+def image_errors() -> Iterator[None]:
+    """ImageError -> INVALID_IMAGE, or IMAGE_TOO_LARGE with metadata "limit" naming the limit exceeded."""
+    try:
+        yield
+    except ImageError as error:
+        if error.limit is None:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"image: {error}", Reason.INVALID_IMAGE, field="image"
+            ) from error
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"image: {error}",
+            Reason.IMAGE_TOO_LARGE,
+            field="image",
+            limit=error.limit,
+        ) from error

@@ -22,7 +22,8 @@ def ort_encoder(model_dir: str, variant: str, image: str, runs: int, save_to: st
     from sam3_core.embeddings import serialize
     from sam3_core.images import load_image
     from sam3_core.model import RuntimeOptions, Sam3Model
-    from sam3_core.predictor import StageTimer, encode
+    from sam3_core.predictor import encode
+    from sam3_core.timing import StageTimer
 
     started = time.perf_counter()
     model = Sam3Model(model_dir, variant=variant, load_decoder=False, runtime=RuntimeOptions(intra_op_threads=threads))

@@ -27,6 +27,42 @@ class EmbeddingFormatError(ValueError):
 
 
 @dataclass(frozen=True)
+class Header:
+    """What the first bytes of a value say, read without the tensors (the store peeks at a few dozen bytes)."""
+
+    original_size: tuple[int, int]  # (height, width)
+    model_id: str
+
+    @staticmethod
+    def length(model_id: str) -> int:
+        """Bytes to read for the header of a value written for `model_id`."""
+        return _HEADER.size + len(model_id.encode())
+
+
+def read_header(head: bytes | bytearray | memoryview) -> Header:
+    """The header of a value (or of its first `Header.length(...)` bytes); the checksum is not checked here."""
+    view = memoryview(head)
+    if len(view) < _HEADER.size:
+        raise EmbeddingFormatError(f"value too short for a header ({len(view)} bytes)")
+    magic, version, dtype_code, count, height, width, id_length, _crc = _HEADER.unpack_from(view)
+    if magic != MAGIC:
+        raise EmbeddingFormatError("not an embedding blob (bad magic)")
+    if version != FORMAT_VERSION:
+        raise EmbeddingFormatError(f"embedding format version {version}, this build reads {FORMAT_VERSION}")
+    if dtype_code not in _DTYPES:
+        raise EmbeddingFormatError(f"unknown dtype code {dtype_code}")
+    if count == 0 or height == 0 or width == 0:
+        raise EmbeddingFormatError(f"empty embeddings ({count} tensors of a {width}x{height} image)")
+    if len(view) < _HEADER.size + id_length:
+        raise EmbeddingFormatError("value too short for its model id")
+    try:
+        model_id = bytes(view[_HEADER.size : _HEADER.size + id_length]).decode()
+    except UnicodeDecodeError as error:
+        raise EmbeddingFormatError(f"malformed model id: {error}") from error
+    return Header((height, width), model_id)
+
+
+@dataclass(frozen=True)
 class ImageEmbeddings:
     """The vision encoder's multi-scale feature maps for one image, plus what prompts need to know.
 
@@ -67,21 +103,14 @@ def serialize(embeddings: ImageEmbeddings) -> bytes:
 def deserialize(blob: bytes | bytearray | memoryview, *, expected_model_id: str | None = None) -> ImageEmbeddings:
     """bytes -> ImageEmbeddings without copying the tensors (they are read-only views of `blob`)."""
     view = memoryview(blob)
-    if len(view) < _HEADER.size:
-        raise EmbeddingFormatError(f"value too short for a header ({len(view)} bytes)")
+    header = read_header(view)
     magic, version, dtype_code, count, height, width, id_length, crc = _HEADER.unpack_from(view)
-    if magic != MAGIC:
-        raise EmbeddingFormatError("not an embedding blob (bad magic)")
-    if version != FORMAT_VERSION:
-        raise EmbeddingFormatError(f"embedding format version {version}, this build reads {FORMAT_VERSION}")
-    if dtype_code not in _DTYPES:
-        raise EmbeddingFormatError(f"unknown dtype code {dtype_code}")
     body = view[_HEADER.size :]
     header_without_crc = _HEADER.pack(magic, version, dtype_code, count, height, width, id_length, 0)
     if zlib.crc32(body, zlib.crc32(header_without_crc)) != crc:
         raise EmbeddingFormatError("checksum mismatch: the value is corrupted or truncated")
+    model_id = header.model_id
     try:
-        model_id = bytes(body[:id_length]).decode()
         offset = id_length
         shapes = []
         for _ in range(count):
@@ -96,7 +125,7 @@ def deserialize(blob: bytes | bytearray | memoryview, *, expected_model_id: str 
                 raise EmbeddingFormatError("value shorter than its shapes say")
             tensors.append(np.frombuffer(body, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(shape))
             offset += size
-    except (struct.error, UnicodeDecodeError, ValueError) as error:
+    except (struct.error, ValueError) as error:
         raise EmbeddingFormatError(f"malformed header: {error}") from error
     if offset != len(body):
         raise EmbeddingFormatError(f"{len(body) - offset} unexpected trailing bytes")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +26,19 @@ ImageInput = bytes | bytearray | memoryview | str | Path | Image.Image | np.ndar
 
 
 class ImageError(ValueError):
-    """The input is not an image we can segment; the message says why in words a user can act on."""
+    """The input is not an image we can segment; the message says why in words a user can act on.
 
-    def __init__(self, message: str, *, too_large: bool = False) -> None:
+    `limit` names the limit a too-large image exceeded ("max_pixels", or Pillow's "decompression_bomb"),
+    and is None for an image that is bad rather than big.
+    """
+
+    def __init__(self, message: str, *, limit: str | None = None) -> None:
         super().__init__(message)
-        self.too_large = too_large
+        self.limit = limit
+
+    @property
+    def too_large(self) -> bool:
+        return self.limit is not None
 
 
 @dataclass(frozen=True)
@@ -39,30 +49,48 @@ class ImageLimits:
     formats: frozenset[str] = ALLOWED_FORMATS
 
 
-def decode_image(data: bytes | bytearray | memoryview, limits: ImageLimits = ImageLimits()) -> np.ndarray:
-    """Encoded file bytes -> H x W x 3 uint8 RGB, EXIF-oriented. Raises ImageError for anything else."""
+def open_image(data: bytes | bytearray | memoryview, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Encoded file bytes -> a PIL image whose header (format, size) passed the limits; no pixel decoded yet.
+
+    Cheap (microseconds): a worker checks this before it takes a lock or an encoder slot.
+    """
     if len(data) == 0:
         raise ImageError("the image is empty (0 bytes)")
+    with _pillow_errors():
+        image = Image.open(io.BytesIO(data))
+    if image.format not in limits.formats:
+        raise ImageError(
+            f"image format {image.format or 'unknown'} is not accepted; send one of {', '.join(sorted(limits.formats))}"
+        )
+    _check_size(image.width, image.height, limits)
+    return image
+
+
+def image_pixels(image: Image.Image) -> np.ndarray:
+    """An opened image -> H x W x 3 uint8 RGB, EXIF-oriented (the expensive part: decoding every pixel)."""
+    with _pillow_errors():
+        image.load()
+    return to_rgb(image)
+
+
+def decode_image(data: bytes | bytearray | memoryview, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """Encoded file bytes -> H x W x 3 uint8 RGB, EXIF-oriented. Raises ImageError for anything else."""
+    return image_pixels(open_image(data, limits))
+
+
+@contextmanager
+def _pillow_errors() -> Iterator[None]:
+    """Pillow's many exception types for bad data -> one ImageError a user can act on."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format not in limits.formats:
-                raise ImageError(
-                    f"image format {image.format or 'unknown'} is not accepted; "
-                    f"send one of {', '.join(sorted(limits.formats))}"
-                )
-            _check_size(image.width, image.height, limits)
-            image.load()
-    except ImageError:
-        raise
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"the image is too large to decode safely: {error}", too_large=True) from error
+        raise ImageError(f"the image is too large to decode safely: {error}", limit="decompression_bomb") from error
     except Exception as error:  # Pillow raises many types for corrupt data; all mean "not an image".
         raise ImageError(
             f"cannot decode the image ({type(error).__name__}: {error}); send a JPEG, PNG or WebP"
         ) from error
-    return to_rgb(image)
 
 
 def _check_size(width: int, height: int, limits: ImageLimits) -> None:
@@ -72,7 +100,7 @@ def _check_size(width: int, height: int, limits: ImageLimits) -> None:
         raise ImageError(
             f"the image is {width}x{height} = {width * height / 1e6:.1f} MP, above the limit of "
             f"{limits.max_pixels / 1e6:.1f} MP; downscale it first",
-            too_large=True,
+            limit="max_pixels",
         )
 
 

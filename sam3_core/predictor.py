@@ -7,9 +7,8 @@ more than the decoder itself and most callers want only the best one.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
@@ -21,6 +20,7 @@ from sam3_core.model import Sam3Model
 from sam3_core.postprocess import MASK_THRESHOLD, upsample_logits, upsample_logits_to_mask, upsample_logits_to_rle
 from sam3_core.preprocess import pixel_values
 from sam3_core.prompts import Prompt, PromptLimits, build_batches, validate
+from sam3_core.timing import StageTimer
 
 
 @dataclass(frozen=True)
@@ -62,27 +62,15 @@ def _check_index(index: int, count: int) -> int:
     return index
 
 
-@dataclass
-class StageTimer:
-    """Milliseconds per named stage, for responses, metrics and benchmarks."""
-
-    milliseconds: dict[str, float] = field(default_factory=dict)
-
-    def measure(self, stage: str, started: float) -> None:
-        self.milliseconds[stage] = self.milliseconds.get(stage, 0.0) + (time.perf_counter() - started) * 1000
-
-
 def encode(
     model: Sam3Model, rgb: np.ndarray, timer: StageTimer | None = None, run_options: ort.RunOptions | None = None
 ) -> ImageEmbeddings:
     """RGB uint8 H x W x 3 -> ImageEmbeddings (float32) for this model."""
     timer = timer or StageTimer()
-    started = time.perf_counter()
-    inputs = pixel_values(rgb, model.preprocessing)
-    timer.measure("preprocess", started)
-    started = time.perf_counter()
-    tensors = model.run_encoder(inputs, run_options)
-    timer.measure("model", started)
+    with timer.stage("preprocess"):
+        inputs = pixel_values(rgb, model.preprocessing)
+    with timer.stage("model"):
+        tensors = model.run_encoder(inputs, run_options)
     return ImageEmbeddings(tensors, (int(rgb.shape[0]), int(rgb.shape[1])), model.model_id)
 
 
@@ -96,17 +84,17 @@ def decode(
 ) -> list[ObjectPrediction]:
     """Runs the prompt encoder + mask decoder for every object; results in the order of `prompts`."""
     timer = timer or StageTimer()
-    started = time.perf_counter()
-    validate(prompts, embeddings.original_size, limits)
-    batches = build_batches(
-        prompts, embeddings.original_size, model.preprocessing.size, appends_pad_point=model.appends_pad_point
-    )
-    timer.measure("prompt", started)
+    with timer.stage("prompt"):
+        validate(prompts, embeddings.original_size, limits)
+        batches = build_batches(
+            prompts, embeddings.original_size, model.preprocessing.size, appends_pad_point=model.appends_pad_point
+        )
     results: list[ObjectPrediction | None] = [None] * len(prompts)
     for batch in batches:
-        started = time.perf_counter()
-        iou, masks, object_logits = model.run_decoder(batch.points, batch.labels, batch.empty_boxes, embeddings.tensors)
-        timer.measure("model", started)
+        with timer.stage("model"):
+            iou, masks, object_logits = model.run_decoder(
+                batch.points, batch.labels, batch.empty_boxes, embeddings.tensors
+            )
         for row, index in enumerate(batch.object_indices):
             results[index] = ObjectPrediction(
                 iou_scores=iou[0, row],

@@ -75,7 +75,15 @@ class DecoderBatch:
 
 def validate(prompts: Sequence[Prompt], original_size: tuple[int, int], limits: PromptLimits = PromptLimits()) -> None:
     """Raises PromptError naming the first bad field; a valid request passes silently."""
-    height, width = original_size
+    check_prompts(prompts, limits)
+    check_coordinates(prompts, original_size)
+
+
+def check_prompts(prompts: Sequence[Prompt], limits: PromptLimits = PromptLimits()) -> None:
+    """Everything that does not need the image's size: counts, labels, finite numbers, box corner order.
+
+    A worker runs this before it fetches the image's embeddings, so a bad request costs nothing.
+    """
     if not prompts:
         raise PromptError("objects", "give at least one object with a point or a box")
     if len(prompts) > limits.max_objects:
@@ -89,24 +97,38 @@ def validate(prompts: Sequence[Prompt], original_size: tuple[int, int], limits: 
         if len(prompt.labels) != len(prompt.points):
             raise PromptError(f"{where}.labels", f"{len(prompt.labels)} labels for {len(prompt.points)} points")
         for j, ((x, y), label) in enumerate(zip(prompt.points, prompt.labels, strict=True)):
-            _check_coordinate(f"{where}.points[{j}].x", x, width)
-            _check_coordinate(f"{where}.points[{j}].y", y, height)
+            _check_finite(f"{where}.points[{j}].x", x)
+            _check_finite(f"{where}.points[{j}].y", y)
             if label not in (FOREGROUND, BACKGROUND):
                 raise PromptError(f"{where}.points[{j}].label", f"{label} is not 1 (foreground) or 0 (background)")
         if prompt.box is not None:
             x1, y1, x2, y2 = prompt.box
-            for name, value, limit in (("x1", x1, width), ("y1", y1, height), ("x2", x2, width), ("y2", y2, height)):
-                _check_coordinate(f"{where}.box.{name}", value, limit)
+            for name, value in (("x1", x1), ("y1", y1), ("x2", x2), ("y2", y2)):
+                _check_finite(f"{where}.box.{name}", value)
             if not (x2 > x1 and y2 > y1):
                 raise PromptError(f"{where}.box", f"({x1}, {y1}, {x2}, {y2}) needs x2 > x1 and y2 > y1")
 
 
-def _check_coordinate(name: str, value: float, limit: int) -> None:
+def check_coordinates(prompts: Sequence[Prompt], original_size: tuple[int, int]) -> None:
     """Coordinates are pixels of the oriented image: 0..size inclusive (a click on the far edge is fine)."""
-    if not math.isfinite(value):
-        raise PromptError(name, f"{value} is not a finite number")
+    height, width = original_size
+    for i, prompt in enumerate(prompts):
+        for j, (x, y) in enumerate(prompt.points):
+            _check_inside(f"objects[{i}].points[{j}].x", x, width)
+            _check_inside(f"objects[{i}].points[{j}].y", y, height)
+        if prompt.box is not None:
+            for name, value, limit in zip(("x1", "y1", "x2", "y2"), prompt.box, (width, height) * 2, strict=True):
+                _check_inside(f"objects[{i}].box.{name}", value, limit)
+
+
+def _check_inside(name: str, value: float, limit: int) -> None:
     if not 0 <= value <= limit:
         raise PromptError(name, f"{value:g} is outside the image (0..{limit})")
+
+
+def _check_finite(name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise PromptError(name, f"{value} is not a finite number")
 
 
 def object_tokens(prompt: Prompt, appends_pad_point: bool) -> tuple[list[tuple[float, float]], list[int]]:
@@ -137,7 +159,7 @@ def build_batches(
         groups.setdefault(len(points), []).append(index)
     batches = []
     for indices in groups.values():
-        points = scale_points(np.array([tokens[i][0] for i in indices], np.float32), original_size, model_size)
+        scaled = scale_points(np.array([tokens[i][0] for i in indices], np.float32), original_size, model_size)
         labels = np.array([tokens[i][1] for i in indices], np.int64)
-        batches.append(DecoderBatch(tuple(indices), points[None], labels[None]))
+        batches.append(DecoderBatch(tuple(indices), scaled[None], labels[None]))
     return batches

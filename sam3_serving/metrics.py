@@ -21,6 +21,8 @@ HTTP endpoint (`start_metrics_server`, or ServerConfig.metrics_port) exports the
 |                                |           |                       | finished); the encoder's HPA scales on it.     |
 | sam3_local_cache_bytes         | gauge     | (none)                | Bytes held by the decoder's in-process         |
 |                                |           |                       | embedding LRU.                                 |
+| sam3_local_cache_evictions_total | counter | (none)                | Images the decoder's LRU dropped to stay in    |
+|                                |           |                       | its byte budget (rising fast: raise --cache-mb)|
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "CACHE_LOOKUPS",
     "IN_FLIGHT",
     "LOCAL_CACHE_BYTES",
+    "LOCAL_CACHE_EVICTIONS",
     "MODEL_RUNS",
     "RPCS",
     "RPC_SECONDS",
@@ -84,6 +87,9 @@ IN_FLIGHT = Gauge(
     ["worker"],
 )
 LOCAL_CACHE_BYTES = Gauge("sam3_local_cache_bytes", "Bytes held by the decoder's in-process embedding LRU.")
+LOCAL_CACHE_EVICTIONS = Counter(
+    "sam3_local_cache_evictions_total", "Images the decoder's in-process LRU dropped to stay within its byte budget."
+)
 
 # Pre-create the known label values so dashboards and rate() see zeros instead of absent series.
 for _result in ("local", "redis", "miss", "corrupt"):

@@ -19,26 +19,19 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal, NamedTuple, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
+import grpc
 import numpy as np
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-# The header layout is owned by sam3_core.embeddings; reuse it rather than repeat it (peek reads it raw).
-from sam3_core.embeddings import (
-    _HEADER,
-    FORMAT_VERSION,
-    MAGIC,
-    EmbeddingFormatError,
-    ImageEmbeddings,
-    deserialize,
-    serialize,
-)
+from sam3_core.embeddings import EmbeddingFormatError, Header, ImageEmbeddings, deserialize, read_header, serialize
+from sam3_serving.errors import Reason, ServiceError
 
-__all__ = ["EmbeddingStore", "Lookup", "StoreConfig", "StoreUnavailableError", "redact_url"]
+__all__ = ["EmbeddingStore", "Lookup", "StoreConfig", "StoreUnavailableError", "Waited", "redact_url"]
 
 # Stateless (a size cutoff and an encode function), so one instance serves every pooled connection.
 _ZERO_COPY_PACKER = redis.connection.PythonRespSerializer(
@@ -60,8 +53,17 @@ return 0
 _UNAVAILABLE = (redis.exceptions.RedisError,)
 
 
-class StoreUnavailableError(RuntimeError):
-    """Redis could not answer (down, timeout, refused credentials...). The message names the URL, never the password."""
+class StoreUnavailableError(ServiceError):
+    """Redis could not answer (down, timeout, refused credentials...). The message names the URL, never the password.
+
+    A ServiceError: wherever it escapes a servicer, the call (or the stream item) ends UNAVAILABLE /
+    STORE_UNAVAILABLE, since an embedding nobody can fetch is of no use (docs/operations.md).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE, f"embedding store unavailable: {message}", Reason.STORE_UNAVAILABLE
+        )
 
 
 def redact_url(url: str) -> str:
@@ -123,6 +125,13 @@ class Lookup:
     seconds: float
 
 
+class Waited(NamedTuple):
+    """How a wait for another worker's encode ended (the outcomes are sam3_single_flight_waits_total's labels)."""
+
+    size: tuple[int, int] | None  # (height, width) once the value appeared
+    outcome: Literal["ready", "holder_failed", "timeout", "cancelled"]
+
+
 class EmbeddingStore:
     """Embeddings of one model in Redis, plus the short lock that makes concurrent encodes run once.
 
@@ -134,9 +143,8 @@ class EmbeddingStore:
             raise ValueError(f"model id must be non-empty without braces (they delimit the hash tag): {model_id!r}")
         self.config = config
         self.model_id = model_id
-        self._model_id_bytes = model_id.encode()
         self._dtype = _DTYPES[config.dtype]
-        self._peek_length = _HEADER.size + len(self._model_id_bytes)
+        self._peek_length = Header.length(model_id)
         url = urlsplit(config.url)
         password = url.password or dict(parse_qsl(url.query)).get("password") or ""
         self._secrets = {secret for secret in (password, unquote(password)) if secret}  # scrubbed from errors
@@ -225,14 +233,11 @@ class EmbeddingStore:
         return self._parse_head(head)
 
     def _parse_head(self, head: bytes | None) -> tuple[int, int] | None:
-        if not head or len(head) < self._peek_length:
+        try:
+            header = read_header(head or b"")
+        except EmbeddingFormatError:
             return None
-        magic, version, _dtype, count, height, width, id_length, _crc = _HEADER.unpack_from(head)
-        if magic != MAGIC or version != FORMAT_VERSION or count == 0 or height == 0 or width == 0:
-            return None
-        if id_length != len(self._model_id_bytes) or head[_HEADER.size : self._peek_length] != self._model_id_bytes:
-            return None
-        return int(height), int(width)
+        return header.original_size if header.model_id == self.model_id else None
 
     def put(self, image_id: str, embeddings: ImageEmbeddings) -> int:
         """Store the embeddings at the configured dtype, with the TTL; return the bytes written."""
@@ -274,13 +279,12 @@ class EmbeddingStore:
         except _UNAVAILABLE as error:
             raise self._unavailable("release lock", error) from error
 
-    def wait_for(
-        self, image_id: str, timeout: float, *, cancelled: Callable[[], bool] = lambda: False
-    ) -> tuple[int, int] | None:
-        """Wait for another worker's encode of this image; return the original size when its value appears.
+    def wait_for(self, image_id: str, timeout: float, *, cancelled: Callable[[], bool] = lambda: False) -> Waited:
+        """Wait for another worker's encode of this image: "ready" with the original size when its value appears.
 
-        Returns None early when the lock is gone without a value (the holder failed or never existed: the
-        caller should encode itself), when `timeout` seconds pass, or when `cancelled()` turns true.
+        Ends early without a size when the lock is gone without a value ("holder_failed": the holder failed
+        or never existed, the caller should encode itself), when `timeout` seconds pass ("timeout"), or
+        when `cancelled()` turns true ("cancelled").
         Each poll reads the header and the lock in one MULTI/EXEC, so "lock gone, no value" is a consistent
         snapshot (the holder writes before it releases), not a race between two reads.
         """
@@ -297,12 +301,14 @@ class EmbeddingStore:
                 raise self._unavailable("wait for value", error) from error
             size = self._parse_head(head)
             if size is not None:
-                return size
-            if not locked or cancelled():
-                return None
+                return Waited(size, "ready")
+            if not locked:
+                return Waited(None, "holder_failed")
+            if cancelled():
+                return Waited(None, "cancelled")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return Waited(None, "timeout")
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, _BACKOFF_MAX)
 

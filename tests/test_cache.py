@@ -7,11 +7,17 @@ import time
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
-from decoder_service.cache import EmbeddingCache
+from decoder_service.cache import LOCAL, EmbeddingCache
 from sam3_core.embeddings import ImageEmbeddings
 
 KB = 1024
+
+
+def evictions() -> float:
+    """sam3_local_cache_evictions_total: cumulative across the process, so tests compare differences."""
+    return REGISTRY.get_sample_value("sam3_local_cache_evictions_total") or 0.0
 
 
 def emb(nbytes: int = 10 * KB, tag: float = 0.0) -> ImageEmbeddings:
@@ -21,16 +27,18 @@ def emb(nbytes: int = 10 * KB, tag: float = 0.0) -> ImageEmbeddings:
 
 def test_lru_order_and_eviction_by_bytes():
     cache = EmbeddingCache(max_bytes=30 * KB)
+    before = evictions()
     for name in "abc":
         cache.put(name, emb())
     assert len(cache) == 3 and cache.nbytes == 30 * KB
     assert cache.get("a") is not None  # a is now the most recent: b is the oldest
     cache.put("d", emb())
     assert "b" not in cache and {"a", "c", "d"} == {n for n in "abcd" if n in cache}
-    assert cache.evictions == 1 and cache.nbytes == 30 * KB
+    assert evictions() - before == 1 and cache.nbytes == 30 * KB
     cache.put("big", emb(25 * KB))  # evicts c, a, then d (least recent first) before it fits
     assert [n for n in "acd" if n in cache] == [] and "big" in cache
-    assert cache.nbytes == 25 * KB and cache.evictions == 4
+    assert cache.nbytes == 25 * KB and evictions() - before == 4
+    assert REGISTRY.get_sample_value("sam3_local_cache_bytes") == 25 * KB
 
 
 def test_eviction_stops_as_soon_as_it_fits():
@@ -45,9 +53,10 @@ def test_eviction_stops_as_soon_as_it_fits():
 def test_oversize_item_is_not_cached():
     cache = EmbeddingCache(max_bytes=20 * KB)
     cache.put("a", emb())
+    before = evictions()
     cache.put("huge", emb(21 * KB))
     assert "huge" not in cache and "a" in cache  # nothing was evicted for it
-    assert cache.evictions == 0 and cache.nbytes == 10 * KB
+    assert evictions() == before and cache.nbytes == 10 * KB
     cache.put("a", emb(30 * KB))  # an oversize replacement drops the stale old version
     assert "a" not in cache and cache.nbytes == 0
     assert EmbeddingCache(max_bytes=0).get("x") is None
@@ -63,21 +72,21 @@ def test_replace_updates_size_and_recency():
     assert len(cache) == 2 and cache.nbytes == 15 * KB
     got = cache.get("a")
     assert got is not None and got.tensors[0][0, 0] == 2
+    before = evictions()
     cache.put("a", emb(20 * KB, tag=3))
-    assert cache.nbytes == 30 * KB and cache.evictions == 0
+    assert cache.nbytes == 30 * KB and evictions() == before
     cache.put("c", emb(10 * KB))  # a was replaced last, so b is the least recent
     assert "b" not in cache and "a" in cache
 
 
-def test_counters_and_clear():
+def test_clear():
     cache = EmbeddingCache(max_bytes=100 * KB)
     assert cache.get("a") is None
     cache.put("a", emb())
-    assert cache.get("a") is not None and cache.get("a") is not None
-    assert (cache.hits, cache.misses, cache.evictions) == (2, 1, 0)
+    assert cache.get("a") is not None
     cache.clear()
     assert len(cache) == 0 and cache.nbytes == 0 and cache.get("a") is None
-    assert (cache.hits, cache.misses) == (2, 2)  # counters are cumulative
+    assert REGISTRY.get_sample_value("sam3_local_cache_bytes") == 0
 
 
 def test_thread_safety_smoke():
@@ -106,7 +115,6 @@ def test_thread_safety_smoke():
     for thread in threads:
         thread.join()
     assert not errors
-    assert cache.hits + cache.misses == 16 * 300
     # The byte count still matches what is actually held.
     assert cache.nbytes == sum(cache.get(f"img{i}").nbytes for i in range(12) if f"img{i}" in cache)
 
@@ -137,16 +145,16 @@ def test_get_or_load_single_flight():
     calls = 0
     value = emb(tag=7)
 
-    def slow_load() -> ImageEmbeddings:
+    def slow_load() -> tuple[ImageEmbeddings, str]:
         nonlocal calls
         calls += 1
         time.sleep(0.2)
-        return value
+        return value, "redis"
 
     results, errors = _concurrently(8, lambda: cache.get_or_load("img", slow_load))
     assert not errors and calls == 1
-    assert all(embeddings is value and from_cache is False for embeddings, from_cache in results)
-    assert cache.get_or_load("img", slow_load) == (value, True) and calls == 1
+    assert all(embeddings is value and outcome == "redis" for embeddings, outcome in results)
+    assert cache.get_or_load("img", slow_load) == (value, LOCAL) and calls == 1
 
 
 def test_get_or_load_single_flight_is_per_image():
@@ -155,11 +163,11 @@ def test_get_or_load_single_flight_is_per_image():
     lock = threading.Lock()
 
     def loader():
-        def load() -> ImageEmbeddings:
+        def load() -> tuple[ImageEmbeddings, str]:
             with lock:
                 calls.append(threading.current_thread().name)
             time.sleep(0.1)
-            return emb()
+            return emb(), "redis"
 
         return load
 
@@ -174,7 +182,7 @@ def test_get_or_load_error_reaches_every_waiter_and_nothing_is_cached():
     cache = EmbeddingCache(max_bytes=100 * KB)
     calls = 0
 
-    def failing_load() -> ImageEmbeddings:
+    def failing_load() -> tuple[ImageEmbeddings, str]:
         nonlocal calls
         calls += 1
         time.sleep(0.2)
@@ -185,20 +193,20 @@ def test_get_or_load_error_reaches_every_waiter_and_nothing_is_cached():
     assert all(isinstance(error, ConnectionError) and "redis down" in str(error) for error in errors)
     assert "img" not in cache and len(cache) == 0
     # The failure is not remembered: the next call loads again.
-    assert cache.get_or_load("img", lambda: emb(tag=1))[0].tensors[0][0, 0] == 1
+    assert cache.get_or_load("img", lambda: (emb(tag=1), "redis"))[0].tensors[0][0, 0] == 1
 
 
 def test_get_or_load_none_is_not_cached():
     cache = EmbeddingCache(max_bytes=100 * KB)
-    assert cache.get_or_load("img", lambda: None) == (None, False)
+    assert cache.get_or_load("img", lambda: (None, "miss")) == (None, "miss")
     assert "img" not in cache
     loaded = emb()
-    assert cache.get_or_load("img", lambda: loaded) == (loaded, False)
-    assert cache.get_or_load("img", lambda: None) == (loaded, True)
+    assert cache.get_or_load("img", lambda: (loaded, "redis")) == (loaded, "redis")
+    assert cache.get_or_load("img", lambda: (None, "miss")) == (loaded, LOCAL)
 
 
 def test_get_or_load_oversize_result_is_returned_but_not_cached():
     cache = EmbeddingCache(max_bytes=5 * KB)
     big = emb(10 * KB)
-    assert cache.get_or_load("img", lambda: big) == (big, False)
+    assert cache.get_or_load("img", lambda: (big, "redis")) == (big, "redis")
     assert len(cache) == 0

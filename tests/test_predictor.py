@@ -11,8 +11,9 @@ from PIL import Image, ImageDraw
 from sam3_core.embeddings import ImageEmbeddings, deserialize, serialize
 from sam3_core.images import ImageError, ImageLimits
 from sam3_core.model import Sam3Model
-from sam3_core.predictor import Predictor, StageTimer, decode
+from sam3_core.predictor import Predictor, decode
 from sam3_core.prompts import Prompt, PromptError, PromptLimits
+from sam3_core.timing import StageTimer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "model-tiny"
 HEIGHT, WIDTH = 90, 120  # not square, so (H, W) and (W, H) cannot be confused

@@ -15,9 +15,11 @@ import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
 
+from encoder_service.servicer import EncoderSettings
 from sam3_cli.workers import DECODER, ENCODER
-from sam3_client import Client, Sam3Error
+from sam3_client import Client, Reason, Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
+from sam3_core.images import ImageLimits
 from service_stack import image_bytes, running, serve_subprocess
 
 
@@ -291,3 +293,67 @@ def test_a_lock_that_cannot_be_released_does_not_change_the_answer(redis_url: st
         stack.store.release = fail  # a real store whose release fails: the encode itself succeeded
         result = client.encode(new_image(11))
         assert not result.cached and stack.store.peek_size(result.image_id) is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda r: r.objects[0].points[0].__setattr__("label", 7), "objects[0].points[0].label"),
+        (lambda r: r.objects[0].box.CopyFrom(decoder_pb2.Box(x1=30, y1=5, x2=10, y2=20)), "objects[0].box"),
+        (lambda r: r.objects[0].points.extend([decoder_pb2.Point(x=1, y=1)] * 40), "objects[0].points"),
+        (
+            lambda r: (setattr(r, "selection", decoder_pb2.MASK_SELECTION_INDEX), setattr(r, "mask_index", 3)),
+            "mask_index",
+        ),
+        (lambda r: setattr(r, "mask_format", 99), "mask_format"),
+    ],
+)
+def test_a_segment_request_is_checked_in_full_before_any_fetch(redis_url: str, change, field: str) -> None:
+    """A bad request for an image nobody stored is INVALID_ARGUMENT, not NOT_FOUND: nothing was fetched."""
+    request = decoder_pb2.SegmentRequest(
+        image_id="0" * 64, objects=[decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=1, y=1)])]
+    )
+    change(request)
+    with running(redis_url, prefix(), {DECODER}) as stack:
+        stack.store.get = lambda image_id: pytest.fail(f"fetched {image_id} for a request that cannot run")
+        with grpc.insecure_channel(stack.target) as channel, pytest.raises(grpc.RpcError) as failure:
+            decoder_pb2_grpc.DecoderServiceStub(channel).Segment(request, timeout=10)
+    error = Sam3Error.from_rpc(failure.value)
+    assert (error.code, error.reason, error.metadata["field"]) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.INVALID_PROMPT,
+        field,
+    )
+
+
+def test_an_image_header_is_checked_before_the_lock_and_the_slot(redis_url: str) -> None:
+    limits = ImageLimits(max_pixels=64 * 48)
+    with running(redis_url, prefix(), {ENCODER}, encoder=EncoderSettings(image_limits=limits)) as stack:
+        stack.store.try_lock = lambda image_id: pytest.fail("took the encode lock for an image it cannot encode")
+        with Client(stack.target) as client:
+            with pytest.raises(Sam3Error) as too_large:
+                client.encode(new_image(12, (65, 48)))
+            with pytest.raises(Sam3Error) as not_an_image:
+                client.encode(b"GIF89a but not really")
+    assert (too_large.value.code, too_large.value.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.IMAGE_TOO_LARGE,
+    )
+    assert too_large.value.metadata == {"field": "image", "limit": "max_pixels"}
+    assert (not_an_image.value.code, not_an_image.value.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.INVALID_IMAGE,
+    )
+
+
+def test_single_flight_waits_are_counted_under_the_documented_labels(redis_url: str) -> None:
+    namespace = prefix()
+    with running(redis_url, namespace, {ENCODER}) as stack, Client(stack.target) as client:
+        data = new_image(13)
+        image_id = client.encode(data).image_id
+        stack.store.delete(image_id)
+        holder = stack.store.try_lock(image_id)  # another replica holds the lock and then fails
+        threading.Timer(0.3, stack.store.release, (image_id, holder)).start()
+        before = counter("sam3_single_flight_waits_total", outcome="holder_failed")
+        assert client.encode(data).cached is False
+        assert counter("sam3_single_flight_waits_total", outcome="holder_failed") - before == 1

@@ -255,9 +255,9 @@ def test_wait_for_returns_when_the_holder_writes(make_store):
         holder.release("img", token)
 
     thread = _later(0.2, encode_and_release)
-    size, elapsed = timed(lambda: waiter.wait_for("img", timeout=5))
+    waited, elapsed = timed(lambda: waiter.wait_for("img", timeout=5))
     thread.join()
-    assert size == SIZE
+    assert waited == (SIZE, "ready")
     assert 0.15 < elapsed < 1.0  # woke within a poll interval (<= 100 ms) of the write
 
 
@@ -266,26 +266,26 @@ def test_wait_for_returns_none_early_when_the_holder_fails(make_store):
     token = holder.try_lock("img")
     assert token is not None
     thread = _later(0.2, lambda: holder.release("img", token))  # released without a value
-    size, elapsed = timed(lambda: waiter.wait_for("img", timeout=5))
+    waited, elapsed = timed(lambda: waiter.wait_for("img", timeout=5))
     thread.join()
-    assert size is None and elapsed < 1.0
+    assert waited == (None, "holder_failed") and elapsed < 1.0
 
 
 def test_wait_for_without_lock_or_value_returns_at_once(store):
-    size, elapsed = timed(lambda: store.wait_for("img", timeout=5))
-    assert size is None and elapsed < 0.5
+    waited, elapsed = timed(lambda: store.wait_for("img", timeout=5))
+    assert waited == (None, "holder_failed") and elapsed < 0.5
 
 
 def test_wait_for_value_already_there(store):
     store.put("img", make())
-    assert store.wait_for("img", timeout=0) == SIZE
+    assert store.wait_for("img", timeout=0) == (SIZE, "ready")
 
 
 def test_wait_for_respects_timeout(make_store):
     holder, waiter = make_store(), make_store()
     assert holder.try_lock("img") is not None
-    size, elapsed = timed(lambda: waiter.wait_for("img", timeout=0.3))
-    assert size is None and 0.29 < elapsed < 0.8
+    waited, elapsed = timed(lambda: waiter.wait_for("img", timeout=0.3))
+    assert waited == (None, "timeout") and 0.29 < elapsed < 0.8
 
 
 def test_wait_for_respects_cancellation(make_store):
@@ -293,9 +293,9 @@ def test_wait_for_respects_cancellation(make_store):
     assert holder.try_lock("img") is not None
     cancelled = threading.Event()
     thread = _later(0.2, cancelled.set)
-    size, elapsed = timed(lambda: waiter.wait_for("img", timeout=5, cancelled=cancelled.is_set))
+    waited, elapsed = timed(lambda: waiter.wait_for("img", timeout=5, cancelled=cancelled.is_set))
     thread.join()
-    assert size is None and 0.15 < elapsed < 1.0
+    assert waited == (None, "cancelled") and 0.15 < elapsed < 1.0
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,10 +8,8 @@ stubs; neither repeats the logic (e.g. Segment -> NOT_FOUND -> Encode -> Segment
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
-import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,20 +20,18 @@ from typing import Any, Generic, TypedDict, TypeVar, Unpack, cast
 import grpc
 import numpy as np
 
-from sam3_client import masks
+from sam3_client import masks, wire
 from sam3_client._channel import Call, Deadlines
 from sam3_client.errors import Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, encoder_pb2
 
 T = TypeVar("T")
-IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 MASK_FORMATS = {
     "png": decoder_pb2.MASK_FORMAT_PNG,
     "rle": decoder_pb2.MASK_FORMAT_RLE,
     "bits": decoder_pb2.MASK_FORMAT_PACKED_BITS,
     "none": decoder_pb2.MASK_FORMAT_NONE,
 }
-_LABELS = {1: decoder_pb2.POINT_LABEL_FOREGROUND, 0: decoder_pb2.POINT_LABEL_BACKGROUND}
 # Pillow modes a PNG stores as they are; anything else (CMYK, YCbCr, float...) is sent as RGB.
 _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 
@@ -158,7 +154,7 @@ def image_payload(image: Any) -> ImagePayload:
     """
     if isinstance(image, ImagePayload):
         return image
-    if isinstance(image, str) and IMAGE_ID.match(image) and not Path(image).exists():
+    if isinstance(image, str) and wire.is_image_id(image) and not Path(image).exists():
         return ImagePayload(image, None)
     if isinstance(image, str | Path):
         if not Path(image).is_file():
@@ -168,7 +164,7 @@ def image_payload(image: Any) -> ImagePayload:
         data = bytes(image)
     else:
         data = _encode_pixels(image)
-    return ImagePayload(hashlib.sha256(data).hexdigest(), data)
+    return ImagePayload(wire.image_id(data), data)
 
 
 def _encode_pixels(image: Any) -> bytes:
@@ -210,11 +206,11 @@ def object_prompt(prompt: ObjectPrompt) -> decoder_pb2.ObjectPrompt:
     labels = list(prompt.labels) if prompt.labels is not None else [1] * len(points)
     if len(labels) != len(points):
         raise ValueError(f"{len(labels)} labels for {len(points)} points")
-    if any(label not in _LABELS for label in labels):
+    if any(label not in wire.POINT_LABELS for label in labels):
         raise ValueError(f"labels must be 1 (foreground) or 0 (background), got {labels}")
     message = decoder_pb2.ObjectPrompt(
         points=[
-            decoder_pb2.Point(x=float(x), y=float(y), label=_LABELS[int(label)])
+            decoder_pb2.Point(x=float(x), y=float(y), label=wire.POINT_LABELS[int(label)])
             for (x, y), label in zip(points, labels, strict=True)
         ]
     )
