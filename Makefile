@@ -14,9 +14,10 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict client/sam3_client
 
-# The whole service on one port, with an embedded Redis and the committed tiny model.
+# The whole service on one port, with an embedded Redis and the committed tiny model. Loopback only:
+# it has no authentication (a container or a fleet sets --host / SAM3_HOST, and --auth-token).
 serve: $(VENV)/.installed
-	$(BIN)/sam3 serve --model-dir tests/fixtures/model-tiny --port 50051
+	$(BIN)/sam3 serve --model-dir tests/fixtures/model-tiny --host 127.0.0.1 --port 50051
 
 # Side-by-side benchmark on the full-size model (exported into models/full on first use: needs the export extra).
 bench: $(VENV)/.installed

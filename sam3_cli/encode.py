@@ -20,7 +20,7 @@ from typing import Any
 
 from grpc import StatusCode
 
-from sam3_cli.errors import START_HINT, CliError, explain, first_unreachable, targets_of
+from sam3_cli.errors import START_HINT, CliError, UsageError, explain, first_unreachable, targets_of
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 # Service-wide failures: every remaining file would fail the same way, so the run stops.
@@ -64,7 +64,7 @@ def find_images(paths: Sequence[Path]) -> tuple[list[Path], list[Outcome]]:
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    from sam3_cli.options import HelpFormatter, add_connection_options, option
+    from sam3_cli.options import HelpFormatter, add_connection_options, option, positive_seconds, whole_number
 
     parser = commands.add_parser(
         "encode",
@@ -84,8 +84,10 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
     option(parser, "--encoder-server", metavar="HOST:PORT", help="encoder service of a split deployment")
     add_connection_options(parser)
     parser.add_argument("--force", action="store_true", help="encode again even when the store holds the image")
-    parser.add_argument("--jobs", "-j", type=int, default=1, help="images in flight at once (default 1)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one encode may take (default 300)")
+    parser.add_argument("--jobs", "-j", type=whole_number(1), default=1, help="images in flight at once (default 1)")
+    parser.add_argument(
+        "--timeout", type=positive_seconds, default=300.0, help="seconds one encode may take (default 300)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write one record per image as JSON")
     parser.add_argument(
         "--progress",
@@ -99,14 +101,13 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sam3_cli.options import channel_settings, tls_root
+    from sam3_cli.options import channel_settings, check_target, tls_root
     from sam3_client import Client
 
     target = args.encoder_server or args.server
     if not target:
-        raise CliError(f"sam3 encode needs a service: pass --server HOST:PORT ({START_HINT})")
-    if args.jobs < 1:
-        raise CliError(f"--jobs {args.jobs}: give at least 1")
+        raise UsageError(f"sam3 encode needs a service: pass --server HOST:PORT ({START_HINT})")
+    check_target("--encoder-server" if args.encoder_server else "--server", target)
     images, missing = find_images(args.paths)
     if not images and not missing:
         raise CliError(f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) found in {' '.join(map(str, args.paths))}")
@@ -120,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
                 fatal = outcome  # reported below as the error, not as one more failed file
                 break
             outcomes.append(outcome)
+            progress.set_postfix_str(_counts(outcomes), refresh=False)  # shown by the update: never a step behind
             progress.update(1)
-            progress.set_postfix_str(_counts(outcomes), refresh=False)
     _print_summary(outcomes, len(images) + len(missing) - len(outcomes), time.perf_counter() - started)
     if args.json:
         records = sorted((asdict(o) for o in outcomes), key=lambda r: r["path"])
@@ -197,7 +198,8 @@ def _counts(outcomes: Sequence[Outcome]) -> str:
 
 def _print_summary(outcomes: Sequence[Outcome], not_tried: int, seconds: float) -> None:
     stopped = f"; stopped early, {not_tried} not tried" if not_tried else ""
-    print(f"Summary: {_counts(outcomes)} ({len(outcomes)} images in {seconds:.1f} s{stopped})")
+    images = "1 image" if len(outcomes) == 1 else f"{len(outcomes)} images"
+    print(f"Summary: {_counts(outcomes)} ({images} in {seconds:.1f} s{stopped})")
     for outcome in outcomes:
         if outcome.status == "failed":
             print(f"  failed: {outcome.path}: {outcome.error}")

@@ -18,7 +18,11 @@ START_HINT = "start one with: sam3 serve --model-dir DIR"
 
 
 class CliError(Exception):
-    """A failure the user can fix; printed as one line without a traceback."""
+    """A failure the user can fix; printed as one line without a traceback (exit code 1)."""
+
+
+class UsageError(CliError):
+    """A command line that cannot work as given (a bad value, a missing flag): exit code 2, like argparse's."""
 
 
 def _connection_problem(message: str) -> str:

@@ -14,7 +14,7 @@ from sam3_cli.errors import CliError, unreachable
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    from sam3_cli.options import HelpFormatter, option
+    from sam3_cli.options import HelpFormatter, option, positive_seconds
 
     parser = commands.add_parser(
         "health",
@@ -30,7 +30,9 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
     default_target = f"127.0.0.1:{os.environ.get('SAM3_PORT', '50051')}"
     option(parser, "--target", default=default_target, metavar="HOST:PORT", help="worker to ask")
     parser.add_argument("--service", default="", metavar="NAME", help="service name to ask about (default: '')")
-    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
+    parser.add_argument(
+        "--timeout", type=positive_seconds, default=3.0, help="seconds to wait for the answer (default 3)"
+    )
     parser.add_argument("--tls", action="store_true", help="connect with TLS (system trust store, or --tls-ca)")
     option(parser, "--tls-ca", type=Path, metavar="PEM", help="CA bundle to trust for TLS (implies --tls)")
     parser.set_defaults(handler=run)

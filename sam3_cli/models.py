@@ -103,7 +103,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="local transformers checkpoint folder (Sam3TrackerModel)")
     source.add_argument("--random-init", action="store_true", help="random variance-preserving weights")
-    parser.add_argument("--config", choices=("tiny", "full"), default="full", help="size for --random-init")
+    parser.add_argument(
+        "--config",
+        choices=("tiny", "full"),
+        default="full",
+        help="size for --random-init: full (the default: the real architecture, minutes and ~12 GB of RAM) "
+        "or tiny (seconds; real input and output shapes, for tests)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     parser.add_argument(
         "--quantize",

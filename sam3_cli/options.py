@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,63 @@ def option(
 ) -> None:
     """An option whose default comes from its SAM3_* environment variable, which --help names.
 
-    An empty variable counts as unset: compose files and Kubernetes manifests produce them easily.
+    An empty variable counts as unset: compose files and Kubernetes manifests produce them easily. The
+    variable's text becomes the default and argparse converts it only when the command runs, checked
+    like a typed flag (type and choices) and named in the error: one malformed variable never breaks
+    --help or a command that does not use it.
     """
     variable = env_name(flag)
-    if os.environ.get(variable):
-        default = type(os.environ[variable])
     shown = "" if default in (None, "") else f"; default {default}"
+    environment = os.environ.get(variable)
+    if environment:
+        default, type = environment, _checked_environment(type, variable, environment, kwargs.get("choices"))
     parser.add_argument(flag, default=default, type=type, help=f"{help} [env {variable}{shown}]", **kwargs)
+
+
+def _checked_environment(
+    convert: Callable[[str], Any], variable: str, environment: str, choices: Any
+) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if text != environment:
+            return convert(text)  # typed on the command line: argparse names the flag
+        try:
+            value = convert(text)
+        except (ValueError, argparse.ArgumentTypeError) as error:
+            raise argparse.ArgumentTypeError(f"{variable}={text!r} from the environment: {error}") from None
+        if choices is not None and value not in choices:
+            shown = ", ".join(map(str, choices))
+            raise argparse.ArgumentTypeError(f"{variable}={text!r} from the environment: choose one of {shown}")
+        return value
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `minimum`, with a message that says so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +100,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="Hugging Face repo id, downloaded once and cached (default onnx-community/sam3-tracker-ONNX)",
     )
     option(group, "--variant", help="encoder variant: fp32 (default), int8, q4, fp16, ...")
-    option(group, "--threads", type=int, default=0, help="ONNX Runtime intra-op threads per session (0 = all cores)")
+    option(
+        group,
+        "--threads",
+        type=whole_number(0),
+        default=0,
+        help="ONNX Runtime intra-op threads per session (0 = all cores)",
+    )
     group.add_argument(
         "--provider",
         action="append",
@@ -68,6 +125,51 @@ def model_source(args: argparse.Namespace) -> str | Path:
     candidates = [("--model-dir", args.model_dir), ("--model", args.model)]
     typed = [value for flag, value in candidates if value and os.environ.get(env_name(flag)) != str(value)]
     return next(iter(typed), None) or next((value for _, value in candidates if value), None) or DEFAULT_REPO
+
+
+def load_model(
+    args: argparse.Namespace, *, load_encoder: bool = True, load_decoder: bool = True, hint_server: bool = False
+) -> Any:
+    """The Sam3Model the model flags describe (--model-dir / --model, --variant, --threads, --provider).
+
+    `hint_server`: a command that could use a service instead says so when the default model cannot be
+    fetched (the usual cause: `make serve` runs and --server was forgotten).
+    """
+    from sam3_cli.errors import CliError
+    from sam3_core.model import ModelNotFoundError, RuntimeOptions, Sam3Model
+    from sam3_core.sources import resolve_model_dir
+
+    try:
+        folder = resolve_model_dir(model_source(args), variant=args.variant)
+    except ModelNotFoundError as error:
+        if hint_server and not (args.model_dir or args.model):
+            raise CliError(
+                f"{error} To segment through a running service instead (`make serve` listens on "
+                "localhost:50051), pass --server HOST:PORT."
+            ) from error
+        raise
+    runtime = RuntimeOptions(providers=tuple(args.provider) if args.provider else "auto", intra_op_threads=args.threads)
+    return Sam3Model(
+        folder, variant=args.variant, runtime=runtime, load_encoder=load_encoder, load_decoder=load_decoder
+    )
+
+
+_TARGET = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):\d{1,5}$")
+# gRPC's own target syntaxes (https://grpc.github.io/grpc/core/md_doc_naming.html), taken as they are.
+_GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+
+
+def check_target(flag: str, target: str) -> None:
+    """HOST:PORT (or a gRPC target such as dns:///name:port); a URL or a missing port is a usage error."""
+    from sam3_cli.errors import UsageError
+
+    if target.startswith(_GRPC_SCHEMES) or _TARGET.match(target):
+        return
+    scheme, separator, rest = target.partition("://")
+    if separator:
+        tls = " with --tls" if scheme.lower() in ("https", "grpcs") else ""
+        raise UsageError(f"{flag} {target}: give HOST:PORT without a scheme, e.g. {flag} {rest.rstrip('/')}{tls}")
+    raise UsageError(f"{flag} {target}: give HOST:PORT with the port, e.g. {flag} {target.rstrip(':')}:50051")
 
 
 class HelpFormatter(argparse.HelpFormatter):

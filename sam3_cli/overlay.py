@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sam3_cli.errors import CliError
+from sam3_cli.errors import UsageError
 
 MASK_TINT = (30, 144, 255)
 MASK_ALPHA = 0.5
@@ -28,7 +28,7 @@ def overlay_format(path: Path) -> str:
     try:
         return FORMATS[path.suffix.lower()]
     except KeyError:
-        raise CliError(f"--overlay {path}: use a .png, .jpg or .jpeg file name") from None
+        raise UsageError(f"--overlay {path}: use a .png, .jpg or .jpeg file name") from None
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

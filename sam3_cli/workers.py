@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sam3_cli.options import add_model_options, model_source, option
+from sam3_cli.options import add_model_options, load_model, option, positive_seconds, whole_number
 
 if TYPE_CHECKING:
     from sam3_serving.server import ServerConfig, Worker
@@ -21,21 +21,36 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
     add_model_options(parser)
     server = parser.add_argument_group("server")
     option(server, "--host", default="0.0.0.0", help="address to listen on")
-    option(server, "--port", type=int, default=50051, help="gRPC port")
-    option(server, "--metrics-port", type=int, help="Prometheus /metrics HTTP port (off when unset)")
-    option(server, "--max-message-mb", type=int, default=64, help="largest request or response accepted, MiB")
-    option(server, "--grace-seconds", type=float, default=30.0, help="on SIGTERM, time in-flight calls get to finish")
-    option(server, "--handler-threads", type=int, default=16, help="gRPC handler threads")
+    option(server, "--port", type=whole_number(0), default=50051, help="gRPC port")
+    option(server, "--metrics-port", type=whole_number(0), help="Prometheus /metrics HTTP port (off when unset)")
+    option(
+        server, "--max-message-mb", type=whole_number(1), default=64, help="largest request or response accepted, MiB"
+    )
+    option(
+        server,
+        "--grace-seconds",
+        type=positive_seconds,
+        default=30.0,
+        help="on SIGTERM, time in-flight calls get to finish",
+    )
+    option(server, "--handler-threads", type=whole_number(1), default=16, help="gRPC handler threads")
     option(
         server,
         "--max-connection-age-seconds",
-        type=float,
+        type=positive_seconds,
         help="close client connections after this long so they re-resolve DNS and reach new replicas",
     )
     option(server, "--auth-token", help="require `authorization: Bearer <token>` on every call")
     option(server, "--tls-cert", help="PEM certificate: serve TLS (with --tls-key)")
     option(server, "--tls-key", help="PEM private key for --tls-cert")
-    option(server, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    option(
+        server,
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="DEBUG, INFO, WARNING or ERROR",
+    )
     option(server, "--log-format", default="json", choices=("json", "text"), help="structured JSON lines or plain text")
 
     store = parser.add_argument_group("embedding store (Redis)")
@@ -49,7 +64,7 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
         help="precision of stored embeddings: float16 halves Redis memory and fetch time, but a mask pixel "
         "may flip where its logit is within ~1e-3 of 0 (see docs/model-contract.md)",
     )
-    option(store, "--ttl-seconds", type=int, default=7 * 24 * 3600, help="expiry of every stored embedding")
+    option(store, "--ttl-seconds", type=whole_number(1), default=7 * 24 * 3600, help="expiry of every stored embedding")
     option(store, "--key-prefix", default="sam3", help="namespace of the store's Redis keys")
 
     if ENCODER in roles:
@@ -57,29 +72,33 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
         option(
             encoder,
             "--max-concurrent-encodes",
-            type=int,
+            type=whole_number(1),
             default=1,
             help="encodes at once; more get RESOURCE_EXHAUSTED at once instead of queueing",
         )
-        option(encoder, "--max-image-pixels", type=int, default=50_000_000, help="largest decoded image, in pixels")
+        option(
+            encoder,
+            "--max-image-pixels",
+            type=whole_number(1),
+            default=50_000_000,
+            help="largest decoded image, in pixels",
+        )
         option(
             encoder,
             "--single-flight-timeout",
-            type=float,
+            type=positive_seconds,
             default=120.0,
             help="seconds to wait for another worker already encoding the same image",
         )
     if DECODER in roles:
         decoder = parser.add_argument_group("decoder")
-        option(decoder, "--cache-mb", type=int, default=1024, help="local embedding cache budget, MiB")
-        option(decoder, "--max-objects", type=int, default=32, help="objects per Segment request")
-        option(decoder, "--max-points", type=int, default=32, help="points per object")
+        option(decoder, "--cache-mb", type=whole_number(0), default=1024, help="local embedding cache budget, MiB")
+        option(decoder, "--max-objects", type=whole_number(1), default=32, help="objects per Segment request")
+        option(decoder, "--max-points", type=whole_number(1), default=32, help="points per object")
 
 
 def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: bool) -> int:
     """Loads the model once, builds the servicers for `roles`, serves until SIGTERM/SIGINT."""
-    from sam3_core.model import RuntimeOptions, Sam3Model
-    from sam3_core.sources import resolve_model_dir
     from sam3_serving.redis_server import start_embedded_redis
     from sam3_serving.server import configure_logging
     from sam3_serving.store import EmbeddingStore, StoreConfig
@@ -93,13 +112,7 @@ def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: boo
         embedded = start_embedded_redis()
         redis_url = embedded.url
     try:
-        folder = resolve_model_dir(model_source(args), variant=args.variant)
-        runtime = RuntimeOptions(
-            providers=tuple(args.provider) if args.provider else "auto", intra_op_threads=args.threads
-        )
-        model = Sam3Model(
-            folder, variant=args.variant, runtime=runtime, load_encoder=ENCODER in roles, load_decoder=DECODER in roles
-        )
+        model = load_model(args, load_encoder=ENCODER in roles, load_decoder=DECODER in roles)
         store = EmbeddingStore(
             StoreConfig(
                 url=redis_url, ttl_seconds=args.ttl_seconds, dtype=args.store_dtype, key_prefix=args.key_prefix
@@ -110,7 +123,7 @@ def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: boo
         worker.install_signal_handlers()
         print(
             f"sam3 {'+'.join(sorted(roles))}: listening on {args.host}:{worker.port}, model {model.model_id} "
-            f"({folder}), store {store.config.redacted_url}"
+            f"({model.folder}), store {store.config.redacted_url}"
             + (f", metrics on :{worker.metrics_port}/metrics" if worker.metrics_port else ""),
             flush=True,
         )

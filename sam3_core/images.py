@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Formats a photo realistically arrives in. Anything else (EPS runs Ghostscript, for one) is refused.
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
@@ -87,6 +87,8 @@ def _pillow_errors() -> Iterator[None]:
             yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"the image is too large to decode safely: {error}", limit="decompression_bomb") from error
+    except UnidentifiedImageError as error:  # its message is the repr of our in-memory buffer: useless to a user
+        raise ImageError("not an image file (no known image header); send a JPEG, PNG or WebP") from error
     except Exception as error:  # Pillow raises many types for corrupt data; all mean "not an image".
         raise ImageError(
             f"cannot decode the image ({type(error).__name__}: {error}); send a JPEG, PNG or WebP"

@@ -49,6 +49,7 @@ LIVENESS = "liveness"
 # Reached without a token and never counted as load: probes and grpcurl must work as-is.
 _EXEMPT_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 _INTERNAL_MESSAGE = "internal error; see the worker log"
+_BIND_HINT = "the port is in use (or the address is not this machine's); choose another with --port / SAM3_PORT"
 # After the application calls drained, how long exempt streams (health Watch) may hold the stop.
 _FINAL_GRACE_SECONDS = 1.0
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -367,9 +368,9 @@ class Worker:
                 else:
                     port = server.add_insecure_port(address)
             except RuntimeError as exc:
-                raise OSError(f"cannot listen on {address}: {exc}") from exc
+                raise OSError(f"cannot listen on {address}: {_BIND_HINT}") from exc
             if port == 0:
-                raise OSError(f"cannot listen on {address}")
+                raise OSError(f"cannot listen on {address}: {_BIND_HINT}")
             self._health.set(LIVENESS, _SERVING)
             self._refresh_readiness()
             if config.metrics_port is not None:

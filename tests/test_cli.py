@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -21,8 +22,9 @@ from PIL import Image
 
 import references
 from sam3_cli.errors import explain
-from sam3_cli.main import join_negative_coordinates, main
+from sam3_cli.main import main
 from sam3_cli.models import human_size
+from sam3_cli.segment import join_negative_coordinates
 from sam3_client import Reason, Sam3Error
 from sam3_core.images import load_image
 from sam3_core.model import Preprocessing, compute_model_id, graph_path
@@ -30,6 +32,7 @@ from sam3_core.predictor import Predictor
 from sam3_core.sources import graph_size
 from service_stack import free_port, running, serve_subprocess, shared_model
 
+ROOT = Path(__file__).resolve().parent.parent
 IMAGE = references.IMAGES_DIR / "landscape.jpg"  # 640 x 480
 WIDTH, HEIGHT = 640, 480
 FG_POINTS = ["192,192", "384,264"]
@@ -166,7 +169,7 @@ def test_coordinates_outside_the_image_are_rejected_naming_the_flag(flags, named
     output = tmp_path / "x.png"
     code = main(["segment", "-i", str(IMAGE), *flags, "--model-dir", str(references.MODEL_DIR), "-o", str(output)])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # a usage error, like argparse's own
     assert err.startswith(f"sam3: error: {named}: ")
     assert "outside the image" in err
     assert "Traceback" not in err
@@ -183,7 +186,7 @@ def test_coordinates_outside_the_image_are_rejected_naming_the_flag(flags, named
     ],
 )
 def test_bad_prompt_flags_are_one_line_errors(flags, message, capsys):
-    assert main(["segment", "-i", str(IMAGE), *flags]) == 1
+    assert main(["segment", "-i", str(IMAGE), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1
@@ -201,7 +204,7 @@ def test_missing_model_folder_says_what_to_do(tmp_path, capsys):
 def test_missing_image_is_one_line(capsys):
     assert main(["segment", "-i", "no-such.jpg", "--point", "5,5"]) == 1
     err = capsys.readouterr().err
-    assert "cannot read no-such.jpg" in err
+    assert "--image no-such.jpg: No such file or directory" in err
     assert "Traceback" not in err
 
 
@@ -371,11 +374,11 @@ def test_encode_a_folder_twice_then_force(server, tmp_path, capsys):
     assert "Summary: 0 encoded, 2 cached, 1 failed (3 images" in capsys.readouterr().out
 
     assert main(["encode", str(images[0]), "--server", server, "--force"]) == 0
-    assert "Summary: 1 encoded, 0 cached, 0 failed (1 images" in capsys.readouterr().out
+    assert "Summary: 1 encoded, 0 cached, 0 failed (1 image in" in capsys.readouterr().out
 
 
 def test_encode_reports_missing_paths_and_needs_a_server(tmp_path, server, capsys):
-    assert main(["encode", str(tmp_path / "nothing-here")]) == 1
+    assert main(["encode", str(tmp_path / "nothing-here")]) == 2
     assert "needs a service: pass --server HOST:PORT" in capsys.readouterr().err
     assert main(["encode", str(tmp_path / "nothing-here"), "--server", server]) == 1
     out = capsys.readouterr().out
@@ -614,3 +617,115 @@ def test_health_loads_no_model_runtime(server):
     result = subprocess.run([sys.executable, "-c", script, server], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------- what a new user hit
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "argv", "message"),
+    [
+        ("SAM3_PORT", "abc", ["serve"], "SAM3_PORT='abc' from the environment: 'abc' is not a whole number"),
+        ("SAM3_THREADS", "two", ["segment", "-i", "x.jpg", "--point", "1,1"], "SAM3_THREADS='two'"),
+        ("SAM3_LOG_FORMAT", "yaml", ["decoder"], "SAM3_LOG_FORMAT='yaml' from the environment: choose one of"),
+    ],
+)
+def test_a_malformed_variable_is_a_usage_error_only_where_it_is_used(
+    variable, value, argv, message, monkeypatch, capsys
+):
+    monkeypatch.setenv(variable, value)
+    assert main(["--help"]) == 0
+    assert main(["models", "list", "--no-cache", "--dir", str(references.MODEL_DIR), "--no-ids"]) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags", [["--threads", "-1"], ["--port", "70000x"], ["--max-points", "0"]])
+def test_out_of_range_numbers_are_usage_errors(flags, capsys):
+    assert main(["serve", *flags]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_typed_model_flag_beats_the_images_model_dir(monkeypatch):
+    from sam3_cli.main import build_parser
+    from sam3_cli.options import model_source
+
+    monkeypatch.setenv("SAM3_MODEL_DIR", "/models")  # what the container image presets
+    assert model_source(build_parser().parse_args(["encoder", "--model", "owner/repo"])) == "owner/repo"
+    monkeypatch.setenv("SAM3_MODEL", "owner/other")  # both from the environment: the folder wins
+    assert model_source(build_parser().parse_args(["encoder"])) == Path("/models")
+
+
+def test_a_file_that_is_not_an_image_is_named(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture\n")
+    assert main(["segment", "-i", str(notes), "--point", "1,1", "--server", dead_target()]) == 1
+    err = capsys.readouterr().err
+    assert f"--image {notes}: not an image file" in err and "BytesIO" not in err
+
+
+@pytest.mark.parametrize(
+    ("target", "advice"),
+    [
+        ("localhost", "give HOST:PORT with the port, e.g. --server localhost:50051"),
+        ("http://localhost:50051", "give HOST:PORT without a scheme, e.g. --server localhost:50051"),
+        ("https://sam3.example.com:443/", "e.g. --server sam3.example.com:443 with --tls"),
+    ],
+)
+def test_a_server_address_that_is_not_host_port_is_diagnosed(target, advice, capsys):
+    assert main(["segment", "-i", str(IMAGE), "--point", "1,1", "--server", target]) == 2
+    assert advice in capsys.readouterr().err
+    assert main(["encode", str(IMAGE), "--server", target]) == 2
+    assert advice in capsys.readouterr().err
+
+
+def test_forgetting_server_mentions_server_when_the_default_model_cannot_be_fetched(tmp_path):
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path), "SAM3_MODEL_DIR": "", "SAM3_MODEL": ""}
+    result = sam3("segment", "-i", str(IMAGE), "--point", "1,1", env=offline)
+    assert result.returncode == 1
+    assert "pass --server HOST:PORT" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["-o", "/nonexistent/dir/m.png"],
+            "--output /nonexistent/dir/m.png: the folder /nonexistent/dir does not exist",
+        ),
+        (["-o", "mask.jpg"], "--output mask.jpg: a PNG mask file needs a .png name"),
+        (["-o", "m.png", "--format", "rle"], "--output m.png: a RLE mask file needs a .json name"),
+        (["--json", "/nonexistent/s.json"], "--json /nonexistent/s.json: the folder /nonexistent does not exist"),
+    ],
+)
+def test_outputs_are_checked_before_any_work(flags, message, capsys):
+    """A dead server proves it: the usage error comes before any attempt to reach it."""
+    assert main(["segment", "-i", str(IMAGE), "--point", "1,1", "--server", dead_target(), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_busy_port_is_one_clear_line(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = sam3("serve", "--model-dir", str(references.MODEL_DIR), "--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"sam3: error: cannot listen on 127.0.0.1:{port}: the port is in use (or the address is not this "
+        "machine's); choose another with --port / SAM3_PORT"
+    ]
+
+
+def test_a_tls_mistake_prints_no_grpc_logs(server):
+    result = sam3("health", "--target", server, "--tls", "--timeout", "2")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("sam3: error: ")
+
+
+def test_make_serve_listens_on_loopback_only():
+    dry_run = subprocess.run(["make", "-n", "serve"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "--host 127.0.0.1" in dry_run

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam3_client.masks import decode_packed_bits, decode_png, decode_rle
+from sam3_client.masks import decode_packed_bits, decode_png, decode_rle, encode_rle
 from sam3_core.masks import CocoRle, bounding_box, to_coco_rle, to_packed_bits, to_png
 
 try:
@@ -111,6 +111,8 @@ def _check_rle(mask: np.ndarray) -> CocoRle:
     assert all(c > 0 for c in rle.counts[1:])  # only the first run may be empty
     assert sum(rle.counts[1::2]) == int(mask.sum())
     np.testing.assert_array_equal(decode_rle(rle.counts, *rle.size), mask)
+    # The SDK's own encoder (for masks that arrived as PNG or bits) gives the same runs.
+    assert encode_rle(mask) == {"size": list(mask.shape), "counts": rle.counts}
     return rle
 
 

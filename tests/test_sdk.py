@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -151,7 +152,7 @@ def test_results_are_plain_objects_with_masks_at_the_original_size(client: Clien
 
     scores = client.segment(known.image_id, points=POINT, mask=2, mask_format="none", low_res_logits=True)
     (only,) = scores.objects[0].masks
-    assert only.index == 2 and only.mask is None and scores.objects[0].iou_scores == obj.iou_scores
+    assert only.index == 2 and only.mask is None and only.rle is None and scores.objects[0].iou_scores == obj.iou_scores
     assert scores.objects[0].low_res_logits is not None and scores.objects[0].low_res_logits.shape == (1, 288, 288)
 
     several = client.segment_objects(
@@ -164,6 +165,26 @@ def test_results_are_plain_objects_with_masks_at_the_original_size(client: Clien
     )
     assert len(several.objects) == 3
     np.testing.assert_array_equal(several.objects[0].mask, obj.mask)
+
+
+def test_a_mask_keeps_what_arrived_and_decodes_on_first_use(client: Client, known: EncodeResult) -> None:
+    """RLE is the canonical form: area, bbox and `.rle` come without decoding; `.mask` decodes once."""
+    from pycocotools import mask as coco
+
+    result = client.segment(known.image_id, points=POINT, mask="all")
+    for mask in result.objects[0].masks:
+        assert mask.format == "rle" and "mask" not in vars(mask)  # nothing decoded yet
+        rle = mask.rle
+        assert rle is not None and rle["size"] == [480, 640] and "mask" not in vars(mask)
+        with warnings.catch_warnings():  # pycocotools' own NumPy 2 deprecation notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            compressed = coco.frPyObjects(rle, 480, 640)
+            assert int(coco.area(compressed)) == mask.area
+            assert tuple(int(v) for v in coco.toBbox(compressed)) == mask.bbox
+            np.testing.assert_array_equal(coco.decode(compressed).astype(bool), mask.mask)
+        assert mask.mask is mask.mask  # decoded once
+    png = client.segment(known.image_id, points=POINT, mask="all", mask_format="png").objects[0].masks
+    assert [m.rle for m in png] == [m.rle for m in result.objects[0].masks]  # the same dict from any format
 
 
 def test_every_input_type_segments_the_same_pixels(client: Client, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ every failure is a `Sam3Error` carrying the gRPC status code and the server's re
 """
 
 from sam3_client._channel import ChannelSettings, Deadlines
-from sam3_client._convert import EncodeResult, Mask, ObjectPrompt, ObjectResult, SegmentResult, StreamRequest
+from sam3_client._convert import EncodeResult, Mask, ModelInfo, ObjectPrompt, ObjectResult, SegmentResult
 from sam3_client.async_client import AsyncClient
 from sam3_client.client import Client
 from sam3_client.errors import Reason, Sam3Error
@@ -23,10 +23,10 @@ __all__ = [
     "Deadlines",
     "EncodeResult",
     "Mask",
+    "ModelInfo",
     "ObjectPrompt",
     "ObjectResult",
     "Reason",
     "Sam3Error",
     "SegmentResult",
-    "StreamRequest",
 ]

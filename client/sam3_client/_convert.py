@@ -8,6 +8,7 @@ stubs; neither repeats the logic (e.g. Segment -> NOT_FOUND -> Encode -> Segment
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import time
@@ -32,6 +33,7 @@ MASK_FORMATS = {
     "bits": decoder_pb2.MASK_FORMAT_PACKED_BITS,
     "none": decoder_pb2.MASK_FORMAT_NONE,
 }
+_FORMAT_NAMES = {value: name for name, value in MASK_FORMATS.items()}
 # Pillow modes a PNG stores as they are; anything else (CMYK, YCbCr, float...) is sent as RGB.
 _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 
@@ -67,13 +69,40 @@ class EncodeResult:
 
 @dataclass(frozen=True)
 class Mask:
-    """One returned mask: boolean H x W at the original size (None when the format was 'none')."""
+    """One returned mask, kept as it arrived (COCO RLE runs, PNG or packed bits) and decoded on first use.
+
+    `area` and `bbox` are the server's (computed from the runs): reading them decodes nothing. `mask`
+    is the boolean H x W array at the original size and `rle` the pycocotools dict
+    {"size": [h, w], "counts": [...]}; both are None when the request asked for mask_format="none".
+    """
 
     index: int  # which of the decoder's 3 candidates
     iou_score: float
-    mask: np.ndarray | None
     bbox: tuple[int, int, int, int]  # COCO x, y, width, height
     area: int
+    message: decoder_pb2.Mask = field(repr=False, compare=False)  # what arrived
+
+    @property
+    def format(self) -> str:
+        """How the mask travelled: "rle", "png", "bits" or "none" (the SegmentOptions names)."""
+        return _FORMAT_NAMES.get(self.message.format, "png")
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray | None:
+        message = self.message
+        if self.format == "none":
+            return None
+        if self.format == "rle":
+            return masks.decode_rle(message.rle.counts, message.rle.height, message.rle.width)
+        if self.format == "bits":
+            return masks.decode_packed_bits(message.data, message.height, message.width)
+        return masks.decode_png(message.data)
+
+    @functools.cached_property
+    def rle(self) -> dict[str, Any] | None:
+        if self.format == "rle":
+            return {"size": [self.message.rle.height, self.message.rle.width], "counts": list(self.message.rle.counts)}
+        return None if self.mask is None else masks.encode_rle(self.mask)
 
 
 @dataclass(frozen=True)
@@ -111,6 +140,18 @@ class SegmentResult:
     def mask(self) -> np.ndarray | None:
         """The first object's chosen mask: the answer of a one-object segment()."""
         return self.objects[0].mask if self.objects else None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a decoder serves: check that encoder and decoder workers are compatible (equal model_id)."""
+
+    model_id: str  # encoder weights + preprocessing; part of every store key
+    variant: str  # "fp32", "fp16", "int8", "q4", ...
+    image_size: int  # side of the square the encoder sees, e.g. 1008
+    mask_size: int  # side of the low-resolution mask logits, e.g. 288
+    embeddings: dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, stored dtype), in decoder input order
+    server_version: str
 
 
 class SegmentOptions(TypedDict, total=False):
@@ -254,24 +295,13 @@ def segment_request(
     return request
 
 
-def decode_mask(message: decoder_pb2.Mask) -> np.ndarray | None:
-    if message.format == decoder_pb2.MASK_FORMAT_NONE:
-        return None
-    if message.format == decoder_pb2.MASK_FORMAT_RLE:
-        return masks.decode_rle(message.rle.counts, message.rle.height, message.rle.width)
-    if message.format == decoder_pb2.MASK_FORMAT_PACKED_BITS:
-        return masks.decode_packed_bits(message.data, message.height, message.width)
-    return masks.decode_png(message.data)
-
-
 def _object_result(obj: decoder_pb2.ObjectResult) -> ObjectResult:
     logits = None
     if obj.HasField("low_res_logits"):
         shape = (obj.low_res_logits.count, obj.low_res_logits.height, obj.low_res_logits.width)
         logits = np.frombuffer(obj.low_res_logits.data, "<f4").reshape(shape)
     masks = [
-        Mask(m.index, m.iou_score, decode_mask(m), (m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height), m.area)
-        for m in obj.masks
+        Mask(m.index, m.iou_score, (m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height), m.area, m) for m in obj.masks
     ]
     return ObjectResult(masks, list(obj.iou_scores), obj.best_index, obj.presence_probability, logits)
 
@@ -433,11 +463,18 @@ def segment_flow(
     return segment_result(response, encoded)
 
 
-def info_flow(deadlines: Deadlines, timeout: float | None) -> Flow[common_pb2.ModelInfo]:
+def info_flow(deadlines: Deadlines, timeout: float | None) -> Flow[ModelInfo]:
     info: common_pb2.ModelInfo = yield Call(
         "info", common_pb2.GetModelInfoRequest(), Budget(timeout).left(deadlines.info)
     )
-    return info
+    return ModelInfo(
+        info.model_id,
+        info.variant,
+        info.image_size,
+        info.mask_size,
+        {spec.name: (tuple(spec.shape), spec.dtype) for spec in info.embeddings},
+        info.server_version,
+    )
 
 
 def _prompts(objects: ObjectPrompt | Sequence[ObjectPrompt]) -> Sequence[ObjectPrompt]:

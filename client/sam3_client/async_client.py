@@ -10,8 +10,16 @@ from grpc import aio
 
 from sam3_client import _convert
 from sam3_client._channel import Call, ClientBase
-from sam3_client._convert import EncodeResult, Feed, Flow, ObjectPrompt, SegmentOptions, SegmentResult, StreamRequest
-from sam3_client.proto import common_pb2
+from sam3_client._convert import (
+    EncodeResult,
+    Feed,
+    Flow,
+    ModelInfo,
+    ObjectPrompt,
+    SegmentOptions,
+    SegmentResult,
+    StreamRequest,
+)
 
 T = TypeVar("T")
 
@@ -99,7 +107,7 @@ class AsyncClient(ClientBase):
         ):
             yield result
 
-    async def model_info(self, *, timeout: float | None = None) -> common_pb2.ModelInfo:
+    async def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """What the decoder serves (see `Client.model_info`)."""
         return await self._run(_convert.info_flow(self.deadlines, timeout))
 

@@ -10,8 +10,16 @@ import grpc
 
 from sam3_client import _convert
 from sam3_client._channel import Call, ClientBase
-from sam3_client._convert import EncodeResult, Feed, Flow, ObjectPrompt, SegmentOptions, SegmentResult, StreamRequest
-from sam3_client.proto import common_pb2
+from sam3_client._convert import (
+    EncodeResult,
+    Feed,
+    Flow,
+    ModelInfo,
+    ObjectPrompt,
+    SegmentOptions,
+    SegmentResult,
+    StreamRequest,
+)
 
 T = TypeVar("T")
 
@@ -104,7 +112,7 @@ class Client(ClientBase):
         messages = feed.wrap(self._run(session.request_flow(item)) for item in requests)
         yield from self._stream(Call("segment_stream", messages, session.timeout), feed, _convert.segment_result)
 
-    def model_info(self, *, timeout: float | None = None) -> common_pb2.ModelInfo:
+    def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """What the decoder serves (model_id, mask size, embedding shapes, server version)."""
         return self._run(_convert.info_flow(self.deadlines, timeout))
 

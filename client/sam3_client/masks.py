@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["decode_packed_bits", "decode_png", "decode_rle"]
+__all__ = ["decode_packed_bits", "decode_png", "decode_rle", "encode_rle"]
 
 
 def decode_rle(counts: Sequence[int], height: int, width: int) -> np.ndarray:
@@ -22,6 +23,18 @@ def decode_rle(counts: Sequence[int], height: int, width: int) -> np.ndarray:
     if flat.size != height * width:
         raise ValueError(f"RLE runs cover {flat.size} pixels, not {height} x {width}")
     return flat.reshape((width, height)).T
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """A boolean H x W mask -> the pycocotools dict {"size": [h, w], "counts": [...]} (uncompressed runs).
+
+    For masks that arrived as PNG or bits; an RLE mask is handed over as it arrived.
+    """
+    height, width = mask.shape
+    column_major = np.concatenate(([False], np.asarray(mask, dtype=bool).T.reshape(-1), [False]))
+    edges = np.flatnonzero(column_major[1:] != column_major[:-1])  # where runs start, after a leading 0
+    counts = np.diff(np.concatenate(([0], edges, [height * width]))).tolist()
+    return {"size": [height, width], "counts": counts if counts[-1] else counts[:-1]}
 
 
 def decode_png(data: bytes) -> np.ndarray:

@@ -16,7 +16,8 @@ _IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 # Click labels as SAM users pass them (1 foreground "include this", 0 background "exclude this")
 # -> their wire values.
 POINT_LABELS = {1: decoder_pb2.POINT_LABEL_FOREGROUND, 0: decoder_pb2.POINT_LABEL_BACKGROUND}
-_FROM_WIRE = {wire: label for label, wire in POINT_LABELS.items()} | {decoder_pb2.POINT_LABEL_UNSPECIFIED: 1}
+_FROM_WIRE: dict[int, int] = {wire: label for label, wire in POINT_LABELS.items()}
+_FROM_WIRE[decoder_pb2.POINT_LABEL_UNSPECIFIED] = 1
 
 
 def image_id(data: bytes) -> str:
