@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from sam3_cli.main import build_parser
 from sam3_cli.options import env_name
+from service_stack import serve_subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -43,3 +50,80 @@ def test_documented_flags_exist() -> None:
     table = README.split("## Configuration", 1)[1].split("## Where", 1)[0]
     documented = set(re.findall(r"^\| `(--[a-z-]+)`", table, re.M))
     assert documented == set(worker_options())
+
+
+# ---------------------------------------------------------------- every snippet runs as printed
+
+SNIPPET_FILES = (ROOT / "README.md", ROOT / "client" / "README.md")
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
+# The address the snippets use; the test's own `sam3 serve` listens on a free port instead.
+DOCUMENTED_TARGET = "localhost:50051"
+
+
+def snippets(language: str) -> list[tuple[str, str]]:
+    """(file name, body) of every ```language block."""
+    found = []
+    for path in SNIPPET_FILES:
+        for body in re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), re.M | re.S):
+            found.append((path.relative_to(ROOT).as_posix(), body))
+    return found
+
+
+def same_output(actual: str, expected: str) -> bool:
+    """Equal text, and numbers equal to 1e-4, absolute or relative: ONNX Runtime may differ in the last
+    float bits, which can flip a mask pixel whose logit is within a hair of 0 (one in 191750 here)."""
+    if NUMBER.sub("#", actual).split() != NUMBER.sub("#", expected).split():
+        return False
+    pairs = zip(NUMBER.findall(actual), NUMBER.findall(expected), strict=True)
+    return all(abs(float(a) - float(b)) <= 1e-4 * max(1.0, abs(float(b))) for a, b in pairs)
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[str]:
+    with serve_subprocess() as (_, address):
+        yield address
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A folder where the snippets' relative paths (tests/fixtures/...) resolve and their outputs land."""
+    (tmp_path / "tests").symlink_to(ROOT / "tests")
+    return tmp_path
+
+
+def test_every_snippet_file_has_snippets() -> None:
+    assert len(snippets("python")) >= 3 and len(snippets("console")) >= 2
+
+
+@pytest.mark.parametrize(("where", "code"), snippets("python"), ids=lambda v: v if v.endswith(".md") else "")
+def test_python_snippets_run_as_printed(where: str, code: str, target: str, workdir: Path) -> None:
+    expected = "\n".join(line[2:] for line in code.splitlines() if line.startswith("# "))
+    ran = subprocess.run(
+        [sys.executable, "-c", code.replace(DOCUMENTED_TARGET, target)],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        timeout=120,
+    )
+    assert ran.returncode == 0, f"{where}:\n{code}\n{ran.stderr}"
+    if expected:
+        assert same_output(ran.stdout, expected), f"{where} prints:\n{ran.stdout}\nnot:\n{expected}"
+
+
+@pytest.mark.parametrize(("where", "block"), snippets("console"), ids=lambda v: v if v.endswith(".md") else "")
+def test_console_snippets_run_as_printed(where: str, block: str, target: str, workdir: Path) -> None:
+    command, _, expected = block.partition("\n$ ")[0].removeprefix("$ ").partition("\n" + _output_start(block))
+    command = command.replace("\\\n", " ").replace(DOCUMENTED_TARGET, target)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    ran = subprocess.run(command, shell=True, capture_output=True, text=True, cwd=workdir, env=env, timeout=120)
+    assert ran.returncode == 0, f"{where}: {command}\n{ran.stderr}"
+    assert same_output(ran.stdout, _output_start(block) + expected), f"{where} prints:\n{ran.stdout}"
+
+
+def _output_start(block: str) -> str:
+    """The first output line of a console block: the first line after the (continued) command."""
+    lines = block.splitlines()
+    index = 0
+    while lines[index].endswith("\\"):
+        index += 1
+    return lines[index + 1] if index + 1 < len(lines) else ""
