@@ -10,7 +10,7 @@ The flow of one Encode:
    than an unbounded queue. A cancelled or expired call terminates the model run and writes nothing.
 
 Redis down means UNAVAILABLE (StoreUnavailableError): an embedding nobody can fetch is of no use to a
-decoder (docs/operations.md).
+decoder (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Build a SAM3 tracker with transformers and write it as ONNX in the onnx-community layout.
 
 Needs the `export` extra (torch + transformers): nothing else in the project imports this module.
-The two graphs reproduce onnx-community/sam3-tracker-ONNX's contract (DESIGN §2):
+The two graphs reproduce onnx-community/sam3-tracker-ONNX's contract (docs/model-contract.md):
 
 - `vision_encoder.onnx`: pixel_values [1,3,S,S] -> image_embeddings.0/.1/.2, i.e. what
   `Sam3TrackerModel.get_image_embeddings` returns (FPN neck, conv_s0/conv_s1 projections, and
@@ -88,7 +88,7 @@ def reinitialise(model: nn.Module, seed: int) -> None:
     """Re-draws every weight so activations keep their scale through the network.
 
     transformers' own initialiser (N(0, 0.02), zero biases) makes a random SAM3 collapse to mask logits
-    of ~1e-4, which would make every parity test pass trivially (DESIGN §3).
+    of ~1e-4, which would make every parity test pass trivially (docs/model-contract.md, "Random weights").
     """
     generator = torch.Generator().manual_seed(seed)
 
@@ -258,7 +258,8 @@ def _export_encoder(model: nn.Module, inputs: GraphInputs, path: Path) -> None:
 def export_graphs(
     model: nn.Module, out_dir: Path, image_size: int, *, fused_attention: bool = True
 ) -> dict[str, float]:
-    """Traces both graphs with the legacy TorchScript exporter (DESIGN §3) and returns seconds per graph."""
+    """Traces both graphs with the legacy TorchScript exporter (`dynamo=False`, opset 17: the exporter the
+    measured reference export used) and returns seconds per graph."""
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = example_inputs(image_size, seed=0)
     seconds: dict[str, float] = {}

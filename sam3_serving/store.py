@@ -1,6 +1,6 @@
 """The embedding store: one Redis value per (model, image), shared by every encoder and decoder replica.
 
-Redis is a cache here (DESIGN §4): losing it costs re-encodes, never correctness. So
+Redis is a cache here (docs/architecture.md): losing it costs re-encodes, never correctness. So
 - every value is self-checking (`sam3_core.embeddings`); one that fails its checks is deleted and
   reported as a miss-like outcome ("corrupt") so the next encode replaces it;
 - every key has a TTL; the server's `maxmemory` + `allkeys-lru` does the rest;
@@ -57,7 +57,7 @@ class StoreUnavailableError(ServiceError):
     """Redis could not answer (down, timeout, refused credentials...). The message names the URL, never the password.
 
     A ServiceError: wherever it escapes a servicer, the call (or the stream item) ends UNAVAILABLE /
-    STORE_UNAVAILABLE, since an embedding nobody can fetch is of no use (docs/operations.md).
+    STORE_UNAVAILABLE, since an embedding nobody can fetch is of no use (docs/architecture.md).
     """
 
     def __init__(self, message: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -95,3 +96,17 @@ if __name__ == "__main__":
     for (importer, target), modules in sorted(graph().items()):
         print(f"{importer:16s} -> {target:16s} {sum(modules.values()):3d}  ({', '.join(sorted(modules))})")
     sys.exit(0)
+
+
+def test_nothing_cites_a_design_document_the_repository_does_not_have() -> None:
+    """What matters of the founding design lives in docs/; a reference to a file users lack helps nobody."""
+    cited = re.compile("DESIGN" + r"(\.md| ?§)")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    offenders = [
+        name
+        for name in tracked.splitlines()
+        if name.endswith((".py", ".md", ".proto", ".yaml", ".toml", "Makefile", "Dockerfile"))
+        and (ROOT / name).is_file()
+        and cited.search((ROOT / name).read_text(errors="replace"))
+    ]
+    assert not offenders, f"cite docs/ instead: {offenders}"

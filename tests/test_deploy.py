@@ -392,7 +392,7 @@ def test_headless_services_expose_the_pods_own_ports(overlay: str) -> None:
         ]
         assert len(services) == 1, f"{overlay}: {container.name}: expected one Service, found {len(services)}"
         spec = services[0]["spec"]
-        # Client-side round_robin needs every pod address in DNS (DESIGN §6).
+        # Client-side round_robin needs every pod address in DNS (docs/architecture.md, "Balancing").
         assert spec.get("clusterIP") == "None", f"{overlay}: Service/{services[0]['metadata']['name']} not headless"
         assert not spec.get("publishNotReadyAddresses"), "not-ready pods (Redis down, shutting down) must leave DNS"
         for port in spec["ports"]:

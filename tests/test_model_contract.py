@@ -1,4 +1,4 @@
-"""Answers, by test, the open questions of the model contract (DESIGN §2; docs/model-contract.md)."""
+"""Answers, by test, the open questions of the model contract (docs/model-contract.md)."""
 
 from __future__ import annotations
 

@@ -61,9 +61,10 @@ class DecoderServiceServicer:
     """
 
     def Segment(self, request, context):
-        """Segments one or more objects on one image. Errors: NOT_FOUND (EMBEDDING_NOT_FOUND: call
-        EncoderService.Encode and retry), INVALID_ARGUMENT (INVALID_PROMPT, with the field named),
-        RESOURCE_EXHAUSTED (OVERLOADED), UNAVAILABLE (STORE_UNAVAILABLE).
+        """Segments one or more objects on one image. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with the
+        field named; checked before the embeddings are fetched, except coordinates, which need the
+        image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call EncoderService.Encode and retry),
+        UNAVAILABLE (STORE_UNAVAILABLE). The decoder has no OVERLOADED: calls wait for a handler thread.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,9 +38,10 @@ class DecoderServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DecoderServiceAsyncStub: ...
     Segment: _grpc.UnaryUnaryMultiCallable[_decoder_pb2.SegmentRequest, _decoder_pb2.SegmentResponse]
-    """Segments one or more objects on one image. Errors: NOT_FOUND (EMBEDDING_NOT_FOUND: call
-    EncoderService.Encode and retry), INVALID_ARGUMENT (INVALID_PROMPT, with the field named),
-    RESOURCE_EXHAUSTED (OVERLOADED), UNAVAILABLE (STORE_UNAVAILABLE).
+    """Segments one or more objects on one image. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with the
+    field named; checked before the embeddings are fetched, except coordinates, which need the
+    image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call EncoderService.Encode and retry),
+    UNAVAILABLE (STORE_UNAVAILABLE). The decoder has no OVERLOADED: calls wait for a handler thread.
     """
     SegmentStream: _grpc.StreamStreamMultiCallable[_decoder_pb2.SegmentRequest, _decoder_pb2.SegmentResponse]
     """An interactive session: the client streams prompts as the user clicks, the server answers in
@@ -60,9 +61,10 @@ class DecoderServiceAsyncStub(DecoderServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Segment: _aio.UnaryUnaryMultiCallable[_decoder_pb2.SegmentRequest, _decoder_pb2.SegmentResponse]  # type: ignore[assignment]
-    """Segments one or more objects on one image. Errors: NOT_FOUND (EMBEDDING_NOT_FOUND: call
-    EncoderService.Encode and retry), INVALID_ARGUMENT (INVALID_PROMPT, with the field named),
-    RESOURCE_EXHAUSTED (OVERLOADED), UNAVAILABLE (STORE_UNAVAILABLE).
+    """Segments one or more objects on one image. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with the
+    field named; checked before the embeddings are fetched, except coordinates, which need the
+    image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call EncoderService.Encode and retry),
+    UNAVAILABLE (STORE_UNAVAILABLE). The decoder has no OVERLOADED: calls wait for a handler thread.
     """
     SegmentStream: _aio.StreamStreamMultiCallable[_decoder_pb2.SegmentRequest, _decoder_pb2.SegmentResponse]  # type: ignore[assignment]
     """An interactive session: the client streams prompts as the user clicks, the server answers in
@@ -85,9 +87,10 @@ class DecoderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _decoder_pb2.SegmentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_decoder_pb2.SegmentResponse, _abc.Awaitable[_decoder_pb2.SegmentResponse]]:
-        """Segments one or more objects on one image. Errors: NOT_FOUND (EMBEDDING_NOT_FOUND: call
-        EncoderService.Encode and retry), INVALID_ARGUMENT (INVALID_PROMPT, with the field named),
-        RESOURCE_EXHAUSTED (OVERLOADED), UNAVAILABLE (STORE_UNAVAILABLE).
+        """Segments one or more objects on one image. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with the
+        field named; checked before the embeddings are fetched, except coordinates, which need the
+        image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call EncoderService.Encode and retry),
+        UNAVAILABLE (STORE_UNAVAILABLE). The decoder has no OVERLOADED: calls wait for a handler thread.
         """
 
     @_abc_1.abstractmethod
