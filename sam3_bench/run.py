@@ -22,7 +22,7 @@ import numpy as np
 
 from sam3_bench.images import synthetic_rgb
 from sam3_bench.measure import Stats, run_child, time_calls
-from sam3_serving.redis_server import free_port
+from sam3_serving.worker_process import WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FULL_MODEL = REPO / "models" / "full"
@@ -372,35 +372,12 @@ class Bench:
         timed = {v: r["model"]["p50"] for v, r in encoders.items() if "model" in r}
         return min(timed, key=timed.__getitem__) if timed else "fp32"
 
-    def _spawn(self, command: str, variant: str, redis_url: str, *extra: str) -> Worker:
-        port = free_port()
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sam3_cli",
-                command,
-                "--model-dir",
-                str(self.model_dir),
-                "--variant",
-                variant,
-                "--redis-url",
-                redis_url,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "WARNING",
-                *extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        worker = Worker(process, f"127.0.0.1:{port}")
-        worker.wait_until_serving()
-        return worker
+    def _spawn(self, command: str, variant: str, redis_url: str, *extra: str) -> WorkerProcess:
+        flags = ["--model-dir", str(self.model_dir), "--variant", variant, "--redis-url", redis_url]
+        try:
+            return WorkerProcess(command, *flags, "--log-level", "WARNING", *extra, start_timeout=300)
+        except RuntimeError as error:
+            raise SystemExit(str(error)) from error
 
     def _sweep(self, target: str, image_id: str, error_type: type) -> dict[str, Any]:
         """N clients, each with its own channel, clicking as fast as they can for a fixed time."""
@@ -447,29 +424,6 @@ def _concurrency_level(target: str, image_id: str, clients: int, seconds: float,
     if latencies:
         level |= Stats.of(latencies).as_dict()
     return level
-
-
-class Worker:
-    """A worker subprocess the benchmark talks to."""
-
-    def __init__(self, process: subprocess.Popen, target: str) -> None:
-        self.process = process
-        self.target = target
-
-    def wait_until_serving(self, timeout: float = 300.0) -> None:
-        from sam3_serving.health_check import wait_until_serving
-
-        try:
-            wait_until_serving(self.target, timeout=timeout, alive=lambda: self.process.poll() is None)
-        except (RuntimeError, TimeoutError) as error:
-            raise SystemExit(f"{error}: {self.process.stderr.read() if self.process.stderr else ''}") from error
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,10 +12,9 @@ from typing import Any
 import references
 from sam3_cli.workers import DECODER, ENCODER, start_worker
 from sam3_core.model import Sam3Model
-from sam3_serving.health_check import wait_until_serving as wait_for_health
-from sam3_serving.redis_server import free_port
 from sam3_serving.server import ServerConfig, Worker
 from sam3_serving.store import EmbeddingStore, StoreConfig
+from sam3_serving.worker_process import WorkerProcess
 
 
 @cache
@@ -56,49 +52,13 @@ def running(
 @contextmanager
 def serve_subprocess(*extra: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
     """`sam3 serve` as a real process (SIGTERM tests, CLI tests), on the tiny model."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sam3_cli",
-            "serve",
-            "--model-dir",
-            str(references.MODEL_DIR),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-format",
-            "text",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
+    worker = WorkerProcess(
+        "serve", "--model-dir", str(references.MODEL_DIR), "--log-format", "text", *extra, env=env, start_timeout=60
     )
-    target = f"127.0.0.1:{port}"
     try:
-        wait_until_serving(target, process)
-        yield process, target
+        yield worker.process, worker.target
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def wait_until_serving(target: str, process: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
-    """The SDK's wait, with the process's output in the error when it died during start-up."""
-    try:
-        wait_for_health(target, timeout=timeout, alive=lambda: process is None or process.poll() is None)
-    except RuntimeError as error:
-        output = process.stdout.read() if process is not None and process.stdout else ""
-        raise RuntimeError(f"{error}: exit code {process.returncode if process else '?'}\n{output}") from error
+        worker.stop(timeout=20)
 
 
 def image_bytes(name: str) -> bytes:

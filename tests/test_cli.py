@@ -30,7 +30,8 @@ from sam3_core.images import load_image
 from sam3_core.model import Preprocessing, compute_model_id, graph_path
 from sam3_core.predictor import Predictor
 from sam3_core.sources import graph_size
-from service_stack import free_port, running, serve_subprocess, shared_model
+from sam3_serving.redis_server import free_port
+from service_stack import running, serve_subprocess, shared_model
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = references.IMAGES_DIR / "landscape.jpg"  # 640 x 480

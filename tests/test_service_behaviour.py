@@ -236,7 +236,7 @@ def test_model_info_health_and_reflection(redis_url: str) -> None:
 def test_sigterm_lets_an_in_flight_encode_finish() -> None:
     import urllib.request
 
-    from service_stack import free_port
+    from sam3_serving.redis_server import free_port
 
     metrics_port = free_port()
     data = new_image(9, (3000, 2000))
