@@ -110,3 +110,22 @@ def test_nothing_cites_a_design_document_the_repository_does_not_have() -> None:
         and cited.search((ROOT / name).read_text(errors="replace"))
     ]
     assert not offenders, f"cite docs/ instead: {offenders}"
+
+
+@pytest.mark.parametrize("pyproject", ["pyproject.toml", "client/pyproject.toml"])
+def test_licenses_are_spdx_strings(pyproject: str) -> None:
+    """A `license = { text = ... }` table makes setuptools print a deprecation banner on every install."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / pyproject).read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+
+
+def test_the_sdk_exports_only_what_a_user_can_construct_or_catch() -> None:
+    import inspect
+
+    import sam3_client
+
+    for name in sam3_client.__all__:
+        exported = getattr(sam3_client, name)
+        assert inspect.isclass(exported) or inspect.isfunction(exported), f"{name} is neither a class nor a function"

@@ -730,3 +730,9 @@ def test_a_tls_mistake_prints_no_grpc_logs(server):
 def test_make_serve_listens_on_loopback_only():
     dry_run = subprocess.run(["make", "-n", "serve"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert "--host 127.0.0.1" in dry_run
+
+
+def test_models_export_help_says_the_default_is_the_full_size(capsys):
+    assert main(["models", "export", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    assert "full (the default: the real architecture, minutes and ~12 GB of RAM)" in text

@@ -32,6 +32,7 @@ from sam3_client import (
     Client,
     Deadlines,
     EncodeResult,
+    ModelInfo,
     ObjectPrompt,
     Sam3Error,
     SegmentResult,
@@ -282,7 +283,12 @@ def test_segment_re_encodes_after_the_store_lost_the_image(
 def test_many_calls_at_once(stack: Stack, known: EncodeResult, kind: str) -> None:
     async def scenario(sdk: Sdk) -> list[SegmentResult]:
         info = await sdk.model_info()
-        assert info.model_id == known.model_id
+        assert isinstance(info, ModelInfo) and info.model_id == known.model_id and info.mask_size == 288
+        assert [shape for shape, _ in info.embeddings.values()] == [
+            (1, 32, 288, 288),
+            (1, 64, 144, 144),
+            (1, 256, 72, 72),
+        ]
         return list(await asyncio.gather(*(sdk.segment(known.image_id, points=[[10 * n, 10]]) for n in range(1, 9))))
 
     results = drive(kind, scenario, stack.target)
