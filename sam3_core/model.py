@@ -11,11 +11,14 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from sam3_core import no_memory
 
 EMBEDDING_INPUTS = ("image_embeddings.0", "image_embeddings.1", "image_embeddings.2")
 DECODER_OUTPUTS = ("iou_scores", "pred_masks", "object_score_logits")
@@ -173,6 +176,12 @@ class Sam3Model:
         default for folders without a manifest is False too (see docs/model-contract.md).
         """
         return bool(self.manifest.get("decoder_appends_pad_point", False))
+
+    @cached_property
+    def no_memory_embedding(self) -> no_memory.NoMemoryEmbedding:
+        """Whether `image_embeddings.2` includes SAM3's no-memory embedding (else masks differ from
+        SAM3's own): from the manifest, else the graph's named constant, else UNKNOWN (never a guess)."""
+        return no_memory.detect(self.manifest, self.encoder_path)
 
     @property
     def encoder(self) -> ort.InferenceSession:

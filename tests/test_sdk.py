@@ -262,6 +262,7 @@ def test_many_calls_at_once(stack: Stack, known: EncodeResult, kind: str) -> Non
     async def scenario(sdk: Sdk) -> list[SegmentResult]:
         info = await sdk.model_info()
         assert info.model_id == known.model_id
+        assert info.no_memory_embedding == common_pb2.NO_MEMORY_EMBEDDING_ADDED
         return list(await asyncio.gather(*(sdk.segment(known.image_id, points=[[10 * n, 10]]) for n in range(1, 9))))
 
     results = drive(kind, scenario, stack.target)
