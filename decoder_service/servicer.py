@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -31,8 +32,9 @@ from sam3_serving.store import EmbeddingStore, StoreUnavailableError
 
 WORKER = "decoder"
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
+# POINT_LABEL_UNSPECIFIED is absent on purpose: an unset label (or SAM's 0 = background sent as a
+# number) must never be read as a foreground click.
 _LABELS = {
-    decoder_pb2.POINT_LABEL_UNSPECIFIED: FOREGROUND,
     decoder_pb2.POINT_LABEL_FOREGROUND: FOREGROUND,
     decoder_pb2.POINT_LABEL_BACKGROUND: BACKGROUND,
 }
@@ -45,25 +47,33 @@ class DecoderSettings:
 
 
 def to_prompts(request: decoder_pb2.SegmentRequest) -> list[Prompt]:
-    """Wire prompts -> core prompts (unknown label values are reported with their field name)."""
+    """Wire prompts -> core prompts (unset or unknown labels are reported with their field name)."""
     prompts = []
     for i, obj in enumerate(request.objects):
         labels = []
         for j, point in enumerate(obj.points):
             if point.label not in _LABELS:
-                raise PromptError(f"objects[{i}].points[{j}].label", f"unknown label value {point.label}")
+                raise PromptError(f"objects[{i}].points[{j}].label", _enum_problem(decoder_pb2.PointLabel, point.label))
             labels.append(_LABELS[point.label])
         box = (obj.box.x1, obj.box.y1, obj.box.x2, obj.box.y2) if obj.HasField("box") else None
         prompts.append(Prompt(tuple((p.x, p.y) for p in obj.points), tuple(labels), box))
     return prompts
 
 
+def _enum_problem(enum: Any, value: int) -> str:
+    """Why an enum value is refused: never set (the zero value), or unknown to this server."""
+    choices = ", ".join(name for name, number in enum.items() if number != 0)
+    if value == 0:
+        return f"not set (an enum name your library did not know also arrives as 0); send one of {choices}"
+    return f"unknown value {value}; send one of {choices}"
+
+
 def check_enums(request: decoder_pb2.SegmentRequest) -> None:
-    """Values from a newer (or broken) client are refused by name rather than silently read as defaults."""
+    """The zero value (not set) and values from a newer or broken client are refused, never read as defaults."""
     for field, enum in (("selection", decoder_pb2.MaskSelection), ("mask_format", decoder_pb2.MaskFormat)):
         value = getattr(request, field)
-        if value not in enum.values():
-            raise PromptError(field, f"unknown value {value}; expected one of {', '.join(enum.keys())}")
+        if value == 0 or value not in enum.values():
+            raise PromptError(field, _enum_problem(enum, value))
 
 
 def selected_indices(request: decoder_pb2.SegmentRequest, prediction: ObjectPrediction) -> list[int]:
@@ -79,10 +89,17 @@ def selected_indices(request: decoder_pb2.SegmentRequest, prediction: ObjectPred
 def mask_message(prediction: ObjectPrediction, index: int, fmt: int, timer: StageTimer) -> decoder_pb2.Mask:
     """One mask on the wire. RLE comes straight from the logits (no H x W mask for smooth masks); with
     MASK_FORMAT_NONE nothing at full size is computed at all."""
-    message = decoder_pb2.Mask(index=index, iou_score=float(prediction.iou_scores[index]), format=fmt)
+    height, width = prediction.original_size
+    message = decoder_pb2.Mask(
+        index=index,
+        iou_score=float(prediction.iou_scores[index]),
+        format=fmt,
+        width=width,
+        height=height,
+        bbox=decoder_pb2.BoundingBox(),  # present even when empty, as the contract promises
+    )
     if fmt == decoder_pb2.MASK_FORMAT_NONE:
         return message
-    height, width = prediction.original_size
     started = time.perf_counter()
     if fmt == decoder_pb2.MASK_FORMAT_RLE:
         rle = prediction.mask_rle(index)
@@ -97,7 +114,7 @@ def mask_message(prediction: ObjectPrediction, index: int, fmt: int, timer: Stag
         started = time.perf_counter()
         packed = fmt == decoder_pb2.MASK_FORMAT_PACKED_BITS
         message.data = mask_codecs.to_packed_bits(mask) if packed else mask_codecs.to_png(mask)
-    message.width, message.height, message.area = width, height, area
+    message.area = area
     message.bbox.CopyFrom(decoder_pb2.BoundingBox(x=x, y=y, width=w, height=h))
     timer.measure("encode_mask", started)
     return message
@@ -106,7 +123,7 @@ def mask_message(prediction: ObjectPrediction, index: int, fmt: int, timer: Stag
 def object_result(
     request: decoder_pb2.SegmentRequest, prediction: ObjectPrediction, timer: StageTimer
 ) -> decoder_pb2.ObjectResult:
-    fmt = request.mask_format or decoder_pb2.MASK_FORMAT_PNG
+    fmt = request.mask_format
     indices = selected_indices(request, prediction)
     result = decoder_pb2.ObjectResult(
         presence_probability=prediction.presence,
