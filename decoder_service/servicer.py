@@ -7,9 +7,7 @@ that were asked for are upsampled and encoded. Nothing here waits on anything bu
 
 from __future__ import annotations
 
-import queue
 import re
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from decoder_service.budget import ResponseBudget, ResponseLimits, check_request
 from decoder_service.cache import EmbeddingCache
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc
 from sam3_core import masks as mask_codecs
@@ -28,6 +27,7 @@ from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
 from sam3_serving.store import EmbeddingStore, StoreUnavailableError
+from sam3_serving.streams import ReadAhead, StreamLimits
 
 WORKER = "decoder"
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -42,6 +42,8 @@ _LABELS = {
 class DecoderSettings:
     prompt_limits: PromptLimits = PromptLimits()
     cache_bytes: int = 1024 * 1024 * 1024  # local embedding LRU: ~50 images at float32
+    responses: ResponseLimits = ResponseLimits()
+    streams: StreamLimits = StreamLimits()
 
 
 def to_prompts(request: decoder_pb2.SegmentRequest) -> list[Prompt]:
@@ -76,7 +78,9 @@ def selected_indices(request: decoder_pb2.SegmentRequest, prediction: ObjectPred
     return [prediction.best_index]
 
 
-def mask_message(prediction: ObjectPrediction, index: int, fmt: int, timer: StageTimer) -> decoder_pb2.Mask:
+def mask_message(
+    prediction: ObjectPrediction, index: int, fmt: int, timer: StageTimer, budget: ResponseBudget
+) -> decoder_pb2.Mask:
     """One mask on the wire. RLE comes straight from the logits (no H x W mask for smooth masks); with
     MASK_FORMAT_NONE nothing at full size is computed at all."""
     message = decoder_pb2.Mask(index=index, iou_score=float(prediction.iou_scores[index]), format=fmt)
@@ -97,6 +101,7 @@ def mask_message(prediction: ObjectPrediction, index: int, fmt: int, timer: Stag
         started = time.perf_counter()
         packed = fmt == decoder_pb2.MASK_FORMAT_PACKED_BITS
         message.data = mask_codecs.to_packed_bits(mask) if packed else mask_codecs.to_png(mask)
+    budget.spend(message.ByteSize())
     message.width, message.height, message.area = width, height, area
     message.bbox.CopyFrom(decoder_pb2.BoundingBox(x=x, y=y, width=w, height=h))
     timer.measure("encode_mask", started)
@@ -104,7 +109,7 @@ def mask_message(prediction: ObjectPrediction, index: int, fmt: int, timer: Stag
 
 
 def object_result(
-    request: decoder_pb2.SegmentRequest, prediction: ObjectPrediction, timer: StageTimer
+    request: decoder_pb2.SegmentRequest, prediction: ObjectPrediction, timer: StageTimer, budget: ResponseBudget
 ) -> decoder_pb2.ObjectResult:
     fmt = request.mask_format or decoder_pb2.MASK_FORMAT_PNG
     indices = selected_indices(request, prediction)
@@ -114,7 +119,7 @@ def object_result(
         iou_scores=prediction.iou_scores.tolist(),
         best_index=prediction.best_index,
     )
-    result.masks.extend(mask_message(prediction, index, fmt, timer) for index in indices)
+    result.masks.extend(mask_message(prediction, index, fmt, timer, budget) for index in indices)
     if request.return_low_res_logits:
         logits = prediction.low_res_logits[indices]
         result.low_res_logits.CopyFrom(
@@ -157,37 +162,20 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         """Answers in order. A request whose non-empty object_key has a newer request already waiting
         is answered `skipped` without running the model: an interactive client only cares about the
         latest click on an object. Per-request failures become `error` items; the session goes on."""
-        pending: queue.Queue[decoder_pb2.SegmentRequest | None] = queue.Queue()
-        waiting_keys: dict[str, int] = {}
-        lock = threading.Lock()
-
-        def read() -> None:
-            try:
-                for request in request_iterator:
-                    with lock:
-                        waiting_keys[request.object_key] = waiting_keys.get(request.object_key, 0) + 1
-                    pending.put(request)
-            except grpc.RpcError:
-                pass  # the client went away; the loop below ends on the sentinel
-            finally:
-                pending.put(None)
-
-        threading.Thread(target=read, name="segment-stream-reader", daemon=True).start()
-        while (request := pending.get()) is not None:
-            with lock:
-                waiting_keys[request.object_key] -= 1
-                stale = bool(request.object_key) and waiting_keys[request.object_key] > 0
-            if stale:
-                yield decoder_pb2.SegmentResponse(
-                    request_id=request.request_id, image_id=request.image_id, skipped=True
-                )
-                continue
-            try:
-                yield self._segment(request)
-            except ServiceError as error:
-                yield decoder_pb2.SegmentResponse(
-                    request_id=request.request_id, image_id=request.image_id, error=error.to_item_error()
-                )
+        with ReadAhead(request_iterator, self.settings.streams) as requests:
+            for request in requests:
+                key = request.object_key
+                if key and requests.waiting(lambda later: later.object_key == key):  # noqa: B023 (used at once)
+                    yield decoder_pb2.SegmentResponse(
+                        request_id=request.request_id, image_id=request.image_id, skipped=True
+                    )
+                    continue
+                try:
+                    yield self._segment(request)
+                except ServiceError as error:
+                    yield decoder_pb2.SegmentResponse(
+                        request_id=request.request_id, image_id=request.image_id, error=error.to_item_error()
+                    )
 
     def _segment(self, request: decoder_pb2.SegmentRequest) -> decoder_pb2.SegmentResponse:
         timer = StageTimer()
@@ -196,8 +184,11 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         try:
             check_enums(request)
             prompts = to_prompts(request)
+            limits = self.settings.responses
+            check_request(request, embeddings.original_size, self.model.mask_size, limits)
             predictions = decode(self.model, embeddings, prompts, limits=self.settings.prompt_limits, timer=timer)
-            objects = [object_result(request, p, timer) for p in predictions]
+            budget = ResponseBudget(limits)
+            objects = [object_result(request, p, timer, budget) for p in predictions]
         except PromptError as error:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT, str(error), Reason.INVALID_PROMPT, field=error.field

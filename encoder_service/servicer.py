@@ -4,8 +4,10 @@ The flow of one Encode:
 1. sha256 of the bytes is the image id; if the store already holds it for this model -> `cached`.
 2. Take the image's short Redis lock. Whoever holds it encodes; the others wait for the value to
    appear (and answer `cached`), falling back to encoding themselves if the holder fails or is slow.
-3. Encoding needs a free slot: beyond `max_concurrent` encodes, RESOURCE_EXHAUSTED at once rather
-   than an unbounded queue. A cancelled or expired call terminates the model run and writes nothing.
+3. Encoding needs a free slot. A caller that finds them busy waits in a short line (`max_queued`),
+   interactive `Encode` ahead of `EncodeBatch` and `prewarm` requests, for as long
+   as its deadline leaves time to encode; a full line or no time left is RESOURCE_EXHAUSTED /
+   OVERLOADED. A cancelled or expired call terminates the model run and writes nothing.
 
 Redis down means UNAVAILABLE: an embedding nobody can fetch is of no use to a decoder (documented
 choice, DESIGN §4).
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,9 +31,12 @@ from sam3_core.predictor import StageTimer, encode
 from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
+from sam3_serving.slots import BATCH, INTERACTIVE, PrioritySlots, QueueFull
 from sam3_serving.store import EmbeddingStore, StoreUnavailableError
+from sam3_serving.streams import ReadAhead, StreamLimits
 
 WORKER = "encoder"
+_PRIORITY_NAMES = {INTERACTIVE: "interactive", BATCH: "batch"}
 log = logging.getLogger("sam3.encoder")
 
 
@@ -41,8 +45,11 @@ class EncoderSettings:
     """Admission and waiting rules of one encoder worker."""
 
     max_concurrent: int = 1  # model runs at once; ONNX Runtime already uses every core for one
+    max_queued: int = 4  # callers waiting for a slot (each holds a handler thread); beyond: OVERLOADED
+    max_queue_seconds: float = 60.0  # longest wait for a slot, whatever the caller's deadline
     single_flight_timeout: float = 120.0  # how long to wait for another worker's encode of the same image
     image_limits: ImageLimits = ImageLimits()
+    streams: StreamLimits = StreamLimits()
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
@@ -52,27 +59,31 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         self.model = model
         self.store = store
         self.settings = settings
-        self._slots = threading.BoundedSemaphore(settings.max_concurrent)
+        self._slots = PrioritySlots(settings.max_concurrent, settings.max_queued)
+        self._encode_seconds = 0.0  # recent model time (moving average): what a waiter must leave itself
 
     def Encode(self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext) -> encoder_pb2.EncodeResponse:
-        return self._encode(request, context)
+        return self._encode(request, context, BATCH if request.prewarm else INTERACTIVE)
 
     def EncodeBatch(
         self, request_iterator: Iterator[encoder_pb2.EncodeRequest], context: grpc.ServicerContext
     ) -> Iterator[encoder_pb2.EncodeResponse]:
         """One response per request, in order; a bad image gets an item error and the stream goes on."""
-        for request in request_iterator:
-            try:
-                yield self._encode(request, context)
-            except ServiceError as error:
-                yield encoder_pb2.EncodeResponse(request_id=request.request_id, error=error.to_item_error())
+        with ReadAhead(request_iterator, self.settings.streams) as requests:
+            for request in requests:
+                try:
+                    yield self._encode(request, context, BATCH)
+                except ServiceError as error:
+                    yield encoder_pb2.EncodeResponse(request_id=request.request_id, error=error.to_item_error())
 
     def GetModelInfo(
         self, request: common_pb2.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> common_pb2.ModelInfo:
         return model_info(self.model, self.store)
 
-    def _encode(self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext) -> encoder_pb2.EncodeResponse:
+    def _encode(
+        self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext, priority: int
+    ) -> encoder_pb2.EncodeResponse:
         timer = StageTimer()
         started = time.perf_counter()
         if not request.image:
@@ -111,7 +122,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 # Another worker may have stored it and let go of the lock between our peek and our lock.
                 if token is not None and not request.force and (size := self.store.peek_size(image_id)):
                     return respond(size, cached=True)
-                return respond(self._run_model(request, image_id, context, timer), cached=False)
+                return respond(self._run_model(request, image_id, context, timer, priority), cached=False)
             finally:
                 if token is not None:
                     self._release(image_id, token)
@@ -142,16 +153,45 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         metrics.SINGLE_FLIGHT_WAITS.labels("ready" if size is not None else "timeout_or_failed").inc()
         return size
 
+    def _take_slot(self, context: grpc.ServicerContext, priority: int, timer: StageTimer) -> None:
+        """Wait in line for a model slot while the deadline leaves time to encode, or raise OVERLOADED."""
+        started = time.perf_counter()
+        remaining = context.time_remaining()
+        budget = self.settings.max_queue_seconds if remaining is None else remaining - self._encode_seconds
+        budget = min(budget, self.settings.max_queue_seconds)
+        try:
+            taken = self._slots.acquire(priority, max(0.0, budget), cancelled=lambda: not context.is_active())
+            outcome = "started" if taken else "gave_up"
+        except QueueFull:
+            taken, outcome = False, "full"
+        waited = time.perf_counter() - started
+        metrics.ENCODE_QUEUE_SECONDS.labels(priority=_PRIORITY_NAMES[priority], outcome=outcome).observe(waited)
+        timer.measure("queue_wait", started)
+        if taken:
+            return
+        if not context.is_active():
+            raise ServiceError(grpc.StatusCode.CANCELLED, "call ended while waiting for the encoder", Reason.CANCELLED)
+        running = f"{self.settings.max_concurrent} encodes running"
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"encoder busy: {running} and {self.settings.max_queued} waiting (--encode-queue); retry with backoff "
+            "or add encoder replicas"
+            if outcome == "full"
+            else f"encoder busy: {running}; no slot within {waited:.1f} s, leaving this call's deadline too little "
+            "time to encode; retry with backoff or add encoder replicas",
+            Reason.OVERLOADED,
+            limit="encode_queue" if outcome == "full" else "deadline",
+        )
+
     def _run_model(
-        self, request: encoder_pb2.EncodeRequest, image_id: str, context: grpc.ServicerContext, timer: StageTimer
+        self,
+        request: encoder_pb2.EncodeRequest,
+        image_id: str,
+        context: grpc.ServicerContext,
+        timer: StageTimer,
+        priority: int,
     ) -> tuple[int, int]:
-        if not self._slots.acquire(blocking=False):
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"encoder busy: {self.settings.max_concurrent} encodes already running; retry with backoff "
-                "or add encoder replicas",
-                Reason.OVERLOADED,
-            )
+        self._take_slot(context, priority, timer)
         try:
             started = time.perf_counter()
             try:
@@ -167,6 +207,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 raise ServiceError(
                     grpc.StatusCode.CANCELLED, "call ended before the encode started; nothing stored", Reason.CANCELLED
                 )
+            model_started = time.perf_counter()
             try:
                 embeddings = encode(self.model, rgb, timer, run_options)
             except Exception as error:
@@ -176,6 +217,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                     ) from error
                 raise
             metrics.MODEL_RUNS.labels(WORKER).inc()
+            self._encode_seconds = 0.8 * self._encode_seconds + 0.2 * (time.perf_counter() - model_started)
             if not context.is_active():
                 raise ServiceError(
                     grpc.StatusCode.CANCELLED, "call ended during the encode; nothing stored", Reason.CANCELLED

@@ -21,6 +21,8 @@ HTTP endpoint (`start_metrics_server`, or ServerConfig.metrics_port) exports the
 |                                |           |                       | finished); the encoder's HPA scales on it.     |
 | sam3_local_cache_bytes         | gauge     | (none)                | Bytes held by the decoder's in-process         |
 |                                |           |                       | embedding LRU.                                 |
+| sam3_encode_queue_seconds      | histogram | priority, outcome     | Time an encode waited for a model slot         |
+|                                |           |                       | (interactive / batch; started, gave_up, full). |
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 
 __all__ = [
     "CACHE_LOOKUPS",
+    "ENCODE_QUEUE_SECONDS",
     "IN_FLIGHT",
     "LOCAL_CACHE_BYTES",
     "MODEL_RUNS",
@@ -82,6 +85,12 @@ IN_FLIGHT = Gauge(
     "sam3_in_flight_requests",
     "Application rpcs currently running in the worker (the encoder HPA's scaling metric).",
     ["worker"],
+)
+ENCODE_QUEUE_SECONDS = Histogram(
+    "sam3_encode_queue_seconds",
+    "Time an encode waited for a model slot, by priority and outcome: started, gave_up, full.",
+    ["priority", "outcome"],
+    buckets=STAGE_BUCKETS,
 )
 LOCAL_CACHE_BYTES = Gauge("sam3_local_cache_bytes", "Bytes held by the decoder's in-process embedding LRU.")
 
