@@ -69,6 +69,7 @@ def check_request(
             "max_mask_megapixels",
         )
 
+
 class ResponseBudget:
     """Running size of an answer being built; refuses as soon as it passes the limit."""
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, help="timed repeats per latency measurement")
     parser.add_argument("--encoder-runs", type=int, help="encoder runs per variant")
     parser.add_argument("--sweep-seconds", type=float, help="duration of each concurrency level")
+    parser.add_argument(
+        "--soak",
+        type=float,
+        metavar="MINUTES",
+        help="instead of the benchmark: MINUTES of 16 clients mixing encode and segment on one `sam3 serve` "
+        "(tiny model unless --model-dir), reporting codes, p50/p99 and the worker's RSS over time",
+    )
 
 
 def resolve_model(args: argparse.Namespace) -> Path:
@@ -374,34 +381,7 @@ class Bench:
         return min(timed, key=timed.__getitem__) if timed else "fp32"
 
     def _spawn(self, command: str, variant: str, redis_url: str, *extra: str) -> Worker:
-        port = free_port()
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sam3_cli",
-                command,
-                "--model-dir",
-                str(self.model_dir),
-                "--variant",
-                variant,
-                "--redis-url",
-                redis_url,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "WARNING",
-                *extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        worker = Worker(process, f"127.0.0.1:{port}")
-        worker.wait_until_serving()
-        return worker
+        return spawn_worker(command, self.model_dir, variant, redis_url, *extra)
 
     def _sweep(self, target: str, image_id: str, error_type: type) -> dict[str, Any]:
         """N clients, each with its own channel, clicking as fast as they can for a fixed time."""
@@ -473,9 +453,48 @@ class Worker:
             self.process.kill()
 
 
+def spawn_worker(
+    command: str, model_dir: Path, variant: str, redis_url: str, *extra: str, log: IO[str] | None = None
+) -> Worker:
+    """`sam3 COMMAND` on a free loopback port, serving once this returns; its log goes to `log` if given."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sam3_cli",
+            command,
+            "--model-dir",
+            str(model_dir),
+            "--variant",
+            variant,
+            "--redis-url",
+            redis_url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "WARNING",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log or subprocess.PIPE,
+        text=True,
+    )
+    worker = Worker(process, f"127.0.0.1:{port}")
+    worker.wait_until_serving()
+    return worker
+
+
 def run(args: argparse.Namespace) -> int:
     """`sam3 bench`: measure everything, print the table, write report.json / report.md / report.png."""
     from sam3_bench import report
+
+    if args.soak is not None:
+        from sam3_bench.soak import soak
+
+        return soak(args)
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sam3-bench-") as workdir:
