@@ -37,7 +37,7 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
         server,
         "--stream-idle-seconds",
         type=float,
-        default=60.0,
+        default=120.0,
         help="close a stream that sent no request for this long (DEADLINE_EXCEEDED / STREAM_IDLE)",
     )
     option(

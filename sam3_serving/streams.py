@@ -30,7 +30,7 @@ class StreamLimits:
     """How far a worker reads ahead of its answers, and how long a silent stream may stay open."""
 
     read_ahead: int = 8  # requests buffered beyond the one being answered
-    idle_seconds: float = 60.0  # a stream that sends nothing for this long is closed
+    idle_seconds: float = 120.0  # a stream that sends nothing for this long is closed (a user may pause)
 
     def __post_init__(self) -> None:
         if self.read_ahead < 1:

@@ -27,13 +27,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from decoder_service.budget import ResponseLimits
+from decoder_service.budget import ResponseLimits, check_request
 from decoder_service.servicer import DecoderSettings
 from encoder_service.servicer import EncoderSettings
 from sam3_cli.workers import ENCODER
 from sam3_client import AsyncClient, Client, ObjectPrompt, Reason, Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
+from sam3_serving.errors import ServiceError
 from sam3_serving.redis_server import free_port
+from sam3_serving.server import ServerConfig
 from sam3_serving.slots import BATCH, INTERACTIVE, PrioritySlots, QueueFull
 from service_stack import running, serve_subprocess
 
@@ -158,6 +160,32 @@ def test_idle_streams_cannot_starve_health_or_unary_calls(served: Served) -> Non
     still_serving(served)
 
 
+def test_stream_slots_stay_below_the_handler_threads() -> None:
+    assert ServerConfig(max_workers=16).stream_slots == 8
+    assert ServerConfig(max_workers=1).stream_slots == 1
+    with pytest.raises(ValueError, match="max_streams"):
+        ServerConfig(max_workers=16, max_streams=16)
+
+
+def test_reflection_streams_take_stream_slots_too(redis_url: str) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with running(redis_url, uuid.uuid4().hex, server={"max_streams": 1}) as stack:
+        with grpc.insecure_channel(stack.target) as channel:
+            done = threading.Event()
+
+            def ask() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+                yield reflection_pb2.ServerReflectionRequest(list_services="")
+                done.wait(10)
+
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(ask(), timeout=10)
+            assert next(reflection).list_services_response.service  # open, and holding the only slot
+            segment_stream = decoder_pb2_grpc.DecoderServiceStub(channel).SegmentStream(iter(()), timeout=5)
+            code, reason, metadata = code_of(lambda: list(segment_stream))
+            done.set()
+        assert (code, reason, metadata.get("limit")) == ("RESOURCE_EXHAUSTED", Reason.OVERLOADED, "max_streams")
+
+
 # --- 2. a client that never reads cannot make the worker buffer its requests -----------------------------
 
 
@@ -220,6 +248,32 @@ def test_oversized_answers_are_refused_before_any_work(served: Served) -> None:
     # The metrics count what the client saw.
     assert served.counter("Segment", "RESOURCE_EXHAUSTED") - refused_before == len(cases)
     still_serving(served)
+
+
+def test_the_estimate_counts_objects_masks_pixels_and_formats() -> None:
+    limits = ResponseLimits(max_response_bytes=1_000_000, max_mask_pixels=10_000_000)
+    objects = [decoder_pb2.ObjectPrompt()] * 2
+
+    def refused(image: tuple[int, int], **fields: object) -> str | None:
+        try:
+            check_request(decoder_pb2.SegmentRequest(objects=objects, **fields), image, (288, 288), limits)
+        except ServiceError as error:
+            assert error.reason == Reason.RESPONSE_TOO_LARGE
+            return error.metadata["limit"]
+        return None
+
+    bits, png_format, none = (
+        decoder_pb2.MASK_FORMAT_PACKED_BITS,
+        decoder_pb2.MASK_FORMAT_PNG,
+        decoder_pb2.MASK_FORMAT_NONE,
+    )
+    every = decoder_pb2.MASK_SELECTION_ALL
+    assert refused((1000, 1000), mask_format=bits) is None  # 2 masks x 125 kB, 2 MP
+    assert refused((1000, 2000), mask_format=bits, selection=every) == "max_message_bytes"  # 6 x 250 kB
+    assert refused((1000, 1000), mask_format=png_format, selection=every) is None  # 6 MP, size unknown yet
+    assert refused((2000, 1000), mask_format=png_format, selection=every) == "max_mask_megapixels"  # 12 MP
+    assert refused((4000, 4000), mask_format=none) is None  # scores only: nothing at full size
+    assert refused((10, 10), mask_format=none, selection=every, return_low_res_logits=True) == "max_message_bytes"
 
 
 def test_content_sized_masks_stop_at_the_response_budget(redis_url: str) -> None:
