@@ -516,16 +516,17 @@ def _mutate(rng: random.Random, body: bytes) -> bytes:
     return body + b"\x3a\x03\xc3\x28\xff"  # field 7 (a string) with invalid UTF-8
 
 
-def stream_codes(channel: grpc.Channel, method: str, stream: list[bytes]) -> list[str]:
-    """The code of each message sent on a stream: its item error, OK, or the code that ended the stream."""
+def stream_codes(channel: grpc.Channel, method: str, stream: list[bytes]) -> list[tuple[str, Reason | None]]:
+    """The code and reason of each message sent on a stream: its item error, OK, or what ended the stream."""
     response_type = decoder_pb2.SegmentResponse if method == SEGMENT_STREAM else encoder_pb2.EncodeResponse
     call = channel.stream_stream(method, response_deserializer=response_type.FromString)
-    codes: list[str] = []
+    codes: list[tuple[str, Reason | None]] = []
     try:
         for response in call(iter(stream), timeout=30):
-            codes.append(_CODES[response.error.code].name if response.error.code else "OK")
+            error = response.error
+            codes.append((_CODES[error.code].name, Reason.parse(error.info.reason)) if error.code else ("OK", None))
     except grpc.RpcError as error:
-        codes += [error.code().name] * (len(stream) - len(codes))
+        codes += [(error.code().name, Sam3Error.from_rpc(error).reason)] * (len(stream) - len(codes))
     return codes
 
 
@@ -543,21 +544,30 @@ def test_fuzzing_both_services_gives_only_documented_codes(served: Served) -> No
     images = [png(rng.randint(1, 96), rng.randint(1, 96), seed=seed) for seed in range(4)]
     bodies += [(ENCODE, _fuzz_encode(rng, images)) for _ in range(200)]
     rng.shuffle(bodies)
-    codes: Counter[tuple[str, str]] = Counter()
+    reasons: Counter[tuple[str, str, Reason | None]] = Counter()
     with served.channel() as channel:
 
         def send(item: tuple[str, bytes]) -> None:
             method, body = item
-            codes[method, code_of(lambda: channel.unary_unary(method)(body, timeout=30))[0]] += 1
+            code, reason, _ = code_of(lambda: channel.unary_unary(method)(body, timeout=30))
+            reasons[method, code, reason] += 1
 
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(send, bodies))
         streams = [(SEGMENT_STREAM, [_fuzz_segment(rng, image_ids) for _ in range(5)]) for _ in range(10)]
         streams += [(ENCODE_BATCH, [_fuzz_encode(rng, images) for _ in range(5)]) for _ in range(10)]
         for method, stream in streams:
-            codes.update((method, code) for code in stream_codes(channel, method, stream))
+            reasons.update((method, code, reason) for code, reason in stream_codes(channel, method, stream))
+    codes = Counter({(method, code): 0 for method, code, _ in reasons})
+    for (method, code, _), count in reasons.items():
+        codes[method, code] += count
     print("fuzz code histogram:", dict(sorted(codes.items())))
+    print(
+        "with reasons:",
+        {f"{m.rsplit('/', 1)[1]} {c} {r or ''}": n for (m, c, r), n in sorted(reasons.items(), key=str)},
+    )
     assert sum(codes.values()) >= 500
+    assert all(reason is not None for _, code, reason in reasons if code != "OK"), reasons  # always a reason
     for (method, code), _count in codes.items():
         allowed = DOCUMENTED.get(method, DOCUMENTED[SEGMENT] | DOCUMENTED[ENCODE])
         assert code in allowed, (method, code, codes)
