@@ -63,7 +63,8 @@ class DecoderServiceServicer:
     def Segment(self, request, context):
         """Segments one or more objects on one image. Errors: NOT_FOUND (EMBEDDING_NOT_FOUND: call
         EncoderService.Encode and retry), INVALID_ARGUMENT (INVALID_PROMPT, with the field named),
-        RESOURCE_EXHAUSTED (OVERLOADED), UNAVAILABLE (STORE_UNAVAILABLE).
+        RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the answer's size or work is over a limit, decided
+        before any mask is computed), UNAVAILABLE (STORE_UNAVAILABLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -74,7 +75,8 @@ class DecoderServiceServicer:
         request order, exactly one response per request. A request is skipped (answered with
         `skipped = true` and no masks) when a newer request with the same non-empty `object_key`
         arrived before work on it started. A failing request is answered with `error` set and the
-        stream carries on.
+        stream carries on. Streams are limited per worker (RESOURCE_EXHAUSTED / OVERLOADED) and closed
+        after a silence (DEADLINE_EXCEEDED / STREAM_IDLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
