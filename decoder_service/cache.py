@@ -7,6 +7,11 @@ because one image is ~10 MB (float16) or ~21 MB (float32) and the worker's memor
 `get_or_load` coalesces concurrent misses for one image inside this process: when several calls for a
 freshly opened image arrive together, one fetches it from Redis and the others wait for that result
 instead of each pulling the same megabytes.
+
+Entries are dropped when the store announces that their value was rewritten (`discard`, e.g. after
+`Encode(force=true)`), or all at once when announcements may have been missed (`clear`). A load that
+was already under way when such an announcement arrived is returned to its callers but not cached:
+it may hold the bytes from before the rewrite.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class EmbeddingCache:
         self._nbytes = 0
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
+        self._generation = 0  # bumped by every discard/clear: loads that straddle one are not cached
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -85,23 +91,38 @@ class EmbeddingCache:
         An item larger than the whole budget is not cached (and drops any older version of itself):
         evicting everything for an item that still would not fit helps nobody.
         """
-        size = embeddings.nbytes
         with self._lock:
-            old = self._items.pop(image_id, None)
-            if old is not None:
-                self._nbytes -= old.nbytes
-            if size > self.max_bytes:
-                return
-            while self._items and self._nbytes + size > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._nbytes -= evicted.nbytes
-                self.evictions += 1
-            self._items[image_id] = embeddings
-            self._nbytes += size
+            self._put(image_id, embeddings)
+
+    def _put(self, image_id: str, embeddings: ImageEmbeddings) -> None:
+        """Caller holds the lock."""
+        size = embeddings.nbytes
+        self._pop(image_id)
+        if size > self.max_bytes:
+            return
+        while self._items and self._nbytes + size > self.max_bytes:
+            _, evicted = self._items.popitem(last=False)
+            self._nbytes -= evicted.nbytes
+            self.evictions += 1
+        self._items[image_id] = embeddings
+        self._nbytes += size
+
+    def _pop(self, image_id: str) -> None:
+        """Caller holds the lock."""
+        old = self._items.pop(image_id, None)
+        if old is not None:
+            self._nbytes -= old.nbytes
+
+    def discard(self, image_id: str) -> None:
+        """Forget one item (its stored value was rewritten); absent is fine."""
+        with self._lock:
+            self._generation += 1
+            self._pop(image_id)
 
     def clear(self) -> None:
         """Drop every item (counters are kept: they are cumulative)."""
         with self._lock:
+            self._generation += 1
             self._items.clear()
             self._nbytes = 0
 
@@ -122,6 +143,7 @@ class EmbeddingCache:
             leader = flight is None
             if flight is None:
                 flight = self._flights[image_id] = _Flight()
+            generation = self._generation
         if not leader:
             flight.done.wait()
             if flight.error is not None:
@@ -129,8 +151,9 @@ class EmbeddingCache:
             return flight.result, False
         try:
             flight.result = load()
-            if flight.result is not None:
-                self.put(image_id, flight.result)  # before the flight ends: later callers hit the cache
+            with self._lock:  # before the flight ends: later callers hit the cache
+                if flight.result is not None and generation == self._generation:
+                    self._put(image_id, flight.result)
         except BaseException as error:
             flight.error = error
             raise

@@ -27,10 +27,11 @@ from sam3_core.prompts import BACKGROUND, FOREGROUND, Prompt, PromptError, Promp
 from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
+from sam3_serving.server import tenant_of
 from sam3_serving.store import EmbeddingStore, StoreUnavailableError
 
 WORKER = "decoder"
-IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
+IMAGE_ID = re.compile(r"[0-9a-f]{64}")  # always fullmatch: `$` would let a trailing newline through
 _LABELS = {
     decoder_pb2.POINT_LABEL_UNSPECIFIED: FOREGROUND,
     decoder_pb2.POINT_LABEL_FOREGROUND: FOREGROUND,
@@ -149,7 +150,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
     def Segment(
         self, request: decoder_pb2.SegmentRequest, context: grpc.ServicerContext
     ) -> decoder_pb2.SegmentResponse:
-        return self._segment(request)
+        return self._segment(request, self.store.for_tenant(tenant_of(context)))
 
     def SegmentStream(
         self, request_iterator: Iterator[decoder_pb2.SegmentRequest], context: grpc.ServicerContext
@@ -172,6 +173,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             finally:
                 pending.put(None)
 
+        store = self.store.for_tenant(tenant_of(context))
         threading.Thread(target=read, name="segment-stream-reader", daemon=True).start()
         while (request := pending.get()) is not None:
             with lock:
@@ -183,16 +185,16 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                 )
                 continue
             try:
-                yield self._segment(request)
+                yield self._segment(request, store)
             except ServiceError as error:
                 yield decoder_pb2.SegmentResponse(
                     request_id=request.request_id, image_id=request.image_id, error=error.to_item_error()
                 )
 
-    def _segment(self, request: decoder_pb2.SegmentRequest) -> decoder_pb2.SegmentResponse:
+    def _segment(self, request: decoder_pb2.SegmentRequest, store: EmbeddingStore) -> decoder_pb2.SegmentResponse:
         timer = StageTimer()
         started = time.perf_counter()
-        embeddings = self._embeddings(request.image_id, timer)
+        embeddings = self._embeddings(store, request.image_id, timer)
         try:
             check_enums(request)
             prompts = to_prompts(request)
@@ -215,9 +217,12 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             image_id=request.image_id,
         )
 
-    def _embeddings(self, image_id: str, timer: StageTimer) -> ImageEmbeddings:
-        """Local cache, else Redis (converted to float32 once); NOT_FOUND tells the client to Encode."""
-        if not IMAGE_ID.match(image_id):
+    def _embeddings(self, store: EmbeddingStore, image_id: str, timer: StageTimer) -> ImageEmbeddings:
+        """Local cache, else Redis (converted to float32 once); NOT_FOUND tells the client to Encode.
+
+        The local cache is keyed by the value's store key, so tenants never share a local copy either.
+        """
+        if not IMAGE_ID.fullmatch(image_id):
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "image_id: expected the 64 lowercase hex digits of the image's sha256",
@@ -229,12 +234,12 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
 
         def load() -> ImageEmbeddings | None:
             nonlocal outcome
-            lookup = self.store.get(image_id)
+            lookup = store.get(image_id)
             outcome = "redis" if lookup.outcome == "hit" else lookup.outcome
             return lookup.embeddings.astype(np.float32) if lookup.embeddings is not None else None
 
         try:
-            embeddings, _ = self.cache.get_or_load(image_id, load)
+            embeddings, _ = self.cache.get_or_load(store.key(image_id), load)
         except StoreUnavailableError as error:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, f"embedding store unavailable: {error}", Reason.STORE_UNAVAILABLE

@@ -2,8 +2,9 @@
 
 The flow of one Encode:
 1. sha256 of the bytes is the image id; if the store already holds it for this model -> `cached`.
-2. Take the image's short Redis lock. Whoever holds it encodes; the others wait for the value to
-   appear (and answer `cached`), falling back to encoding themselves if the holder fails or is slow.
+2. Take the image's short Redis lock (renewed while the encode runs). Whoever holds it encodes; the
+   others wait for the value to appear (and answer `cached`) at most until their own deadline,
+   falling back to encoding themselves if the holder fails or dies (its lock then expires in seconds).
 3. Encoding needs a free slot: beyond `max_concurrent` encodes, RESOURCE_EXHAUSTED at once rather
    than an unbounded queue. A cancelled or expired call terminates the model run and writes nothing.
 
@@ -30,6 +31,7 @@ from sam3_core.predictor import StageTimer, encode
 from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
+from sam3_serving.server import tenant_of
 from sam3_serving.store import EmbeddingStore, StoreUnavailableError
 
 WORKER = "encoder"
@@ -98,42 +100,41 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 request_id=request.request_id,
             )
 
+        store = self.store.for_tenant(tenant_of(context))
         try:
-            if not request.force and (size := self.store.peek_size(image_id)) is not None:
+            if not request.force and (size := store.peek_size(image_id)) is not None:
                 return respond(size, cached=True)
-            token = self.store.try_lock(image_id)
-            if token is None and not request.force:
-                size = self._wait_for_other_worker(image_id, context, timer)
+            lock = store.lock(image_id)
+            if lock is None and not request.force:
+                size = self._wait_for_other_worker(store, image_id, context, timer)
                 if size is not None:
                     return respond(size, cached=True)
-                token = self.store.try_lock(image_id)
+                lock = store.lock(image_id)
             try:
                 # Another worker may have stored it and let go of the lock between our peek and our lock.
-                if token is not None and not request.force and (size := self.store.peek_size(image_id)):
+                if lock is not None and not request.force and (size := store.peek_size(image_id)):
                     return respond(size, cached=True)
-                return respond(self._run_model(request, image_id, context, timer), cached=False)
+                return respond(self._run_model(request, store, image_id, context, timer), cached=False)
             finally:
-                if token is not None:
-                    self._release(image_id, token)
+                if lock is not None:
+                    lock.release()  # never raises: a lock that cannot be released expires by itself
         except StoreUnavailableError as error:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, f"embedding store unavailable: {error}", Reason.STORE_UNAVAILABLE
             ) from error
 
-    def _release(self, image_id: str, token: str) -> None:
-        """A lock that cannot be released expires by itself: never let that replace the call's outcome."""
-        try:
-            self.store.release(image_id, token)
-        except StoreUnavailableError as error:
-            log.warning("could not release the encode lock of %s (it expires by itself): %s", image_id, error)
-
     def _wait_for_other_worker(
-        self, image_id: str, context: grpc.ServicerContext, timer: StageTimer
+        self, store: EmbeddingStore, image_id: str, context: grpc.ServicerContext, timer: StageTimer
     ) -> tuple[int, int] | None:
+        """Wait for the lock holder's value, no longer than this call's own deadline."""
         started = time.perf_counter()
-        size = self.store.wait_for(
-            image_id, self.settings.single_flight_timeout, cancelled=lambda: not context.is_active()
+        remaining = context.time_remaining()
+        timeout = (
+            self.settings.single_flight_timeout
+            if remaining is None
+            else min(self.settings.single_flight_timeout, remaining)
         )
+        size = store.wait_for(image_id, timeout, cancelled=lambda: not context.is_active())
         timer.measure("single_flight_wait", started)
         if not context.is_active():
             raise ServiceError(
@@ -143,7 +144,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         return size
 
     def _run_model(
-        self, request: encoder_pb2.EncodeRequest, image_id: str, context: grpc.ServicerContext, timer: StageTimer
+        self,
+        request: encoder_pb2.EncodeRequest,
+        store: EmbeddingStore,
+        image_id: str,
+        context: grpc.ServicerContext,
+        timer: StageTimer,
     ) -> tuple[int, int]:
         if not self._slots.acquire(blocking=False):
             raise ServiceError(
@@ -181,7 +187,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                     grpc.StatusCode.CANCELLED, "call ended during the encode; nothing stored", Reason.CANCELLED
                 )
             started = time.perf_counter()
-            self.store.put(image_id, embeddings)
+            store.put(image_id, embeddings)
             timer.measure("store_write", started)
             return embeddings.original_size
         finally:

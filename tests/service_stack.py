@@ -41,9 +41,13 @@ class Stack:
 def running(
     redis_url: str, prefix: str, roles: set[str] = frozenset({ENCODER, DECODER}), **settings: Any
 ) -> Iterator[Stack]:
-    """A worker serving `roles` on a free port, stopped afterwards."""
+    """A worker serving `roles` on a free port, stopped afterwards (`server=` / `store=`: config overrides)."""
     model = shared_model()
-    store = EmbeddingStore(StoreConfig(url=redis_url, key_prefix=prefix, socket_timeout=1.0), model.model_id)
+    store = EmbeddingStore(
+        StoreConfig(url=redis_url, key_prefix=prefix, socket_timeout=1.0, **settings.pop("store", {})),
+        model.model_id,
+        model.embedding_shapes(),
+    )
     config = ServerConfig(host="127.0.0.1", port=0, grace_seconds=5.0, **settings.pop("server", {}))
     worker = start_worker(model, store, set(roles), config, **settings)
     try:

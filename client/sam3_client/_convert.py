@@ -28,7 +28,7 @@ from sam3_client.errors import Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, encoder_pb2
 
 T = TypeVar("T")
-IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
+IMAGE_ID = re.compile(r"[0-9a-f]{64}")  # always fullmatch: `$` would let a trailing newline through
 MASK_FORMATS = {
     "png": decoder_pb2.MASK_FORMAT_PNG,
     "rle": decoder_pb2.MASK_FORMAT_RLE,
@@ -158,7 +158,7 @@ def image_payload(image: Any) -> ImagePayload:
     """
     if isinstance(image, ImagePayload):
         return image
-    if isinstance(image, str) and IMAGE_ID.match(image) and not Path(image).exists():
+    if isinstance(image, str) and IMAGE_ID.fullmatch(image) and not Path(image).exists():
         return ImagePayload(image, None)
     if isinstance(image, str | Path):
         if not Path(image).is_file():
