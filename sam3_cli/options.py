@@ -84,16 +84,24 @@ def add_connection_options(group: argparse._ActionsContainer) -> None:
     option(group, "--token", help="bearer token the workers require (their --auth-token)")
     group.add_argument("--tls", action="store_true", help="connect with TLS (system trust store, or --tls-ca)")
     option(group, "--tls-ca", type=Path, metavar="PEM", help="CA bundle to trust for TLS (implies --tls)")
+    option(group, "--tls-client-cert", type=Path, metavar="PEM", help="client certificate for mTLS (implies --tls)")
+    option(group, "--tls-client-key", type=Path, metavar="PEM", help="private key of --tls-client-cert")
+
+
+def _read_pem(args: argparse.Namespace, name: str) -> bytes | None:
+    """The bytes of the PEM file flag `name`, read with an error that names the flag."""
+    path = getattr(args, name, None)
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"--{name.replace('_', '-')} {path}: {error.strerror or error}") from error
 
 
 def tls_root(args: argparse.Namespace) -> bytes | None:
     """The PEM bytes of --tls-ca, read with an error that names the flag."""
-    if not getattr(args, "tls_ca", None):
-        return None
-    try:
-        return Path(args.tls_ca).read_bytes()
-    except OSError as error:
-        raise ValueError(f"--tls-ca {args.tls_ca}: {error.strerror or error}") from error
+    return _read_pem(args, "tls_ca")
 
 
 def channel_settings(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -101,4 +109,12 @@ def channel_settings(args: argparse.Namespace, **overrides: Any) -> Any:
     from sam3_client import ChannelSettings
 
     root = tls_root(args)
-    return ChannelSettings(tls=bool(args.tls or root), root_certificates=root, token=args.token, **overrides)
+    certificate, key = _read_pem(args, "tls_client_cert"), _read_pem(args, "tls_client_key")
+    return ChannelSettings(
+        tls=bool(args.tls or root or certificate),
+        root_certificates=root,
+        client_certificate=certificate,
+        client_key=key,
+        token=args.token,
+        **overrides,
+    )
