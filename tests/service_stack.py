@@ -58,15 +58,20 @@ def running(
 
 
 @contextmanager
-def serve_subprocess(*extra: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`sam3 serve` as a real process (SIGTERM tests, CLI tests), on the tiny model."""
+def serve_subprocess(
+    *extra: str, env: dict[str, str] | None = None, command: str = "serve"
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`sam3 serve` (or `sam3 encoder` / `sam3 decoder`) as a real process, on the tiny model.
+
+    Its output goes to a pipe nobody drains while it runs: chatty tests pass `--log-level WARNING`.
+    """
     port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "sam3_cli",
-            "serve",
+            command,
             "--model-dir",
             str(references.MODEL_DIR),
             "--host",
@@ -103,6 +108,15 @@ def wait_until_serving(target: str, process: subprocess.Popen | None = None, tim
     except RuntimeError as error:
         output = process.stdout.read() if process is not None and process.stdout else ""
         raise RuntimeError(f"{error}: exit code {process.returncode if process else '?'}\n{output}") from error
+
+
+def reference_mask(data: bytes, points: list[list[float]]) -> Any:
+    """The best mask an in-process Predictor computes for the image and the clicks: what a right answer is."""
+    from sam3_core.predictor import Predictor
+
+    predictor = Predictor(shared_model())
+    predictor.set_image(data)
+    return predictor.predict(points).mask()
 
 
 def image_bytes(name: str) -> bytes:

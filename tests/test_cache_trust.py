@@ -23,7 +23,7 @@ from sam3_client.proto import decoder_pb2, decoder_pb2_grpc
 from sam3_core.embeddings import ImageEmbeddings, serialize
 from sam3_core.predictor import Predictor
 from sam3_serving.store import EmbeddingStore
-from service_stack import running, shared_model
+from service_stack import reference_mask, running, shared_model
 from test_service_behaviour import counter, new_image, prefix
 
 CLICK = [[7, 5]]
@@ -40,10 +40,9 @@ def embeddings_of(name: str) -> ImageEmbeddings:
     return Predictor(shared_model()).set_image(image(name))
 
 
+@cache
 def expected_mask(name: str) -> np.ndarray:
-    predictor = Predictor(shared_model())
-    predictor.set_embeddings(embeddings_of(name))
-    return predictor.predict(CLICK).mask()
+    return reference_mask(image(name), CLICK)
 
 
 def image_id(name: str) -> str:
