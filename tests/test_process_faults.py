@@ -182,3 +182,23 @@ def test_decoder_sigterm_with_calls_in_flight(redis_url: str) -> None:
         assert wrong == 0
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(codes)
         assert grpc.StatusCode.UNAVAILABLE in codes
+
+
+def test_wrong_redis_password_is_named(redis_server, caplog: pytest.LogCaptureFixture) -> None:
+    """Readiness says NOT_SERVING and the log says why; calls get UNAVAILABLE naming the credentials."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.config_set("requirepass", "right-password")
+    admin.close()
+    wrong = redis_server.url.replace("redis://", "redis://:wrong-password@")
+    with caplog.at_level("WARNING"), running(wrong, prefix()) as stack, Client(stack.target) as client:
+        with grpc.insecure_channel(stack.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(service="")).status == 2  # NOT_SERVING
+            assert health.Check(health_pb2.HealthCheckRequest(service="liveness")).status == 1  # SERVING
+        with pytest.raises(Sam3Error) as failure:
+            client.encode(new_image(407))
+        assert failure.value.code == grpc.StatusCode.UNAVAILABLE and "wrong-password" not in failure.value.message
+    lines = [r.getMessage() for r in caplog.records if "not ready" in r.getMessage()]
+    assert lines and "the password or user is wrong" in lines[0] and "wrong-password" not in lines[0]
