@@ -45,6 +45,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from sam3_core.embeddings import (
+    FORMAT_VERSION,
     EmbeddingFormatError,
     ExpectedShape,
     ImageEmbeddings,
@@ -218,8 +219,12 @@ class EmbeddingStore:
         return f"{{{self.model_id}:{image_id}}}"
 
     def key(self, image_id: str) -> str:
-        """The value's key; the hash tag keeps companion keys (the lock) in the same cluster slot."""
-        return f"{self._namespace()}emb:{self._tag(image_id)}"
+        """The value's key; the hash tag keeps companion keys (the lock) in the same cluster slot.
+
+        It names the value format's version, so during a rolling upgrade old and new workers miss
+        each other's values (and re-encode) instead of deleting them as unreadable, back and forth.
+        """
+        return f"{self._namespace()}emb:v{FORMAT_VERSION}:{self._tag(image_id)}"
 
     def lock_key(self, image_id: str) -> str:
         """The encode lock's key, in the same cluster slot as the value."""

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from certs import Authority
 from sam3_client import ChannelSettings, Client, Sam3Error
+from sam3_serving.health_check import check
 from sam3_serving.redis_server import find_server_binary, free_port
 from service_stack import running
 from test_service_behaviour import new_image, prefix
@@ -120,6 +121,16 @@ def test_mtls_requires_a_client_certificate_from_the_ca(redis_url: str, authorit
             with Client(stack.target, settings=settings) as client, pytest.raises(Sam3Error) as failure:
                 client.model_info(timeout=5)
             assert failure.value.code == grpc.StatusCode.UNAVAILABLE
+        # Health too needs the certificate (`sam3 health --tls-client-cert ... --tls-client-key ...`).
+        probe = authority.issue("probe")
+        trust = {"root_certificates": authority.cert.read_bytes()}
+        target = f"localhost:{stack.worker.port}"
+        assert check(target, timeout=5, client_certificate=probe.cert_pem, client_key=probe.key_pem, **trust) == (
+            "SERVING"
+        )
+        with pytest.raises(grpc.RpcError) as refused_probe:
+            check(target, timeout=5, **trust)
+        assert refused_probe.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_mtls_common_name_is_the_tenant(redis_url: str, authority: Authority) -> None:

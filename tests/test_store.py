@@ -121,7 +121,7 @@ def test_ttl_on_every_key(make_store, raw):
 
 def test_key_format_and_cluster_slot(store, raw, redis_namespace):
     prefix = redis_namespace.rstrip(":")
-    assert store.key("abc") == f"{prefix}:emb:{{{MODEL_ID}:abc}}"
+    assert store.key("abc") == f"{prefix}:emb:v2:{{{MODEL_ID}:abc}}"
     assert store.lock_key("abc") == f"{prefix}:lock:{{{MODEL_ID}:abc}}"
     # The hash tag puts the value and its lock in one Redis Cluster slot.
     assert redis.crc.key_slot(store.key("abc").encode()) == redis.crc.key_slot(store.lock_key("abc").encode())
