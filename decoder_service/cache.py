@@ -36,7 +36,9 @@ class _Flight:
 
 
 class EmbeddingCache:
-    """Thread-safe LRU of ImageEmbeddings keyed by image id, holding at most `max_bytes` of tensors.
+    """Thread-safe LRU of ImageEmbeddings holding at most `max_bytes` of tensors.
+
+    Keyed by the value's store key (model, tenant, image): tenants never share a local copy.
 
     Counters (`hits`, `misses`, `evictions`) are cumulative, for metrics. A miss is counted per lookup
     that did not find the item, including callers that then waited on another caller's load.
@@ -59,10 +61,10 @@ class EmbeddingCache:
         with self._lock:
             return len(self._items)
 
-    def __contains__(self, image_id: object) -> bool:
+    def __contains__(self, key: object) -> bool:
         """Membership without touching the LRU order or the counters."""
         with self._lock:
-            return image_id in self._items
+            return key in self._items
 
     @property
     def nbytes(self) -> int:
@@ -70,54 +72,54 @@ class EmbeddingCache:
         with self._lock:
             return self._nbytes
 
-    def _lookup(self, image_id: str) -> ImageEmbeddings | None:
+    def _lookup(self, key: str) -> ImageEmbeddings | None:
         """Caller holds the lock."""
-        embeddings = self._items.get(image_id)
+        embeddings = self._items.get(key)
         if embeddings is None:
             self.misses += 1
             return None
-        self._items.move_to_end(image_id)
+        self._items.move_to_end(key)
         self.hits += 1
         return embeddings
 
-    def get(self, image_id: str) -> ImageEmbeddings | None:
+    def get(self, key: str) -> ImageEmbeddings | None:
         """The cached embeddings (now the most recently used), or None."""
         with self._lock:
-            return self._lookup(image_id)
+            return self._lookup(key)
 
-    def put(self, image_id: str, embeddings: ImageEmbeddings) -> None:
+    def put(self, key: str, embeddings: ImageEmbeddings) -> None:
         """Cache (or replace) an item, evicting least-recently-used ones to stay within the budget.
 
         An item larger than the whole budget is not cached (and drops any older version of itself):
         evicting everything for an item that still would not fit helps nobody.
         """
         with self._lock:
-            self._put(image_id, embeddings)
+            self._put(key, embeddings)
 
-    def _put(self, image_id: str, embeddings: ImageEmbeddings) -> None:
+    def _put(self, key: str, embeddings: ImageEmbeddings) -> None:
         """Caller holds the lock."""
         size = embeddings.nbytes
-        self._pop(image_id)
+        self._pop(key)
         if size > self.max_bytes:
             return
         while self._items and self._nbytes + size > self.max_bytes:
             _, evicted = self._items.popitem(last=False)
             self._nbytes -= evicted.nbytes
             self.evictions += 1
-        self._items[image_id] = embeddings
+        self._items[key] = embeddings
         self._nbytes += size
 
-    def _pop(self, image_id: str) -> None:
+    def _pop(self, key: str) -> None:
         """Caller holds the lock."""
-        old = self._items.pop(image_id, None)
+        old = self._items.pop(key, None)
         if old is not None:
             self._nbytes -= old.nbytes
 
-    def discard(self, image_id: str) -> None:
+    def discard(self, key: str) -> None:
         """Forget one item (its stored value was rewritten); absent is fine."""
         with self._lock:
             self._generation += 1
-            self._pop(image_id)
+            self._pop(key)
 
     def clear(self) -> None:
         """Drop every item (counters are kept: they are cumulative)."""
@@ -126,9 +128,7 @@ class EmbeddingCache:
             self._items.clear()
             self._nbytes = 0
 
-    def get_or_load(
-        self, image_id: str, load: Callable[[], ImageEmbeddings | None]
-    ) -> tuple[ImageEmbeddings | None, bool]:
+    def get_or_load(self, key: str, load: Callable[[], ImageEmbeddings | None]) -> tuple[ImageEmbeddings | None, bool]:
         """(embeddings, came from the cache). On a miss, `load` runs once per image however many callers wait.
 
         The caller that starts the load runs it on its own thread; concurrent callers for the same id
@@ -136,13 +136,13 @@ class EmbeddingCache:
         and a failure are not cached, so the next call tries again.
         """
         with self._lock:
-            cached = self._lookup(image_id)
+            cached = self._lookup(key)
             if cached is not None:
                 return cached, True
-            flight = self._flights.get(image_id)
+            flight = self._flights.get(key)
             leader = flight is None
             if flight is None:
-                flight = self._flights[image_id] = _Flight()
+                flight = self._flights[key] = _Flight()
             generation = self._generation
         if not leader:
             flight.done.wait()
@@ -153,12 +153,12 @@ class EmbeddingCache:
             flight.result = load()
             with self._lock:  # before the flight ends: later callers hit the cache
                 if flight.result is not None and generation == self._generation:
-                    self._put(image_id, flight.result)
+                    self._put(key, flight.result)
         except BaseException as error:
             flight.error = error
             raise
         finally:
             with self._lock:
-                del self._flights[image_id]
+                del self._flights[key]
             flight.done.set()
         return flight.result, False

@@ -202,3 +202,22 @@ def test_get_or_load_oversize_result_is_returned_but_not_cached():
     big = emb(10 * KB)
     assert cache.get_or_load("img", lambda: big) == (big, False)
     assert len(cache) == 0
+
+
+def test_discard_drops_one_item_and_a_load_straddling_it_is_not_cached():
+    cache = EmbeddingCache(100 * KB)
+    cache.put("a", emb(tag=1.0))
+    cache.put("b", emb(tag=2.0))
+    cache.discard("a")
+    cache.discard("never-there")
+    assert "a" not in cache and "b" in cache and cache.nbytes == 10 * KB
+
+    def load_while_rewritten() -> ImageEmbeddings:
+        cache.discard("a")  # the store announces a rewrite while this load is in flight
+        return emb(tag=3.0)
+
+    result, cached = cache.get_or_load("a", load_while_rewritten)
+    assert result is not None and not cached
+    assert "a" not in cache  # possibly the bytes from before the rewrite: used once, not kept
+    result, cached = cache.get_or_load("a", lambda: emb(tag=4.0))
+    assert "a" in cache and not cached

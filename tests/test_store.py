@@ -541,3 +541,29 @@ def test_redact_url():
     assert redact_url("redis://user@h:1/0") == "redis://user@h:1/0"
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
     assert redact_url("unix:///s.sock?db=1&password=pw") == "unix:///s.sock?db=1&password=***"
+
+
+def test_replacements_are_announced_and_a_lost_subscription_means_forget_everything(redis_server: EmbeddedRedis):
+    writer = EmbeddingStore(config(redis_server.url, socket_timeout=0.5), MODEL_ID, SMALL_SHAPES)
+    listener = EmbeddingStore(config(redis_server.url, socket_timeout=0.5), MODEL_ID, SMALL_SHAPES)
+    replaced: list[str] = []
+    reconnects = threading.Semaphore(0)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=listener.listen_for_replacements, args=(replaced.append, reconnects.release, stop), daemon=True
+    )
+    thread.start()
+    assert reconnects.acquire(timeout=5)  # subscribed
+    writer.for_tenant("alice").put("img", make())
+    writer.put("img", make())
+    deadline = time.monotonic() + 5
+    while len(replaced) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert replaced == [writer.for_tenant("alice").key("img"), writer.key("img")]
+    redis_server.restart()  # announcements made while it was away are lost: the listener must say so
+    assert reconnects.acquire(timeout=10)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    writer.close()
+    listener.close()
