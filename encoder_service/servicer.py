@@ -15,7 +15,6 @@ choice, DESIGN §4).
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -35,7 +34,6 @@ from sam3_serving.server import tenant_of
 from sam3_serving.store import EmbeddingStore, StoreUnavailableError
 
 WORKER = "encoder"
-log = logging.getLogger("sam3.encoder")
 
 
 @dataclass(frozen=True)

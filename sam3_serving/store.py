@@ -257,7 +257,8 @@ class EmbeddingStore:
         except _UNAVAILABLE as error:
             if not _wrong_type(error):
                 raise self._unavailable("GET", error) from error
-            blob = b""  # not a string: nothing we wrote
+            self._discard(image_id, error)  # not a string: nothing we wrote
+            return Lookup(None, "corrupt", 0, time.perf_counter() - started)
         if blob is None:
             return Lookup(None, "miss", 0, time.perf_counter() - started)
         try:
