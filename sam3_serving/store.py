@@ -410,20 +410,23 @@ class EmbeddingStore:
     ) -> None:
         """Until `stop` is set, call `replaced(key)` for every value written by any worker.
 
-        `reconnected()` runs whenever the subscription starts again after a disconnection: announcements
-        made meanwhile were lost, so the listener must assume every key changed. Runs on the caller's
-        thread (a daemon thread in the decoder); never raises for Redis trouble, it retries.
+        `reconnected()` runs each time Redis confirms the subscription (at start and after every
+        disconnection): announcements made before that were lost, so the listener must assume every key
+        changed. Runs on the caller's thread (a daemon thread in the decoder); never raises, it retries.
         """
         delay = _BACKOFF_START
         while not stop.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub()
             try:
                 pubsub.subscribe(self.replacements_channel)
-                reconnected()
-                delay = _BACKOFF_START
                 while not stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
-                    if message is not None and message["type"] == "message":
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":  # confirmed: from now on nothing is missed
+                        reconnected()
+                        delay = _BACKOFF_START
+                    elif message["type"] == "message":
                         replaced(message["data"].decode())
             except Exception as error:  # Redis trouble, or the store closed under us: never end silently
                 if stop.is_set():
