@@ -17,7 +17,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from certs import Authority
-from sam3_client import ChannelSettings, Client, Sam3Error
+from sam3_client import ChannelSettings, Client, ObjectPrompt, Sam3Error
 from sam3_serving.health_check import check
 from sam3_serving.redis_server import find_server_binary, free_port
 from service_stack import running
@@ -44,6 +44,8 @@ def assert_tenant_isolation(alice: Client, bob: Client) -> None:
         assert failure.value.code == grpc.StatusCode.NOT_FOUND
         answers.add(failure.value.message.replace(image_id, "<id>"))
     assert len(answers) == 1
+    (streamed,) = bob.segment_stream([(mine.image_id, ObjectPrompt([[5, 5]]))])  # the interactive path too
+    assert streamed.error is not None and streamed.error.code == grpc.StatusCode.NOT_FOUND
     runs = model_runs()
     encoded = bob.encode(data)
     assert not encoded.cached and model_runs() == runs + 1  # Bob's encode is a real one, not a cache hit
