@@ -144,7 +144,8 @@ def test_encoder_sigkilled_while_holding_the_lock(redis_url: str) -> None:
 
 def test_decoder_sigterm_with_calls_in_flight(redis_url: str) -> None:
     """Calls admitted before SIGTERM finish with right masks; later ones get UNAVAILABLE (the SDK's
-    retry then meets a closed port); the process exits 0 within its grace period."""
+    retry then meets a closed port), or CANCELLED for one that reached the server in the last instant,
+    when it closed (it never ran); the process exits 0 within its grace period."""
     namespace = prefix()
     data = new_image(406)
     with running(redis_url, namespace, {ENCODER}) as encoder, Client(encoder.target) as client:
@@ -180,7 +181,7 @@ def test_decoder_sigterm_with_calls_in_flight(redis_url: str) -> None:
         for thread in threads:
             thread.join(30)
         assert wrong == 0
-        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(codes)
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, set(codes)
         assert grpc.StatusCode.UNAVAILABLE in codes
 
 
