@@ -151,6 +151,18 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
     ) -> decoder_pb2.SegmentResponse:
         return self._segment(request)
 
+    def Prefetch(
+        self, request: decoder_pb2.PrefetchRequest, context: grpc.ServicerContext
+    ) -> decoder_pb2.PrefetchResponse:
+        """The first click's Redis fetch, paid ahead of it (the SDK sends this after an Encode)."""
+        timer = StageTimer()
+        started = time.perf_counter()
+        _, from_cache = self._embeddings_and_source(request.image_id, timer)
+        timer.measure("total", started)
+        return decoder_pb2.PrefetchResponse(
+            already_cached=from_cache, timings=common_pb2.Timings(milliseconds=timer.milliseconds)
+        )
+
     def SegmentStream(
         self, request_iterator: Iterator[decoder_pb2.SegmentRequest], context: grpc.ServicerContext
     ) -> Iterator[decoder_pb2.SegmentResponse]:
@@ -216,7 +228,11 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         )
 
     def _embeddings(self, image_id: str, timer: StageTimer) -> ImageEmbeddings:
-        """Local cache, else Redis (converted to float32 once); NOT_FOUND tells the client to Encode."""
+        return self._embeddings_and_source(image_id, timer)[0]
+
+    def _embeddings_and_source(self, image_id: str, timer: StageTimer) -> tuple[ImageEmbeddings, bool]:
+        """(embeddings, came from the local cache): the local cache, else Redis (converted to float32
+        once); NOT_FOUND tells the client to Encode."""
         if not IMAGE_ID.match(image_id):
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -234,7 +250,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             return lookup.embeddings.astype(np.float32) if lookup.embeddings is not None else None
 
         try:
-            embeddings, _ = self.cache.get_or_load(image_id, load)
+            embeddings, from_cache = self.cache.get_or_load(image_id, load)
         except StoreUnavailableError as error:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE, f"embedding store unavailable: {error}", Reason.STORE_UNAVAILABLE
@@ -250,4 +266,4 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                 image_id=image_id,
                 model_id=self.model.model_id,
             )
-        return embeddings
+        return embeddings, from_cache

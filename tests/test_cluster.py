@@ -7,7 +7,6 @@ the value must share a slot, and a master can die and be replaced by its replica
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import redis
-from PIL import Image
 
 from decoder_service.servicer import DecoderSettings
 from sam3_cli.workers import DECODER, ENCODER
@@ -26,6 +24,7 @@ from sam3_serving.redis_cluster import EmbeddedRedisCluster, start_embedded_clus
 from sam3_serving.redis_server import free_port
 from sam3_serving.store import EmbeddingStore, StoreConfig, StoreUnavailableError
 from service_stack import running
+from test_service_behaviour import new_image
 
 MODEL = "cluster-test-model"
 
@@ -51,13 +50,6 @@ def embeddings(seed: int) -> ImageEmbeddings:
 
 def image_ids(count: int) -> list[str]:
     return [uuid.uuid4().hex * 2 for _ in range(count)]
-
-
-def new_image(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def one_image_per_shard(cluster: EmbeddedRedisCluster, store: EmbeddingStore) -> dict[int, bytes]:

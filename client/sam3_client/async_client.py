@@ -32,8 +32,8 @@ class AsyncClient(ClientBase):
 
     async def close(self) -> None:
         """Close the channels; calls in flight are cancelled."""
-        for channel in self._connection.channels:
-            await channel.close()
+        for closing in self._connection.close():
+            await closing
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -43,9 +43,13 @@ class AsyncClient(ClientBase):
     ) -> None:
         await self.close()
 
-    async def encode(self, image: Any, *, force: bool = False, timeout: float | None = None) -> EncodeResult:
+    async def encode(
+        self, image: Any, *, force: bool = False, prefetch: bool = True, timeout: float | None = None
+    ) -> EncodeResult:
         """Store the image's embeddings (see `Client.encode`)."""
-        return await self._run(_convert.encode_flow(image, self.deadlines, force=force, timeout=timeout))
+        return await self._run(
+            _convert.encode_flow(image, self.deadlines, force=force, prefetch=prefetch, timeout=timeout)
+        )
 
     async def segment(
         self,

@@ -33,8 +33,7 @@ class Client(ClientBase):
 
     def close(self) -> None:
         """Close the channels; calls in flight are cancelled."""
-        for channel in self._connection.channels:
-            channel.close()
+        self._connection.close()
 
     def __enter__(self) -> Client:
         return self
@@ -44,12 +43,16 @@ class Client(ClientBase):
     ) -> None:
         self.close()
 
-    def encode(self, image: Any, *, force: bool = False, timeout: float | None = None) -> EncodeResult:
+    def encode(
+        self, image: Any, *, force: bool = False, prefetch: bool = True, timeout: float | None = None
+    ) -> EncodeResult:
         """Store the image's embeddings ahead of prompts (returns at once when already stored, unless `force`).
 
         Not needed before `segment`, which encodes on demand; useful to pre-warm, or to get the id.
+        `prefetch` then also loads the embeddings into the decoder replica that will serve this image's
+        clicks (the one affinity routes it to), so even the first click skips the store fetch.
         """
-        return self._run(_convert.encode_flow(image, self.deadlines, force=force, timeout=timeout))
+        return self._run(_convert.encode_flow(image, self.deadlines, force=force, prefetch=prefetch, timeout=timeout))
 
     def segment(
         self,
