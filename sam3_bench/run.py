@@ -72,6 +72,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, help="timed repeats per latency measurement")
     parser.add_argument("--encoder-runs", type=int, help="encoder runs per variant")
     parser.add_argument("--sweep-seconds", type=float, help="duration of each concurrency level")
+    fleet = parser.add_argument_group("fleet mode")
+    fleet.add_argument(
+        "--fleet",
+        action="store_true",
+        help="instead of the columns: the click cache hit rate of a decoder fleet under round robin, "
+        "affinity and affinity + prefetch (1 encoder and --fleet-decoders decoder processes)",
+    )
+    fleet.add_argument("--fleet-decoders", type=int, default=3, help="decoder replicas (default 3)")
+    fleet.add_argument("--fleet-images", type=int, help="new images per routing (default 8; --quick 3)")
+    fleet.add_argument("--fleet-clicks", type=int, help="clicks per image (default 10; --quick 4)")
 
 
 def resolve_model(args: argparse.Namespace) -> Path:
@@ -346,6 +356,20 @@ class Bench:
                 serve.stop()
                 fetcher.stop()
 
+    def fleet(self) -> None:
+        from sam3_bench.fleet import run_fleet
+
+        variant = self._fastest_variant()
+        self.log(f"fleet: 1 encoder ({variant}) + {self.args.fleet_decoders} decoders")
+        self.results["fleet"] = run_fleet(
+            self._spawn,
+            variant,
+            self.workdir,
+            decoders=self.args.fleet_decoders,
+            images=self.args.fleet_images or (3 if self.quick else 8),
+            clicks=self.args.fleet_clicks or (4 if self.quick else 10),
+        )
+
     def _segment_rpc(self, target: str, image_id: str, objects: list[Any]) -> dict[str, Any]:
         """The Segment RPC itself (best mask as RLE, no client-side decoding), with the server's stages."""
         import grpc
@@ -480,10 +504,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sam3-bench-") as workdir:
         bench = Bench(args, Path(workdir))
-        bench.encoders()
-        bench.transformers()
-        bench.decoder_and_predictor()
-        bench.services()
+        if args.fleet:
+            bench.fleet()
+        else:
+            bench.encoders()
+            bench.transformers()
+            bench.decoder_and_predictor()
+            bench.services()
         results = bench.results
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["ratios"] = report.ratios(results)
