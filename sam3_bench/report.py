@@ -52,6 +52,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         "encoder_service_overhead": _ratio((encode_total - encode_model) if encode_total else None, encode_model, 4),
         "throughput_8_clients_vs_single": _ratio(eight.get("throughput_per_s"), single),
         "p99_over_p50_8_clients": _ratio(eight.get("p99"), eight.get("p50")),
+        "float16_store_worst_mask_agreement": _get(results, "float16_fidelity", "worst_agreement"),
         "fleet_click_hit_rate_affinity": _get(results, "fleet", "affinity", "click_hit_rate"),
         "fleet_click_hit_rate_affinity_prefetch": _get(results, "fleet", "affinity+prefetch", "click_hit_rate"),
     }
@@ -68,6 +69,7 @@ TARGETS = {
     "encoder_service_overhead": ("<=", 0.03),
     "throughput_8_clients_vs_single": (">=", 0.9),
     "p99_over_p50_8_clients": ("<=", 3.0),
+    "float16_store_worst_mask_agreement": (">=", 0.999),
     # With c clicks per image: round robin over R replicas hits 1 - R/c, affinity 1 - 1/c (0.9 at c=10).
     "fleet_click_hit_rate_affinity": (">=", 0.85),
     "fleet_click_hit_rate_affinity_prefetch": (">=", 0.99),
@@ -186,6 +188,17 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {clients} | {row['throughput_per_s']} | {row.get('p50', 0):.1f} | {row.get('p95', 0):.1f} "
                 f"| {row.get('p99', 0):.1f} | {row['errors'] or 0} |"
             )
+    fidelity = results.get("float16_fidelity") or {}
+    if fidelity:
+        lines += [
+            "",
+            "## Float16 store vs float32 (all 3 masks at the original size)",
+            "",
+            "| case | pixels agreeing | max logit change | same best mask |",
+            "|---|---|---|---|",
+        ]
+        for case, row in fidelity["cases"].items():
+            lines.append(f"| {case} | {row['agreement']:.4%} | {row['max_logit_change']} | {row['same_best_mask']} |")
     fleet = results.get("fleet") or {}
     if fleet:
         lines += [

@@ -206,16 +206,12 @@ class Bench:
 
     def _mask_iou(self, reference: Any, candidate: Any) -> float:
         """Mean IoU of the best masks over the bench prompts, candidate embeddings vs fp32's."""
+        from sam3_bench.fidelity import prompt_of
         from sam3_core.embeddings import ImageEmbeddings
         from sam3_core.predictor import Predictor
-        from sam3_core.prompts import Prompt
 
         predictor = Predictor(self.decoder_model)
-        prompts = [
-            Prompt.of(o.get("points"), o.get("labels"), o.get("box"))
-            for objects in prompts_for(1920, 1080).values()
-            for o in objects
-        ]
+        prompts = [prompt_of(o) for objects in prompts_for(1920, 1080).values() for o in objects]
         ious = []
         for embeddings in (reference, candidate):
             predictor.set_embeddings(
@@ -253,9 +249,10 @@ class Bench:
 
     def decoder_and_predictor(self) -> None:
         """Raw decoder session per prompt (the floor) and the predictor's predict + best mask."""
+        from sam3_bench.fidelity import float16_agreement, prompt_of
         from sam3_core.embeddings import ImageEmbeddings, deserialize
         from sam3_core.predictor import Predictor
-        from sam3_core.prompts import Prompt, build_batches
+        from sam3_core.prompts import build_batches
 
         blob = self.workdir / "embeddings_fp32.bin"
         if not blob.exists():
@@ -269,7 +266,7 @@ class Bench:
             predictor = Predictor(model)
             predictor.set_embeddings(embeddings)
             for prompt_name, objects in prompts_for(width, height).items():
-                prompts = [Prompt.of(o.get("points"), o.get("labels"), o.get("box")) for o in objects]
+                prompts = [prompt_of(o) for o in objects]
                 batches = build_batches(prompts, (height, width), model.preprocessing.size)
                 key = f"{prompt_name}@{size_name}"
                 if size_name == "1920x1080":  # the decoder session does not see the image size
@@ -290,6 +287,9 @@ class Bench:
         self.results["predictor"] = predictor_rows
         self.results["mask_rle"] = self._mask_rle_cost(predictor)
         self.log(f"raw decoder 1 click p50 {raw['1 click']['p50']:.1f} ms")
+        sizes = {"1920x1080": SIZES["1920x1080"]} if self.quick else {**SIZES, "1080x1920": (1080, 1920)}
+        self.results["float16_fidelity"] = float16_agreement(model, base, sizes, prompts_for)
+        self.log(f"float16 store: worst mask agreement {self.results['float16_fidelity']['worst_agreement']:.6f}")
 
     def _mask_rle_cost(self, predictor: Any) -> dict[str, Any]:
         """Best mask -> COCO RLE at full size: this model's mask vs a smooth object-like one.
