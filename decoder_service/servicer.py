@@ -1,7 +1,8 @@
 """DecoderService: prompts against stored embeddings, answered in about the decoder's own time.
 
-The prompt path is: embeddings from the local LRU (else one Redis GET, converted to float32 once and
-cached), prompt validation, one decoder run per group of same-shaped objects, then only the masks
+The prompt path is: embeddings from the local LRU (else one Redis GET, converted once to what the
+decoder takes, float32 and on its device, and cached), prompt validation, one decoder run per group
+of same-shaped objects, then only the masks
 that were asked for are upsampled and encoded. Nothing here waits on anything but Redis.
 """
 
@@ -247,7 +248,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             nonlocal outcome
             lookup = self.store.get(image_id)
             outcome = "redis" if lookup.outcome == "hit" else lookup.outcome
-            return lookup.embeddings.astype(np.float32) if lookup.embeddings is not None else None
+            # Converted once per image for the decoder (float32; on its device with I/O binding), then cached.
+            return self.model.decoder_embeddings(lookup.embeddings) if lookup.embeddings is not None else None
 
         try:
             embeddings, from_cache = self.cache.get_or_load(image_id, load)
