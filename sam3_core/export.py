@@ -176,7 +176,7 @@ def example_inputs(image_size: int, seed: int) -> GraphInputs:
     )
 
 
-def _save(onnx_path: Path) -> None:
+def save_graph(onnx_path: Path) -> None:
     """Moves weights of a large graph into `<name>.onnx_data`, the layout onnx-community publishes."""
     import onnx
 
@@ -234,17 +234,28 @@ def fused_attention_symbolic(heads: int, head_size: int) -> Callable[..., Any]:
     return symbolic
 
 
-def _export_encoder(model: nn.Module, inputs: GraphInputs, path: Path) -> None:
-    with torch.no_grad():
-        torch.onnx.export(
-            VisionEncoderGraph(model),
-            (inputs.pixel_values,),
-            str(path),
-            input_names=["pixel_values"],
-            output_names=list(EMBEDDING_NAMES),
-            opset_version=OPSET,
-            dynamo=False,
-        )
+def export_encoder(
+    graph: nn.Module, pixel_values: torch.Tensor, path: Path, output_names: list[str], backbone_config: Any, fused: bool
+) -> None:
+    """Traces an encoder graph, its ViT attention fused for ONNX Runtime unless `fused` is False."""
+    if fused:
+        heads = backbone_config.num_attention_heads
+        symbolic = fused_attention_symbolic(heads, backbone_config.hidden_size // heads)
+        torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", symbolic, OPSET)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                graph,
+                (pixel_values,),
+                str(path),
+                input_names=["pixel_values"],
+                output_names=output_names,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+    finally:
+        if fused:
+            torch.onnx.unregister_custom_op_symbolic("aten::scaled_dot_product_attention", OPSET)
 
 
 def export_graphs(
@@ -257,22 +268,21 @@ def export_graphs(
 
     started = time.perf_counter()
     encoder_path = out_dir / ENCODER_FILE
-    if fused_attention:
-        backbone = model.config.vision_config.backbone_config
-        heads = backbone.num_attention_heads
-        symbolic = fused_attention_symbolic(heads, backbone.hidden_size // heads)
-        torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", symbolic, OPSET)
-    try:
-        _export_encoder(model, inputs, encoder_path)
-    finally:
-        if fused_attention:
-            torch.onnx.unregister_custom_op_symbolic("aten::scaled_dot_product_attention", OPSET)
+    backbone = model.config.vision_config.backbone_config
+    export_encoder(
+        VisionEncoderGraph(model), inputs.pixel_values, encoder_path, list(EMBEDDING_NAMES), backbone, fused_attention
+    )
     with torch.no_grad():
         embeddings = model.get_image_embeddings(inputs.pixel_values)
-    _save(encoder_path)
+    save_graph(encoder_path)
     seconds["vision_encoder"] = time.perf_counter() - started
     log(f"  vision encoder written in {seconds['vision_encoder']:.1f} s")
+    seconds["prompt_encoder_mask_decoder"] = export_decoder(model, out_dir, inputs, embeddings)
+    return seconds
 
+
+def export_decoder(model: nn.Module, out_dir: Path, inputs: GraphInputs, embeddings: tuple[torch.Tensor, ...]) -> float:
+    """Traces the prompt encoder + mask decoder graph on example embeddings; returns seconds taken."""
     started = time.perf_counter()
     decoder_path = out_dir / DECODER_FILE
     with torch.no_grad():
@@ -293,9 +303,9 @@ def export_graphs(
             opset_version=OPSET,
             dynamo=False,
         )
-    _save(decoder_path)
-    seconds["prompt_encoder_mask_decoder"] = time.perf_counter() - started
-    log(f"  prompt encoder + mask decoder written in {seconds['prompt_encoder_mask_decoder']:.1f} s")
+    save_graph(decoder_path)
+    seconds = time.perf_counter() - started
+    log(f"  prompt encoder + mask decoder written in {seconds:.1f} s")
     return seconds
 
 
