@@ -252,7 +252,8 @@ def clip_tokenizer_from_bpe(bpe_gz: Path) -> Any:
     """CLIPTokenizer built from OpenAI's `bpe_simple_vocab_16e6.txt.gz` (as open_clip ships it): 49,408 tokens."""
     from transformers import CLIPTokenizer
 
-    lines = gzip.open(bpe_gz, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(bpe_gz, "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     characters = _bytes_to_unicode()
     tokens = characters + [c + "</w>" for c in characters] + ["".join(m) for m in merges]
@@ -326,7 +327,8 @@ def export_graphs(video: nn.Module, tracker: nn.Module, out_dir: Path, *, fused_
     encoder_path = out_dir / ENCODER_FILE
     backbone = video.config.detector_config.vision_config.backbone_config
     names = [*EMBEDDING_NAMES, *DETECTOR_NAMES]
-    export.export_encoder(UnifiedEncoderGraph(video), inputs.pixel_values, encoder_path, names, backbone, fused_attention)
+    graph = UnifiedEncoderGraph(video)
+    export.export_encoder(graph, inputs.pixel_values, encoder_path, names, backbone, fused_attention)
     export.save_graph(encoder_path)
     seconds["vision_encoder"] = time.perf_counter() - started
     log(f"  {ENCODER_FILE} written in {seconds['vision_encoder']:.1f} s")
@@ -420,8 +422,14 @@ def validate(video: nn.Module, tracker: nn.Module, out_dir: Path) -> dict[str, f
         ),
     }
     for case, (prompt, prompt_mask, box_kwargs) in cases.items():
-        ours = decoder.run(None, {**dict(zip(DETECTOR_NAMES, outputs[3:], strict=True)), "prompt_features": prompt,
-                                  "prompt_mask": prompt_mask})
+        ours = decoder.run(
+            None,
+            {
+                **dict(zip(DETECTOR_NAMES, outputs[3:], strict=True)),
+                "prompt_features": prompt,
+                "prompt_mask": prompt_mask,
+            },
+        )
         with torch.no_grad():
             reference = detector(pixel_values=inputs.pixel_values, input_ids=ids, attention_mask=mask, **box_kwargs)
         for name, value in zip(CONCEPT_OUTPUTS, ours, strict=True):
@@ -473,7 +481,8 @@ def run(
         seconds[f"quantize_{kind}"] = time.perf_counter() - t0
         log(f"  {path.name} written in {seconds[f'quantize_{kind}']:.1f} s")
     write_tokenizer(out_dir, checkpoint)
-    export.write_preprocessor_config(out_dir, int(video.config.detector_config.vision_config.backbone_config.image_size))
+    image_size = int(video.config.detector_config.vision_config.backbone_config.image_size)
+    export.write_preprocessor_config(out_dir, image_size)
     write_manifest(out_dir, video, source, fused_attention)
     summary: dict[str, Any] = {"out_dir": str(out_dir), "seconds": seconds}
     if check:
