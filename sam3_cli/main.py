@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam3_cli import encode, health, models
+from sam3_cli import concepts, encode, health, models
 from sam3_cli.errors import CliError, explain, first_unreachable, targets_of
 from sam3_cli.options import HelpFormatter, add_connection_options, add_model_options, model_source, option
 
 __all__ = ["CliError", "build_parser", "main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-_COORDINATE_FLAGS = ("--point", "--bg-point", "--box")
+_COORDINATE_FLAGS = ("--point", "--bg-point", "--box", "--exemplar", "--neg-exemplar")
 _NUMBER_LIST = re.compile(r"^-?\d")
 MASK_FORMATS = ("png", "rle")
 EXAMPLES = """\
@@ -82,18 +82,23 @@ def _add_segment(commands: argparse._SubParsersAction, parents: list[argparse.Ar
     parser = commands.add_parser(
         "segment",
         parents=parents,
-        help="segment one object in an image (in-process, or through a running service)",
+        help="segment one object (clicks, box) or every instance of a concept (--text, --exemplar)",
         description="Segment one object from clicks and/or a box, in this process (--model-dir / --model) or "
         "through a running service (--server). Coordinates are pixels of the image as displayed (after EXIF "
         "rotation): x in 0..width, y in 0..height; values outside are rejected with the offending flag named. "
         "Prints the IoU score of the three candidate masks and the object presence probability, and writes the "
-        "chosen mask at the image's size: a binary 0/255 PNG, or COCO RLE JSON with --format rle.",
+        "chosen mask at the image's size: a binary 0/255 PNG, or COCO RLE JSON with --format rle. With --text "
+        "and/or --exemplar (in-process, on a folder exported by `sam3 models export`) it finds every instance of "
+        "the concept and writes one label PNG: pixel value k = instance k, 0 = background (overlaps go to the "
+        "higher score); --json lists each instance's score, box, area and phrase, --overlay colours them.",
         formatter_class=HelpFormatter,
         epilog="examples:\n"
         "  sam3 segment -i photo.jpg --point 500,375 --model-dir models/sam3\n"
         "  sam3 segment -i photo.jpg --point 500,375 --bg-point 620,400 --box 400,300,700,500 \\\n"
         "      --server localhost:50051 --overlay preview.jpg --json scores.json\n"
-        "  sam3 segment -i photo.jpg --box 10,20,300,400 --mask-index 2 --format rle -o mask.json",
+        "  sam3 segment -i photo.jpg --box 10,20,300,400 --mask-index 2 --format rle -o mask.json\n"
+        "  sam3 segment -i photo.jpg --text 'yellow school bus' --text car --model-dir models/sam3 \\\n"
+        "      --threshold 0.4 -o instances.png --overlay preview.jpg --json instances.json",
     )
     prompts = parser.add_argument_group("image and prompts")
     prompts.add_argument("--image", "-i", required=True, type=Path, help="image file (JPEG, PNG, WebP, ...)")
@@ -108,6 +113,7 @@ def _add_segment(commands: argparse._SubParsersAction, parents: list[argparse.Ar
         "--bg-point", action="append", default=[], metavar="X,Y", help="background click: 'not this' (repeatable)"
     )
     prompts.add_argument("--box", metavar="X1,Y1,X2,Y2", help="box around the object")
+    concepts.add_concept_arguments(parser)
     outputs = parser.add_argument_group("output")
     choice = outputs.add_mutually_exclusive_group()
     choice.add_argument("--mask-index", type=int, choices=(0, 1, 2), help="write candidate mask N")
@@ -258,6 +264,8 @@ def run_segment(args: argparse.Namespace) -> int:
     from sam3_core.images import load_image
     from sam3_core.prompts import PromptError, validate
 
+    if concepts.requested(args):
+        return concepts.run(args, load_model, parse_numbers)
     prompt, flag_for = _prompt_from_flags(args)
     if args.overlay:
         from sam3_cli.overlay import overlay_format

@@ -101,7 +101,12 @@ EXPORT_DESCRIPTION = (
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (replaced if it exists)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="local transformers checkpoint folder (Sam3TrackerModel)")
+    source.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="local transformers checkpoint folder as Sam3VideoModel.save_pretrained writes it, with its tokenizer "
+        "files (a Sam3TrackerModel folder with --tracker-only)",
+    )
     source.add_argument("--random-init", action="store_true", help="random variance-preserving weights")
     parser.add_argument("--config", choices=("tiny", "full"), default="full", help="size for --random-init")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init")
@@ -114,6 +119,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--validate", action="store_true", help="compare torch and ONNX Runtime on random inputs")
     parser.add_argument(
+        "--tracker-only",
+        action="store_true",
+        help="clicks and boxes only (Sam3TrackerModel: the two graphs of onnx-community/sam3-tracker-ONNX); by "
+        "default the folder serves concept prompts too, from the same encode",
+    )
+    parser.add_argument(
         "--attention",
         choices=("fused", "plain"),
         default="fused",
@@ -125,13 +136,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     try:
-        from sam3_core import export
+        from sam3_core import export, export_concept
     except ImportError as error:
         raise CliError(
             f"sam3 models export needs torch and transformers ({error.name} is missing): "
             "pip install 'sam3-service[export]'"
         ) from error
-    export.run(
+    (export if args.tracker_only else export_concept).run(
         out_dir=args.out,
         checkpoint=args.checkpoint,
         config=args.config,

@@ -414,20 +414,29 @@ def run(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     seconds = export_graphs(model, out_dir, image_size, fused_attention=fused_attention)
-    for kind in quantizations:
-        t0 = time.perf_counter()
-        path = quantize(out_dir, kind)
-        seconds[f"quantize_{kind}"] = time.perf_counter() - t0
-        log(f"  {path.name} written in {seconds[f'quantize_{kind}']:.1f} s")
+    quantize_all(out_dir, quantizations, seconds)
     write_preprocessor_config(out_dir, image_size)
     write_manifest(out_dir, model, source, fused_attention)
+    return conclude(out_dir, seconds, validate(model, out_dir, image_size) if check else None, started)
+
+
+def quantize_all(out_dir: Path, quantizations: list[str], seconds: dict[str, float]) -> None:
+    """Writes each requested `vision_encoder_<kind>.onnx`, recording the seconds it took."""
+    for kind in quantizations:
+        started = time.perf_counter()
+        path = quantize(out_dir, kind)
+        seconds[f"quantize_{kind}"] = time.perf_counter() - started
+        log(f"  {path.name} written in {seconds[f'quantize_{kind}']:.1f} s")
+
+
+def conclude(out_dir: Path, seconds: dict[str, float], errors: dict[str, float] | None, started: float) -> dict:
+    """Logs the validation errors and the files written; returns the export's summary."""
     summary: dict[str, Any] = {"out_dir": str(out_dir), "seconds": seconds}
-    if check:
-        errors = validate(model, out_dir, image_size)
+    if errors is not None:
         summary["validation_max_abs_error"] = errors
         log("validation (max |torch - onnxruntime|):")
         for name, error in errors.items():
-            log(f"  {name:40s} {error:.3g}")
+            log(f"  {name:50s} {error:.3g}")
     for path in sorted(out_dir.iterdir()):
         log(f"  {path.name:45s} {path.stat().st_size / 1e6:10.1f} MB")
     log(f"done in {time.perf_counter() - started:.1f} s (python {sys.version.split()[0]}, torch {torch.__version__})")

@@ -27,7 +27,6 @@ import gzip
 import importlib.util
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from torch import nn
 
 from sam3_core import export
 from sam3_core.export import EMBEDDING_NAMES, OPSET, log, reinitialise
-from sam3_core.quantize import ENCODER_FILE, quantize
+from sam3_core.quantize import ENCODER_FILE
 
 DETECTOR_NAMES = ("detector_features.0", "detector_features.1", "detector_features.2")
 TEXT_FILE = "text_encoder.onnx"
@@ -475,23 +474,9 @@ def run(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     seconds = export_graphs(video, tracker, out_dir, fused_attention=fused_attention)
-    for kind in quantizations:
-        t0 = time.perf_counter()
-        path = quantize(out_dir, kind)
-        seconds[f"quantize_{kind}"] = time.perf_counter() - t0
-        log(f"  {path.name} written in {seconds[f'quantize_{kind}']:.1f} s")
+    export.quantize_all(out_dir, quantizations, seconds)
     write_tokenizer(out_dir, checkpoint)
     image_size = int(video.config.detector_config.vision_config.backbone_config.image_size)
     export.write_preprocessor_config(out_dir, image_size)
     write_manifest(out_dir, video, source, fused_attention)
-    summary: dict[str, Any] = {"out_dir": str(out_dir), "seconds": seconds}
-    if check:
-        errors = validate(video, tracker, out_dir)
-        summary["validation_max_abs_error"] = errors
-        log("validation (max |torch - onnxruntime|):")
-        for name, error in errors.items():
-            log(f"  {name:50s} {error:.3g}")
-    for path in sorted(out_dir.iterdir()):
-        log(f"  {path.name:45s} {path.stat().st_size / 1e6:10.1f} MB")
-    log(f"done in {time.perf_counter() - started:.1f} s (python {sys.version.split()[0]}, torch {torch.__version__})")
-    return summary
+    return export.conclude(out_dir, seconds, validate(video, tracker, out_dir) if check else None, started)

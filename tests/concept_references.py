@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-import references
+import references as click_references
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODEL_DIR = FIXTURES / "model-tiny-concept"
@@ -63,10 +63,8 @@ def _arrays(image: str) -> dict[str, np.ndarray]:
 def load(image: str, case: str) -> list[ConceptReference]:
     entry = index()[image]
     arrays = _arrays(image)
-    references = []
+    references: list[ConceptReference] = []
     for k, query in enumerate(entry["cases"][case]):
-        shape = tuple(arrays[f"{case}/{k}/masks_shape"])
-        masks = np.unpackbits(arrays[f"{case}/{k}/masks_packed"], axis=-1, count=shape[-1]).astype(bool)
         references.append(
             ConceptReference(
                 image=image,
@@ -77,7 +75,7 @@ def load(image: str, case: str) -> list[ConceptReference]:
                 scores=arrays[f"{case}/{k}/scores"],
                 boxes=arrays[f"{case}/{k}/boxes"],
                 presence=float(arrays[f"{case}/{k}/presence"][0]),
-                masks=masks.reshape(shape),
+                masks=click_references.unpack_masks(arrays, f"{case}/{k}"),
             )
         )
     return references
@@ -92,20 +90,7 @@ def click_cases() -> list[tuple[str, str]]:
     return [(image, case) for image, entry in index().items() for case in entry["clicks"]]
 
 
-def clicks(image: str, case: str) -> references.Reference:
+def clicks(image: str, case: str) -> click_references.Reference:
     """transformers' clicks on the unified model's weights, its embeddings from the video tracker's path."""
     entry = index()[image]
-    arrays = _arrays(image)
-    shape = tuple(arrays[f"clicks/{case}/masks_shape"])
-    masks = np.unpackbits(arrays[f"clicks/{case}/masks_packed"], axis=-1, count=shape[-1]).astype(bool)
-    return references.Reference(
-        image=image,
-        case=case,
-        width=entry["width"],
-        height=entry["height"],
-        objects=entry["clicks"][case],
-        iou_scores=arrays[f"clicks/{case}/iou_scores"],
-        object_score_logits=arrays[f"clicks/{case}/object_score_logits"],
-        low_res_logits=arrays[f"clicks/{case}/low_res_logits"].astype(np.float32),
-        masks=masks.reshape(shape),
-    )
+    return click_references.from_arrays(image, case, entry, _arrays(image), f"clicks/{case}", entry["clicks"][case])
