@@ -54,7 +54,8 @@ def transformers(
     encoder_runs: int,
     prompt_runs: int,
 ) -> dict:
-    """What transformers users have: Sam3TrackerProcessor + Sam3TrackerModel (eager) + post_process_masks."""
+    """What transformers users have: Sam3TrackerProcessor + Sam3TrackerModel (eager) + post_process_masks,
+    on the embeddings SAM3 computes (`export.image_embeddings`: the same cost as `get_image_embeddings`)."""
     import torch
     from PIL import Image
     from transformers import Sam3ImageProcessor, Sam3TrackerProcessor
@@ -76,7 +77,7 @@ def transformers(
         for _ in range(encoder_runs if position == 0 else 1):  # the encoder's cost hardly depends on size
             started = time.perf_counter()
             inputs = processor(images=image, return_tensors="pt")
-            embeddings = model.get_image_embeddings(inputs["pixel_values"])
+            embeddings = export.image_embeddings(model, inputs["pixel_values"])
             encoder_ms.append((time.perf_counter() - started) * 1000)
         result[f"encoder_{size_name}"] = Stats.of(encoder_ms).as_dict()
         for prompt_name, objects in prompts[size_name].items():

@@ -3,9 +3,10 @@
 Needs the `export` extra (torch + transformers): nothing else in the project imports this module.
 The two graphs reproduce onnx-community/sam3-tracker-ONNX's contract (docs/model-contract.md):
 
-- `vision_encoder.onnx`: pixel_values [1,3,S,S] -> image_embeddings.0/.1/.2, i.e. what
-  `Sam3TrackerModel.get_image_embeddings` returns (FPN neck, conv_s0/conv_s1 projections, and
-  `no_memory_embedding` added to the lowest-resolution level).
+- `vision_encoder.onnx`: pixel_values [1,3,S,S] -> image_embeddings.0/.1/.2: the FPN neck, the
+  conv_s0/conv_s1 projections, and `no_memory_embedding` added to the 72x72 level as SAM3 itself does
+  (`tracker_embeddings`; transformers' `Sam3TrackerModel.get_image_embeddings` drops it, see
+  docs/model-contract.md).
 - `prompt_encoder_mask_decoder.onnx`: input_points [B,P,N,2], input_labels [B,P,N], input_boxes [B,Pb,4]
   (Pb is P or 0) + the three embeddings -> iou_scores [B,P,3], pred_masks [B,P,3,h,w],
   object_score_logits [B,P,1]. The graph never adds the "not a point" pad that transformers appends to
@@ -20,7 +21,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sam3_core import no_memory
 from sam3_core.graphs import (
     DECODER_OUTPUTS,
     DECODER_PROMPT_INPUTS,
@@ -76,12 +78,110 @@ def build_model(*, checkpoint: Path | None, config: str, seed: int) -> nn.Module
     from transformers import Sam3TrackerConfig, Sam3TrackerModel
 
     if checkpoint is not None:
-        model = Sam3TrackerModel.from_pretrained(checkpoint)
+        model = load_checkpoint(checkpoint)
     else:
         torch.manual_seed(seed)
         model = Sam3TrackerModel(Sam3TrackerConfig(**CONFIGS[config]))
         reinitialise(model, seed)
     return model.eval()
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that would not fill every tracker weight; the message says what is wrong."""
+
+
+def load_checkpoint(folder: Path) -> nn.Module:
+    """A Sam3TrackerModel with every weight from the folder, or a CheckpointError: never random leftovers.
+
+    Two layouts: a `Sam3TrackerModel.save_pretrained` folder (model_type "sam3_tracker") and a
+    `Sam3VideoModel.save_pretrained` one ("sam3_video", the facebook/sam3 layout), which
+    `Sam3TrackerModel.from_pretrained` would load with 147 tracker tensors silently left random.
+    """
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder} has no config.json: pass a transformers save_pretrained folder")
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    if model_type == "sam3_video":
+        return _tracker_from_video_checkpoint(folder)
+    if model_type != "sam3_tracker":
+        raise CheckpointError(
+            f"{folder}: model_type {model_type!r}; expected 'sam3_tracker' (Sam3TrackerModel) or "
+            "'sam3_video' (Sam3VideoModel, the facebook/sam3 layout)"
+        )
+    from transformers import Sam3TrackerModel
+
+    model, info = Sam3TrackerModel.from_pretrained(folder, output_loading_info=True)
+    problems = {kind: keys for kind, keys in info.items() if kind != "error_msgs" and keys}
+    if problems or info.get("error_msgs"):
+        raise CheckpointError(f"{folder} does not fit Sam3TrackerModel exactly: {_summarise(problems)}")
+    return model
+
+
+def video_checkpoint_key(key: str) -> str | None:
+    """Sam3VideoModel key -> Sam3TrackerModel key, or None for weights the tracker does not use.
+
+    The tracker shares the detector's ViT trunk and has its own neck; `save_pretrained` on a
+    config-built Sam3VideoModel writes the tracker's own keys with a doubled `tracker_model.` prefix.
+    """
+    for prefix, replacement in (
+        ("detector_model.vision_encoder.backbone.", "vision_encoder.backbone."),
+        ("tracker_neck.", "vision_encoder.neck."),
+        ("tracker_model.tracker_model.", ""),
+        ("tracker_model.", ""),
+    ):
+        if key.startswith(prefix):
+            return replacement + key.removeprefix(prefix)
+    return None
+
+
+def _tracker_from_video_checkpoint(folder: Path) -> nn.Module:
+    from safetensors.torch import load_file
+    from transformers import Sam3TrackerConfig, Sam3TrackerModel, Sam3TrackerVideoModel, Sam3VideoConfig
+
+    video_config = Sam3VideoConfig.from_pretrained(folder)
+    config = Sam3TrackerConfig(
+        vision_config=video_config.detector_config.vision_config.to_dict(),
+        prompt_encoder_config=video_config.tracker_config.prompt_encoder_config.to_dict(),
+        mask_decoder_config=video_config.tracker_config.mask_decoder_config.to_dict(),
+    )
+    index = folder / "model.safetensors.index.json"
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
+    if not all((folder / name).is_file() for name in files):
+        raise CheckpointError(f"{folder}: missing weight files among {files}")
+    state: dict[str, torch.Tensor] = {}
+    memory_only: list[str] = []
+    with torch.device("meta"):
+        model = Sam3TrackerModel(config)
+        video_tracker_keys = set(
+            Sam3TrackerVideoModel(video_config.tracker_config, remove_vision_encoder=True).state_dict()
+        )
+    wanted = set(model.state_dict())
+    unexpected: list[str] = []
+    for name in files:
+        for key, tensor in load_file(folder / name).items():
+            mapped = video_checkpoint_key(key)
+            if mapped in wanted:
+                state[mapped] = tensor
+            elif mapped is not None and key.startswith("tracker_model.") and mapped in video_tracker_keys:
+                memory_only.append(key)  # the video tracker's memory modules: unused on single images
+            elif mapped is not None:
+                unexpected.append(key)
+    missing = sorted(wanted - set(state))
+    if missing or unexpected:
+        problems = {"missing_keys": missing, "unexpected_keys": sorted(unexpected)}
+        raise CheckpointError(
+            f"{folder} (sam3_video layout) does not fill Sam3TrackerModel exactly: {_summarise(problems)}"
+        )
+    model = Sam3TrackerModel(config)
+    model.load_state_dict(state, strict=True)
+    log(f"  sam3_video checkpoint: {len(state)} tracker tensors mapped, {len(memory_only)} video-memory tensors unused")
+    return model
+
+
+def _summarise(problems: dict[str, list[str]]) -> str:
+    return "; ".join(f"{len(keys)} {kind} (e.g. {', '.join(sorted(keys)[:3])})" for kind, keys in problems.items())
 
 
 def reinitialise(model: nn.Module, seed: int) -> None:
@@ -113,6 +213,20 @@ def reinitialise(model: nn.Module, seed: int) -> None:
                 normal_(parameter, 0.5)
 
 
+def tracker_embeddings(fpn_levels: Sequence[torch.Tensor], tracker: nn.Module) -> tuple[torch.Tensor, ...]:
+    """The tracker neck's FPN levels -> the three embeddings the click decoder reads, as SAM3 computes them.
+
+    The neck returns NCHW levels at 4x, 2x, 1x and 0.5x the trunk's 72x72 grid; the tracker uses the
+    first three. conv_s0/conv_s1 project the two high-resolution ones (to 32 and 64 channels) and
+    `no_memory_embedding` goes onto the 72x72 level: SAM3 adds it to every frame without memory,
+    single images included. transformers' `Sam3TrackerModel` adds it to the 0.5x level, which it then
+    discards (docs/model-contract.md). `tracker` is a Sam3TrackerModel or a Sam3VideoModel's tracker.
+    """
+    high_res_0, high_res_1, lowest = fpn_levels[:3]
+    no_memory = tracker.no_memory_embedding.reshape(1, -1, 1, 1)
+    return (tracker.mask_decoder.conv_s0(high_res_0), tracker.mask_decoder.conv_s1(high_res_1), lowest + no_memory)
+
+
 class VisionEncoderGraph(nn.Module):
     """pixel_values -> the three embeddings the tracker's mask decoder consumes."""
 
@@ -121,7 +235,13 @@ class VisionEncoderGraph(nn.Module):
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model.get_image_embeddings(pixel_values))
+        return tracker_embeddings(self.model.vision_encoder(pixel_values).fpn_hidden_states, self.model)
+
+
+def image_embeddings(model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What the exported encoder computes, in torch (the SAM3 semantics, unlike `get_image_embeddings`)."""
+    with torch.no_grad():
+        return VisionEncoderGraph(model)(pixel_values)
 
 
 class PromptDecoderGraph(nn.Module):
@@ -184,13 +304,22 @@ def example_inputs(image_size: int, seed: int) -> GraphInputs:
     )
 
 
-def _save(onnx_path: Path) -> None:
-    """Moves weights of a large graph into `<name>.onnx_data`, the layout onnx-community publishes."""
+def _save(onnx_path: Path, edit: Callable[[Any], None] | None = None) -> None:
+    """Applies `edit` to the graph, and moves the weights of a large graph into `<name>.onnx_data`,
+    the layout onnx-community publishes."""
     import onnx
 
-    if onnx_path.stat().st_size < EXTERNAL_DATA_BYTES and not list(onnx_path.parent.glob(f"{onnx_path.name}*data")):
+    external = onnx_path.stat().st_size >= EXTERNAL_DATA_BYTES or bool(
+        list(onnx_path.parent.glob(f"{onnx_path.name}*data"))
+    )
+    if edit is None and not external:
         return
     model = onnx.load(str(onnx_path))
+    if edit is not None:
+        edit(model)
+    if not external:
+        onnx.save_model(model, str(onnx_path))
+        return
     for stale in onnx_path.parent.glob(f"{onnx_path.stem}*"):
         if stale != onnx_path and stale.suffix != ".json":
             stale.unlink()
@@ -202,6 +331,24 @@ def _save(onnx_path: Path) -> None:
         location=onnx_path.name + PUBLISHED_DATA_SUFFIX,
         size_threshold=1024,
     )
+
+
+def name_no_memory_constant(model: Any) -> None:
+    """Renames the vector added to `image_embeddings.2` to `no_memory_embedding`.
+
+    Constant folding calls it `onnx::Add_<n>`; under its own name, people reading the graph and
+    `sam3_core.no_memory` can tell that the encoder adds it.
+    """
+    (add,) = [node for node in model.graph.node if EMBEDDING_NAMES[2] in node.output]
+    initializers = {initializer.name: initializer for initializer in model.graph.initializer}
+    constants = [name for name in add.input if name in initializers]
+    if add.op_type != "Add" or len(constants) != 1:
+        raise RuntimeError(
+            f"{EMBEDDING_NAMES[2]} is not produced by adding one constant: {add.op_type}{list(add.input)}"
+        )
+    initializers[constants[0]].name = no_memory.GRAPH_CONSTANT
+    for node in model.graph.node:
+        node.input[:] = [no_memory.GRAPH_CONSTANT if name == constants[0] else name for name in node.input]
 
 
 def fused_attention_symbolic(heads: int, head_size: int) -> Callable[..., Any]:
@@ -276,9 +423,8 @@ def export_graphs(
     finally:
         if fused_attention:
             torch.onnx.unregister_custom_op_symbolic("aten::scaled_dot_product_attention", OPSET)
-    with torch.no_grad():
-        embeddings = model.get_image_embeddings(inputs.pixel_values)
-    _save(encoder_path)
+    embeddings = image_embeddings(model, inputs.pixel_values)
+    _save(encoder_path, edit=name_no_memory_constant)
     seconds["vision_encoder"] = time.perf_counter() - started
     log(f"  vision encoder written in {seconds['vision_encoder']:.1f} s")
 
@@ -339,6 +485,8 @@ def write_manifest(out_dir: Path, model: nn.Module, source: dict[str, Any], fuse
         "source": source,
         # Our decoder graph never adds transformers' clicks-only "not a point" pad: the runtime must.
         "decoder_appends_pad_point": False,
+        # image_embeddings.2 includes no_memory_embedding, as SAM3 computes a single image (`tracker_embeddings`).
+        no_memory.MANIFEST_KEY: True,
         # com.microsoft::MultiHeadAttention in the encoder (ONNX Runtime only) instead of plain MatMul/Softmax.
         "encoder_attention": "fused" if fused_attention else "plain",
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -360,8 +508,7 @@ def validate(model: nn.Module, out_dir: Path, image_size: int) -> dict[str, floa
 
     inputs = example_inputs(image_size, seed=1234)
     errors: dict[str, float] = {}
-    with torch.no_grad():
-        reference_embeddings = [e.numpy() for e in model.get_image_embeddings(inputs.pixel_values)]
+    reference_embeddings = [e.numpy() for e in image_embeddings(model, inputs.pixel_values)]
     encoder = ort.InferenceSession(str(out_dir / file_name(ENCODER_STEM)), providers=["CPUExecutionProvider"])
     embeddings = encoder.run(list(EMBEDDING_NAMES), {ENCODER_INPUT: inputs.pixel_values.numpy()})
     for name, ours, theirs in zip(EMBEDDING_NAMES, embeddings, reference_embeddings, strict=True):
