@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +100,7 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
 
 def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: bool) -> int:
     """Loads the model once, builds the servicers for `roles`, serves until SIGTERM/SIGINT."""
+    from sam3_core.no_memory import ADDED
     from sam3_serving.redis_server import start_embedded_redis
     from sam3_serving.server import configure_logging
     from sam3_serving.store import EmbeddingStore, StoreConfig
@@ -121,9 +123,14 @@ def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: boo
         )
         worker = start_worker(model, store, roles, server_config(args), **role_settings(args, roles))
         worker.install_signal_handlers()
+        no_memory = model.no_memory_embedding
+        if no_memory.state != ADDED:
+            logging.getLogger(__name__).warning(
+                "masks may differ from SAM3's own: no-memory embedding %s (%s)", no_memory.state, no_memory.evidence
+            )
         print(
             f"sam3 {'+'.join(sorted(roles))}: listening on {args.host}:{worker.port}, model {model.model_id} "
-            f"({model.folder}), store {store.config.redacted_url}"
+            f"({model.folder}, no-memory embedding {no_memory.state}), store {store.config.redacted_url}"
             + (f", metrics on :{worker.metrics_port}/metrics" if worker.metrics_port else ""),
             flush=True,
         )

@@ -11,13 +11,14 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from sam3_core import graphs
+from sam3_core import graphs, no_memory
 
 # GPU and NPU providers in order of preference; the CPU provider is always the fallback.
 ACCELERATED_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider", "DmlExecutionProvider")
@@ -170,6 +171,12 @@ class Sam3Model:
         default for folders without a manifest is False too (see docs/model-contract.md).
         """
         return bool(self.manifest.get("decoder_appends_pad_point", False))
+
+    @cached_property
+    def no_memory_embedding(self) -> no_memory.NoMemoryEmbedding:
+        """Whether `image_embeddings.2` includes SAM3's no-memory embedding (else masks differ from
+        SAM3's own): from the manifest, else the graph's named constant, else UNKNOWN (never a guess)."""
+        return no_memory.detect(self.manifest, self.encoder_path)
 
     @property
     def encoder(self) -> ort.InferenceSession:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from sam3_client.proto import common_pb2
+from sam3_core import no_memory
 from sam3_core.graphs import EMBEDDING_NAMES
 from sam3_core.model import Sam3Model
 from sam3_serving.store import EmbeddingStore
@@ -15,6 +16,13 @@ def server_version() -> str:
         return version("sam3-service")
     except PackageNotFoundError:
         return "unknown"
+
+
+_NO_MEMORY_STATES = {
+    no_memory.ADDED: common_pb2.NO_MEMORY_EMBEDDING_ADDED,
+    no_memory.ABSENT: common_pb2.NO_MEMORY_EMBEDDING_ABSENT,
+    no_memory.UNKNOWN: common_pb2.NO_MEMORY_EMBEDDING_UNKNOWN,
+}
 
 
 def model_info(model: Sam3Model, store: EmbeddingStore) -> common_pb2.ModelInfo:
@@ -31,4 +39,5 @@ def model_info(model: Sam3Model, store: EmbeddingStore) -> common_pb2.ModelInfo:
             for name, shape in zip(EMBEDDING_NAMES, model.embedding_shapes(), strict=True)
         ],
         server_version=server_version(),
+        no_memory_embedding=_NO_MEMORY_STATES[model.no_memory_embedding.state],
     )

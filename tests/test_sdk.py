@@ -289,6 +289,7 @@ def test_many_calls_at_once(stack: Stack, known: EncodeResult, kind: str) -> Non
             (1, 64, 144, 144),
             (1, 256, 72, 72),
         ]
+        assert info.no_memory_embedding == "added"
         return list(await asyncio.gather(*(sdk.segment(known.image_id, points=[[10 * n, 10]]) for n in range(1, 9))))
 
     results = drive(kind, scenario, stack.target)

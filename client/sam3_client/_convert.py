@@ -152,6 +152,9 @@ class ModelInfo:
     mask_size: int  # side of the low-resolution mask logits, e.g. 288
     embeddings: dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, stored dtype), in decoder input order
     server_version: str
+    # "added": image_embeddings.2 includes SAM3's no-memory embedding, as SAM3 does; "absent": masks differ
+    # from SAM3's own (an encoder exported from transformers' image tracker); "unknown": the folder cannot tell.
+    no_memory_embedding: str
 
 
 class SegmentOptions(TypedDict, total=False):
@@ -474,6 +477,7 @@ def info_flow(deadlines: Deadlines, timeout: float | None) -> Flow[ModelInfo]:
         info.mask_size,
         {spec.name: (tuple(spec.shape), spec.dtype) for spec in info.embeddings},
         info.server_version,
+        common_pb2.NoMemoryEmbedding.Name(info.no_memory_embedding).removeprefix("NO_MEMORY_EMBEDDING_").lower(),
     )
 
 

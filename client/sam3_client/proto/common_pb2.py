@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sam3/v1/common.proto\x12\x07sam3.v1\"x\n\x07Timings\x12\x38\n\x0cmilliseconds\x18\x01 \x03(\x0b\x32\".sam3.v1.Timings.MillisecondsEntry\x1a\x33\n\x11MillisecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x80\x01\n\tErrorInfo\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x32\n\x08metadata\x18\x02 \x03(\x0b\x32 .sam3.v1.ErrorInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12 \n\x04info\x18\x03 \x01(\x0b\x32\x12.sam3.v1.ErrorInfo\"\x15\n\x13GetModelInfoRequest\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\x96\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x12\n\nimage_size\x18\x03 \x01(\x05\x12\x11\n\tmask_size\x18\x04 \x01(\x05\x12\'\n\nembeddings\x18\x05 \x03(\x0b\x32\x13.sam3.v1.TensorSpec\x12\x16\n\x0eserver_version\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sam3/v1/common.proto\x12\x07sam3.v1\"x\n\x07Timings\x12\x38\n\x0cmilliseconds\x18\x01 \x03(\x0b\x32\".sam3.v1.Timings.MillisecondsEntry\x1a\x33\n\x11MillisecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x80\x01\n\tErrorInfo\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x32\n\x08metadata\x18\x02 \x03(\x0b\x32 .sam3.v1.ErrorInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12 \n\x04info\x18\x03 \x01(\x0b\x32\x12.sam3.v1.ErrorInfo\"\x15\n\x13GetModelInfoRequest\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\xcf\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x12\n\nimage_size\x18\x03 \x01(\x05\x12\x11\n\tmask_size\x18\x04 \x01(\x05\x12\'\n\nembeddings\x18\x05 \x03(\x0b\x32\x13.sam3.v1.TensorSpec\x12\x16\n\x0eserver_version\x18\x06 \x01(\t\x12\x37\n\x13no_memory_embedding\x18\x07 \x01(\x0e\x32\x1a.sam3.v1.NoMemoryEmbedding*\x98\x01\n\x11NoMemoryEmbedding\x12#\n\x1fNO_MEMORY_EMBEDDING_UNSPECIFIED\x10\x00\x12\x1f\n\x1bNO_MEMORY_EMBEDDING_UNKNOWN\x10\x01\x12\x1d\n\x19NO_MEMORY_EMBEDDING_ADDED\x10\x02\x12\x1e\n\x1aNO_MEMORY_EMBEDDING_ABSENT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMINGS_MILLISECONDSENTRY']._serialized_options = b'8\001'
   _globals['_ERRORINFO_METADATAENTRY']._loaded_options = None
   _globals['_ERRORINFO_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_NOMEMORYEMBEDDING']._serialized_start=656
+  _globals['_NOMEMORYEMBEDDING']._serialized_end=808
   _globals['_TIMINGS']._serialized_start=33
   _globals['_TIMINGS']._serialized_end=153
   _globals['_TIMINGS_MILLISECONDSENTRY']._serialized_start=102
@@ -51,5 +53,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSORSPEC']._serialized_start=387
   _globals['_TENSORSPEC']._serialized_end=443
   _globals['_MODELINFO']._serialized_start=446
-  _globals['_MODELINFO']._serialized_end=596
+  _globals['_MODELINFO']._serialized_end=653
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -22,6 +23,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _NoMemoryEmbedding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NoMemoryEmbeddingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoMemoryEmbedding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NO_MEMORY_EMBEDDING_UNSPECIFIED: _NoMemoryEmbedding.ValueType  # 0
+    """A worker too old to say."""
+    NO_MEMORY_EMBEDDING_UNKNOWN: _NoMemoryEmbedding.ValueType  # 1
+    """Neither manifest.json nor a named constant in the encoder graph tells (e.g. a folder exported
+    from transformers' Sam3TrackerModel by someone else); docs/model-contract.md shows how to probe.
+    """
+    NO_MEMORY_EMBEDDING_ADDED: _NoMemoryEmbedding.ValueType  # 2
+    """Added to image_embeddings.2: SAM3's own semantics (every folder `sam3 models export` writes)."""
+    NO_MEMORY_EMBEDDING_ABSENT: _NoMemoryEmbedding.ValueType  # 3
+    """Known to be missing (an older sam3-service export, or a manifest that says so)."""
+
+class NoMemoryEmbedding(_NoMemoryEmbedding, metaclass=_NoMemoryEmbeddingEnumTypeWrapper):
+    """What a model folder's encoder does with SAM3's no-memory embedding, and how the worker knows."""
+
+NO_MEMORY_EMBEDDING_UNSPECIFIED: NoMemoryEmbedding.ValueType  # 0
+"""A worker too old to say."""
+NO_MEMORY_EMBEDDING_UNKNOWN: NoMemoryEmbedding.ValueType  # 1
+"""Neither manifest.json nor a named constant in the encoder graph tells (e.g. a folder exported
+from transformers' Sam3TrackerModel by someone else); docs/model-contract.md shows how to probe.
+"""
+NO_MEMORY_EMBEDDING_ADDED: NoMemoryEmbedding.ValueType  # 2
+"""Added to image_embeddings.2: SAM3's own semantics (every folder `sam3 models export` writes)."""
+NO_MEMORY_EMBEDDING_ABSENT: NoMemoryEmbedding.ValueType  # 3
+"""Known to be missing (an older sam3-service export, or a manifest that says so)."""
+Global___NoMemoryEmbedding: _TypeAlias = NoMemoryEmbedding  # noqa: Y015
 
 @_typing.final
 class Timings(_message.Message):
@@ -230,6 +263,7 @@ class ModelInfo(_message.Message):
     MASK_SIZE_FIELD_NUMBER: _builtins.int
     EMBEDDINGS_FIELD_NUMBER: _builtins.int
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
+    NO_MEMORY_EMBEDDING_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """Identifier of encoder weights + preprocessing; part of every store key, equal on compatible workers."""
     variant: _builtins.str
@@ -240,6 +274,10 @@ class ModelInfo(_message.Message):
     """Side of the square low-resolution mask logits, e.g. 288."""
     server_version: _builtins.str
     """Version of the sam3-service package the worker runs, for debugging."""
+    no_memory_embedding: Global___NoMemoryEmbedding.ValueType
+    """Whether the encoder adds SAM3's learned no-memory embedding to the 72x72 embedding, as SAM3 does
+    for a single image; without it masks differ from SAM3's own (docs/model-contract.md).
+    """
     @_builtins.property
     def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]:
         """The image embeddings as kept in the store: names, shapes and the stored dtype, in decoder input order."""
@@ -253,10 +291,11 @@ class ModelInfo(_message.Message):
         mask_size: _builtins.int = ...,
         embeddings: _abc.Iterable[Global___TensorSpec] | None = ...,
         server_version: _builtins.str = ...,
+        no_memory_embedding: Global___NoMemoryEmbedding.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings", "image_size", b"image_size", "mask_size", b"mask_size", "model_id", b"model_id", "server_version", b"server_version", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings", "image_size", b"image_size", "mask_size", b"mask_size", "model_id", b"model_id", "no_memory_embedding", b"no_memory_embedding", "server_version", b"server_version", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
