@@ -101,7 +101,11 @@ EXPORT_DESCRIPTION = (
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (replaced if it exists)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="local transformers checkpoint folder (Sam3TrackerModel)")
+    source.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="local save_pretrained folder of a Sam3TrackerModel or Sam3VideoModel (facebook/sam3 layout)",
+    )
     source.add_argument("--random-init", action="store_true", help="random variance-preserving weights")
     parser.add_argument(
         "--config",
