@@ -12,6 +12,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -60,15 +61,15 @@ def plan(request: decoder_pb2.SegmentRequest, limits: PromptLimits) -> Plan:
             raise PromptError("image_id", "expected the 64 lowercase hex digits of the image's sha256")
         for field, enum in (("selection", decoder_pb2.MaskSelection), ("mask_format", decoder_pb2.MaskFormat)):
             value = getattr(request, field)
-            if value not in enum.values():  # from a newer (or broken) client: refused by name, not read as a default
-                raise PromptError(field, f"unknown value {value}; expected one of {', '.join(enum.keys())}")
+            if value == 0 or value not in enum.values():  # unset, or from a newer (or broken) client: never a default
+                raise PromptError(field, _enum_problem(enum, value))
         if request.selection == decoder_pb2.MASK_SELECTION_INDEX and not 0 <= request.mask_index < MASKS_PER_OBJECT:
             raise PromptError("mask_index", f"{request.mask_index} is not a mask index (0..{MASKS_PER_OBJECT - 1})")
         prompts = to_prompts(request)
         check_prompts(prompts, limits)
     except PromptError as error:
         raise invalid_prompt(error) from error
-    return Plan(prompts, request.mask_format or decoder_pb2.MASK_FORMAT_PNG, request.selection, request.mask_index)
+    return Plan(prompts, request.mask_format, request.selection, request.mask_index)
 
 
 def invalid_prompt(error: PromptError) -> ServiceError:
@@ -76,18 +77,26 @@ def invalid_prompt(error: PromptError) -> ServiceError:
 
 
 def to_prompts(request: decoder_pb2.SegmentRequest) -> list[Prompt]:
-    """Wire prompts -> core prompts (unknown label values are reported with their field name)."""
+    """Wire prompts -> core prompts (unset or unknown labels are reported with their field name)."""
     prompts = []
     for i, obj in enumerate(request.objects):
         labels = []
         for j, point in enumerate(obj.points):
             label = wire.label_from_wire(point.label)
             if label is None:
-                raise PromptError(f"objects[{i}].points[{j}].label", f"unknown label value {point.label}")
+                raise PromptError(f"objects[{i}].points[{j}].label", _enum_problem(decoder_pb2.PointLabel, point.label))
             labels.append(label)
         box = (obj.box.x1, obj.box.y1, obj.box.x2, obj.box.y2) if obj.HasField("box") else None
         prompts.append(Prompt(tuple((p.x, p.y) for p in obj.points), tuple(labels), box))
     return prompts
+
+
+def _enum_problem(enum: Any, value: int) -> str:
+    """Why an enum value is refused: never set (the zero value), or unknown to this server."""
+    choices = ", ".join(name for name, number in enum.items() if number != 0)
+    if value == 0:
+        return f"not set (an enum name your library did not know also arrives as 0); send one of {choices}"
+    return f"unknown value {value}; send one of {choices}"
 
 
 def selected_indices(plan: Plan, prediction: ObjectPrediction) -> list[int]:
@@ -101,10 +110,17 @@ def selected_indices(plan: Plan, prediction: ObjectPrediction) -> list[int]:
 def mask_message(prediction: ObjectPrediction, index: int, fmt: int, timer: StageTimer) -> decoder_pb2.Mask:
     """One mask on the wire. RLE comes straight from the logits (no H x W mask for smooth masks); with
     MASK_FORMAT_NONE nothing at full size is computed at all."""
-    message = decoder_pb2.Mask(index=index, iou_score=float(prediction.iou_scores[index]), format=fmt)
+    height, width = prediction.original_size
+    message = decoder_pb2.Mask(
+        index=index,
+        iou_score=float(prediction.iou_scores[index]),
+        format=fmt,
+        width=width,
+        height=height,
+        bbox=decoder_pb2.BoundingBox(),  # present even when empty, as the contract promises
+    )
     if fmt == decoder_pb2.MASK_FORMAT_NONE:
         return message
-    height, width = prediction.original_size
     if fmt == decoder_pb2.MASK_FORMAT_RLE:
         with timer.stage("postprocess"):
             rle = prediction.mask_rle(index)
@@ -118,7 +134,7 @@ def mask_message(prediction: ObjectPrediction, index: int, fmt: int, timer: Stag
         with timer.stage("encode_mask"):
             packed = fmt == decoder_pb2.MASK_FORMAT_PACKED_BITS
             message.data = mask_codecs.to_packed_bits(mask) if packed else mask_codecs.to_png(mask)
-    message.width, message.height, message.area = width, height, area
+    message.area = area
     message.bbox.CopyFrom(decoder_pb2.BoundingBox(x=x, y=y, width=w, height=h))
     return message
 

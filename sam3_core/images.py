@@ -21,6 +21,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Formats a photo realistically arrives in. Anything else (EPS runs Ghostscript, for one) is refused.
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: above any phone camera, far below a decompression bomb.
+# A mask's pixel count must fit a signed 32-bit integer: that is how its area travels (sam3.v1.Mask.area).
+PIXELS_CEILING = 2**31 - 1
 
 ImageInput = bytes | bytearray | memoryview | str | Path | Image.Image | np.ndarray
 
@@ -47,6 +49,10 @@ class ImageLimits:
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     formats: frozenset[str] = ALLOWED_FORMATS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_pixels <= PIXELS_CEILING:
+            raise ValueError(f"max_pixels must be 1..{PIXELS_CEILING} (areas travel as 32-bit), got {self.max_pixels}")
 
 
 def open_image(data: bytes | bytearray | memoryview, limits: ImageLimits = ImageLimits()) -> Image.Image:

@@ -106,25 +106,39 @@ def test_unknown_image_id_is_not_found_with_a_reason(redis_url: str) -> None:
         assert failure.value.metadata["image_id"] == "0" * 64
 
 
+def click(x: float, y: float, label: int = decoder_pb2.POINT_LABEL_FOREGROUND) -> decoder_pb2.Point:
+    return decoder_pb2.Point(x=x, y=y, label=label)
+
+
+def wire_request(image_id: str, objects: list[decoder_pb2.ObjectPrompt]) -> decoder_pb2.SegmentRequest:
+    """A SegmentRequest as any client must send it: every enum set."""
+    return decoder_pb2.SegmentRequest(
+        image_id=image_id,
+        objects=objects,
+        selection=decoder_pb2.MASK_SELECTION_BEST,
+        mask_format=decoder_pb2.MASK_FORMAT_RLE,
+    )
+
+
 @pytest.mark.parametrize(
     ("objects", "field"),
     [
         ([], "objects"),
         ([decoder_pb2.ObjectPrompt()], "objects[0]"),
-        ([decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=-5, y=3)])], "objects[0].points[0].x"),
-        ([decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=5, y=float("nan"))])], "objects[0].points[0].y"),
+        ([decoder_pb2.ObjectPrompt(points=[click(-5, 3)])], "objects[0].points[0].x"),
+        ([decoder_pb2.ObjectPrompt(points=[click(5, float("nan"))])], "objects[0].points[0].y"),
         ([decoder_pb2.ObjectPrompt(box=decoder_pb2.Box(x1=30, y1=5, x2=10, y2=20))], "objects[0].box"),
-        ([decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=1, y=1, label=7)])], "objects[0].points[0].label"),
-        ([decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=1, y=1)] * 40)], "objects[0].points"),
+        ([decoder_pb2.ObjectPrompt(points=[click(1, 1, label=7)])], "objects[0].points[0].label"),
+        # Not set (or SAM's numeric 0 = background sent as is): never read as a foreground click.
+        ([decoder_pb2.ObjectPrompt(points=[click(1, 1), click(2, 2, label=0)])], "objects[0].points[1].label"),
+        ([decoder_pb2.ObjectPrompt(points=[click(1, 1)] * 40)], "objects[0].points"),
     ],
 )
 def test_bad_prompts_are_invalid_argument_naming_the_field(redis_url: str, objects: list, field: str) -> None:
     with running(redis_url, prefix()) as stack, Client(stack.target) as client:
         image_id = client.encode(new_image(4)).image_id
         with grpc.insecure_channel(stack.target) as channel, pytest.raises(grpc.RpcError) as failure:
-            decoder_pb2_grpc.DecoderServiceStub(channel).Segment(
-                decoder_pb2.SegmentRequest(image_id=image_id, objects=objects), timeout=10
-            )
+            decoder_pb2_grpc.DecoderServiceStub(channel).Segment(wire_request(image_id, objects), timeout=10)
         error = Sam3Error.from_rpc(failure.value)
         assert error.code == grpc.StatusCode.INVALID_ARGUMENT
         assert error.reason == "INVALID_PROMPT" and error.metadata["field"] == field
@@ -271,18 +285,34 @@ def test_sigterm_lets_an_in_flight_encode_finish() -> None:
         assert process.wait(timeout=30) == 0
 
 
-@pytest.mark.parametrize(("field", "value"), [("mask_format", 99), ("selection", 42)])
-def test_unknown_enum_values_are_invalid_argument(redis_url: str, field: str, value: int) -> None:
+@pytest.mark.parametrize(
+    ("field", "value"), [("mask_format", 99), ("selection", 42), ("mask_format", 0), ("selection", 0)]
+)
+def test_unset_and_unknown_enum_values_are_invalid_argument(redis_url: str, field: str, value: int) -> None:
+    """No request enum has a default: 0 is what an unset field or a misspelt name arrives as."""
     with running(redis_url, prefix()) as stack, Client(stack.target) as client:
         image_id = client.encode(new_image(10)).image_id
-        request = decoder_pb2.SegmentRequest(
-            image_id=image_id, objects=[decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=1, y=1)])]
-        )
+        request = wire_request(image_id, [decoder_pb2.ObjectPrompt(points=[click(1, 1)])])
         setattr(request, field, value)
         with grpc.insecure_channel(stack.target) as channel, pytest.raises(grpc.RpcError) as failure:
             decoder_pb2_grpc.DecoderServiceStub(channel).Segment(request, timeout=10)
         error = Sam3Error.from_rpc(failure.value)
         assert error.code == grpc.StatusCode.INVALID_ARGUMENT and error.metadata["field"] == field
+
+
+def test_mask_format_none_still_sends_the_box_and_the_size(redis_url: str) -> None:
+    """Scores only, yet bbox is present (all zeros) and width/height are the original size, as promised."""
+    with running(redis_url, prefix()) as stack, Client(stack.target) as client:
+        image_id = client.encode(new_image(12)).image_id
+        request = wire_request(image_id, [decoder_pb2.ObjectPrompt(points=[click(3, 4)])])
+        request.selection, request.mask_format = decoder_pb2.MASK_SELECTION_ALL, decoder_pb2.MASK_FORMAT_NONE
+        with grpc.insecure_channel(stack.target) as channel:
+            response = decoder_pb2_grpc.DecoderServiceStub(channel).Segment(request, timeout=10)
+    assert (response.width, response.height) == (64, 48)
+    for mask in response.objects[0].masks:
+        assert mask.format == decoder_pb2.MASK_FORMAT_NONE and mask.WhichOneof("payload") is None
+        assert mask.HasField("bbox") and mask.bbox == decoder_pb2.BoundingBox() and mask.area == 0
+        assert (mask.width, mask.height) == (64, 48)
 
 
 def test_a_lock_that_cannot_be_released_does_not_change_the_answer(redis_url: str) -> None:

@@ -17,7 +17,6 @@ _IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 # -> their wire values.
 POINT_LABELS = {1: decoder_pb2.POINT_LABEL_FOREGROUND, 0: decoder_pb2.POINT_LABEL_BACKGROUND}
 _FROM_WIRE: dict[int, int] = {wire: label for label, wire in POINT_LABELS.items()}
-_FROM_WIRE[decoder_pb2.POINT_LABEL_UNSPECIFIED] = 1
 
 
 def image_id(data: bytes) -> str:
@@ -31,5 +30,5 @@ def is_image_id(text: str) -> bool:
 
 
 def label_from_wire(value: int) -> int | None:
-    """A wire PointLabel -> 1 / 0 (unset means foreground); None for a value this version does not know."""
+    """A wire PointLabel -> 1 / 0; None when unset (never read as foreground) or unknown to this version."""
     return _FROM_WIRE.get(value)

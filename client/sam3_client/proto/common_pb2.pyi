@@ -4,8 +4,8 @@
 isort:skip_file
 Messages shared by the encoder and decoder services of sam3-service.
 
-Python code is generated from these files by `python protos/generate.py` into
-client/sam3_client/proto/ (never a top-level `sam3` package: that name is Meta's).
+Package sam3.v1 only grows: fields and values are added, never renumbered, retyped or removed
+(checked in CI against protos/released/). docs/api.md describes the contract for every language.
 """
 
 from collections import abc as _abc
@@ -113,7 +113,7 @@ Global___Timings: _TypeAlias = Timings  # noqa: Y015
 class ErrorInfo(_message.Message):
     """Machine-readable detail of a failed rpc, so clients branch on `reason` rather than parse text.
     The workers attach it serialized in the trailing metadata key "sam3-error-bin"
-    (gRPC base64-encodes "-bin" values on the wire; grpcio hands over the raw bytes).
+    (gRPC base64-encodes "-bin" values on the wire; gRPC libraries hand over the raw bytes).
     Reasons, with the gRPC status code they come with:
       EMBEDDING_NOT_FOUND  NOT_FOUND           no embedding stored for image_id + model: call Encode, retry.
       INVALID_IMAGE        INVALID_ARGUMENT    the bytes are not an image we can decode.
@@ -231,10 +231,10 @@ class TensorSpec(_message.Message):
     name: _builtins.str
     """Tensor name as the ONNX graph calls it, e.g. "image_embeddings.0"."""
     dtype: _builtins.str
-    """numpy dtype name, e.g. "float16" or "float32"."""
+    """Element type: "float16" or "float32" (little-endian IEEE 754)."""
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Dimensions, batch first, e.g. [1, 32, 288, 288]."""
+        """Dimensions, batch first, e.g. [1, 32, 288, 288] (int64 in the first v1 release: the same varints)."""
 
     def __init__(
         self,

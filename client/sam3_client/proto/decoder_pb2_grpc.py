@@ -30,6 +30,7 @@ if _version_not_supported:
 class DecoderServiceStub:
     """Runs the light prompt encoder + mask decoder on a stored embedding. A request carries the image
     id and the prompts only (a few hundred bytes), never the image.
+    Health (grpc.health.v1.Health) answers for the service name "sam3.v1.DecoderService".
     """
 
     def __init__(self, channel):
@@ -58,13 +59,15 @@ class DecoderServiceStub:
 class DecoderServiceServicer:
     """Runs the light prompt encoder + mask decoder on a stored embedding. A request carries the image
     id and the prompts only (a few hundred bytes), never the image.
+    Health (grpc.health.v1.Health) answers for the service name "sam3.v1.DecoderService".
     """
 
     def Segment(self, request, context):
-        """Segments one or more objects on one image. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with the
-        field named; checked before the embeddings are fetched, except coordinates, which need the
-        image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call EncoderService.Encode and retry),
-        UNAVAILABLE (STORE_UNAVAILABLE). The decoder has no OVERLOADED: calls wait for a handler thread.
+        """Segments one or more objects on one image. Errors (details in common.proto): INVALID_ARGUMENT
+        (INVALID_PROMPT, with the field named; checked before the embeddings are fetched, except
+        coordinates, which need the image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call
+        EncoderService.Encode and retry), UNAVAILABLE (STORE_UNAVAILABLE). The decoder has no
+        OVERLOADED: calls wait for a handler thread.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +120,7 @@ def add_DecoderServiceServicer_to_server(servicer, server):
 class DecoderService:
     """Runs the light prompt encoder + mask decoder on a stored embedding. A request carries the image
     id and the prompts only (a few hundred bytes), never the image.
+    Health (grpc.health.v1.Health) answers for the service name "sam3.v1.DecoderService".
     """
 
     @staticmethod

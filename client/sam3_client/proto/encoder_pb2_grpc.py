@@ -30,6 +30,7 @@ if _version_not_supported:
 class EncoderServiceStub:
     """Runs the heavy vision encoder once per distinct image and stores the result for the decoders.
     Idempotent by content: the image id is the sha256 of the bytes, and a stored image answers at once.
+    Health (grpc.health.v1.Health) answers for the service name "sam3.v1.EncoderService".
     """
 
     def __init__(self, channel):
@@ -58,6 +59,7 @@ class EncoderServiceStub:
 class EncoderServiceServicer:
     """Runs the heavy vision encoder once per distinct image and stores the result for the decoders.
     Idempotent by content: the image id is the sha256 of the bytes, and a stored image answers at once.
+    Health (grpc.health.v1.Health) answers for the service name "sam3.v1.EncoderService".
     """
 
     def Encode(self, request, context):
@@ -112,6 +114,7 @@ def add_EncoderServiceServicer_to_server(servicer, server):
 class EncoderService:
     """Runs the heavy vision encoder once per distinct image and stores the result for the decoders.
     Idempotent by content: the image id is the sha256 of the bytes, and a stored image answers at once.
+    Health (grpc.health.v1.Health) answers for the service name "sam3.v1.EncoderService".
     """
 
     @staticmethod

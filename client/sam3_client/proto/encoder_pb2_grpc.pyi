@@ -31,6 +31,7 @@ GRPC_VERSION: str
 class EncoderServiceStub:
     """Runs the heavy vision encoder once per distinct image and stores the result for the decoders.
     Idempotent by content: the image id is the sha256 of the bytes, and a stored image answers at once.
+    Health (grpc.health.v1.Health) answers for the service name "sam3.v1.EncoderService".
     """
 
     @_typing.overload
@@ -52,6 +53,7 @@ class EncoderServiceStub:
 class EncoderServiceAsyncStub(EncoderServiceStub):
     """Runs the heavy vision encoder once per distinct image and stores the result for the decoders.
     Idempotent by content: the image id is the sha256 of the bytes, and a stored image answers at once.
+    Health (grpc.health.v1.Health) answers for the service name "sam3.v1.EncoderService".
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -69,6 +71,7 @@ class EncoderServiceAsyncStub(EncoderServiceStub):
 class EncoderServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs the heavy vision encoder once per distinct image and stores the result for the decoders.
     Idempotent by content: the image id is the sha256 of the bytes, and a stored image answers at once.
+    Health (grpc.health.v1.Health) answers for the service name "sam3.v1.EncoderService".
     """
 
     @_abc_1.abstractmethod
