@@ -10,6 +10,8 @@ test: $(VENV)/.installed lint
 
 lint: $(VENV)/.installed
 	$(BIN)/python protos/generate.py --check
+	$(BIN)/python protos/lint.py
+	$(BIN)/python protos/breaking.py
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict client/sam3_client

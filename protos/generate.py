@@ -22,6 +22,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from google.protobuf.descriptor_pb2 import FileDescriptorSet
+
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 PROTO_PACKAGE_DIR = Path("sam3") / "v1"
@@ -47,12 +49,39 @@ def _plugin(name: str) -> Path:
     raise SystemExit(f"error: protoc plugin {name!r} not found; pip install mypy-protobuf")
 
 
-def _proto_files() -> list[Path]:
-    """The .proto files to compile, relative to PROTO_ROOT, sorted for deterministic output."""
-    files = sorted(p.relative_to(PROTO_ROOT) for p in (PROTO_ROOT / PROTO_PACKAGE_DIR).glob("*.proto"))
+def _proto_files(root: Path = PROTO_ROOT) -> list[Path]:
+    """The .proto files to compile, relative to `root`, sorted for deterministic output."""
+    files = sorted(p.relative_to(root) for p in (root / PROTO_PACKAGE_DIR).glob("*.proto"))
     if not files:
-        raise SystemExit(f"error: no .proto files under {PROTO_ROOT / PROTO_PACKAGE_DIR}")
+        raise SystemExit(f"error: no .proto files under {root / PROTO_PACKAGE_DIR}")
     return files
+
+
+def _protoc_include() -> Path:
+    """protoc's bundled well-known types (google/protobuf/*.proto), shipped with grpcio-tools."""
+    try:
+        import grpc_tools
+    except ImportError:
+        raise SystemExit("error: grpcio-tools is not installed; pip install grpcio-tools mypy-protobuf") from None
+    return Path(grpc_tools.__file__).parent / "_proto"
+
+
+def _protoc(args: list[str], root: Path) -> None:
+    """Run protoc on every .proto under `root` (cwd=root, so paths are the same from any directory)."""
+    files = [str(p) for p in _proto_files(root)]
+    cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{root}", f"-I{_protoc_include()}", *args, *files]
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"error: protoc failed ({result.returncode}):\n{result.stderr}")
+
+
+def descriptor_set(root: Path = PROTO_ROOT, *, source_info: bool = False) -> FileDescriptorSet:
+    """The compiled sam3.v1 files as a FileDescriptorSet (with comments when `source_info`), for the
+    lint and breaking-change checks."""
+    with tempfile.TemporaryDirectory(prefix="sam3-protos-") as tmp:
+        out = Path(tmp) / "set.binpb"
+        _protoc([f"--descriptor_set_out={out}", *(["--include_source_info"] if source_info else [])], root)
+        return FileDescriptorSet.FromString(out.read_bytes())
 
 
 def _has_service(proto: Path) -> bool:
@@ -74,31 +103,14 @@ def _rewrite(text: str, module: str) -> str:
 
 def generate() -> dict[str, str]:
     """Run protoc into a temp dir and return {file name: final text} for the output directory."""
-    try:
-        import grpc_tools
-    except ImportError:
-        raise SystemExit("error: grpcio-tools is not installed; pip install grpcio-tools mypy-protobuf") from None
-    include = Path(grpc_tools.__file__).parent / "_proto"
     protos = _proto_files()
     with tempfile.TemporaryDirectory(prefix="sam3-protos-") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{PROTO_ROOT}",
-            f"-I{include}",
+        plugins = [
             f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
             f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
-            f"--python_out={tmp}",
-            f"--grpc_python_out={tmp}",
-            f"--mypy_out={tmp}",
-            f"--mypy_grpc_out={tmp}",
-            *(str(p) for p in protos),
         ]
-        # cwd=PROTO_ROOT so protoc sees the same relative paths whatever directory we are run from.
-        result = subprocess.run(cmd, cwd=PROTO_ROOT, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise SystemExit(f"error: protoc failed ({result.returncode}):\n{result.stderr}")
+        outputs = [f"--python_out={tmp}", f"--grpc_python_out={tmp}", f"--mypy_out={tmp}", f"--mypy_grpc_out={tmp}"]
+        _protoc([*plugins, *outputs], PROTO_ROOT)
         generated = Path(tmp) / PROTO_PACKAGE_DIR
         out: dict[str, str] = {"__init__.py": INIT_TEXT}
         for proto in protos:

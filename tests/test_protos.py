@@ -25,10 +25,12 @@ needs_grpc_tools = pytest.mark.skipif(
 )
 
 
-def _load_generate() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sam3_protos_generate", GENERATE)
+def _load(name: str) -> ModuleType:
+    """A script of protos/ (generate, lint, breaking) as a module."""
+    spec = importlib.util.spec_from_file_location(f"sam3_protos_{name}", ROOT / "protos" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -43,7 +45,7 @@ def test_generated_code_is_up_to_date() -> None:
 def test_check_reports_stale_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    gen = _load_generate()
+    gen = _load("generate")
     for path in GENERATED_DIR.iterdir():
         if path.suffix in (".py", ".pyi"):
             (tmp_path / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
@@ -88,7 +90,7 @@ def test_segment_request_round_trip() -> None:
     assert decoded == request
     assert decoded.objects[0].HasField("box") and not decoded.objects[1].HasField("box")
     assert decoded.objects[0].points[1].label == decoder_pb2.POINT_LABEL_BACKGROUND
-    assert decoded.objects[1].points[0].label == decoder_pb2.POINT_LABEL_UNSPECIFIED  # = foreground
+    assert decoded.objects[1].points[0].label == decoder_pb2.POINT_LABEL_UNSPECIFIED  # refused by the decoder
     assert type(decoded).__module__ == "sam3_client.proto.decoder_pb2"  # so pickling finds the class
 
 
@@ -154,73 +156,89 @@ class _Status(grpc.Status):
         self.trailing_metadata = (("sam3-error-bin", info.SerializeToString()),)
 
 
-# --- every declaration in the .proto files carries a comment -------------------------------------
+# --- lint (buf-style rules) and the breaking-change check against the released v1 ----------------
 
-_DECLARATION = re.compile(
-    r"""^(?:
-        (?P<block>message|enum|service|oneof)\s+(?P<block_name>\w+)\s*\{
-      | rpc\s+(?P<rpc>\w+)\s*\(
-      | (?:repeated\s+|optional\s+)?(?:map\s*<[^>]+>|[\w.]+)\s+(?P<field>\w+)\s*=\s*\d+
-      | (?P<value>[A-Z][A-Z0-9_]*)\s*=\s*-?\d+
-    )""",
-    re.VERBOSE,
+_BROKEN_PROTO = """
+syntax = "proto3";
+package sam3.v1;
+// Colour.
+enum Colour {
+  // Not set: the same as red.
+  COLOUR_RED = 0;
+  // check with HasField("x").
+  BLUE = 1;
+}
+message nope {
+  int32 BadName = 1;
+}
+// A service.
+service Things {
+  // An rpc.
+  rpc get(nope) returns (nope);
+}
+"""
+
+
+@needs_grpc_tools
+def test_protos_pass_lint() -> None:
+    lint = _load("lint")
+    assert [str(f) for f in lint.lint(lint.descriptor_set(source_info=True))] == []
+
+
+@needs_grpc_tools
+def test_lint_finds_each_rule_broken(tmp_path: Path) -> None:
+    lint = _load("lint")
+    (tmp_path / "sam3" / "v1").mkdir(parents=True)
+    (tmp_path / "sam3" / "v1" / "bad.proto").write_text(_BROKEN_PROTO, encoding="utf-8")
+    found = {(f.name, f.rule) for f in lint.lint(lint.descriptor_set(tmp_path, source_info=True))}
+    assert found == {
+        ("sam3.v1.Colour.COLOUR_RED", "ENUM_ZERO_VALUE_SUFFIX"),
+        ("sam3.v1.Colour.COLOUR_RED", "ENUM_ZERO_VALUE_REFUSED"),
+        ("sam3.v1.Colour.BLUE", "ENUM_VALUE_PREFIX"),
+        ("sam3.v1.Colour.BLUE", "LANGUAGE_NEUTRAL"),
+        ("sam3.v1.nope", "COMMENT_MESSAGE"),
+        ("sam3.v1.nope", "MESSAGE_PASCAL_CASE"),
+        ("sam3.v1.nope.BadName", "COMMENT_FIELD"),
+        ("sam3.v1.nope.BadName", "FIELD_LOWER_SNAKE_CASE"),
+        ("sam3.v1.Things", "SERVICE_SUFFIX"),
+        ("sam3.v1.Things.get", "RPC_PASCAL_CASE"),
+    }
+    (tmp_path / "sam3" / "v1" / "bad.proto").write_text('syntax = "proto3";\npackage sam3;\n', encoding="utf-8")
+    rules = {f.rule for f in lint.lint(lint.descriptor_set(tmp_path, source_info=True))}
+    assert rules == {"PACKAGE_VERSION_SUFFIX", "PACKAGE_DIRECTORY_MATCH"}
+
+
+@needs_grpc_tools
+def test_v1_only_grew_since_the_release() -> None:
+    breaking = _load("breaking")
+    assert breaking.breaking_changes(breaking.released(), breaking.descriptor_set()) == []
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "expected"),
+    [
+        ("decoder.proto", "  int32 mask_index = 4;", "", "sam3.v1.SegmentRequest.mask_index (field 4) was removed"),
+        ("decoder.proto", "string request_id = 7;", "string request_id = 17;", "request_id (field 7) was removed"),
+        ("decoder.proto", "string object_key = 8;", "string key = 8;", "object_key: name changed"),
+        ("decoder.proto", "repeated Point points = 1;", "Point points = 1;", "points: label changed"),
+        ("decoder.proto", "int32 mask_index = 4;", "int64 mask_index = 4;", "from TYPE_INT32 to TYPE_INT64"),
+        ("decoder.proto", "int32 area = 7;", "uint32 area = 7;", "area: type changed from TYPE_INT64 to TYPE_UINT32"),
+        ("decoder.proto", "MASK_FORMAT_NONE = 4;", "MASK_FORMAT_NOTHING = 4;", "value 4 (MASK_FORMAT_NONE)"),
+        ("decoder.proto", "(stream SegmentRequest)", "(SegmentRequest)", "client_streaming"),
+        ("encoder.proto", "rpc EncodeBatch(", "rpc EncodeMany(", "rpc sam3.v1.EncoderService.EncodeBatch was removed"),
+        ("common.proto", "TensorSpec", "Tensor", "message sam3.v1.TensorSpec was removed"),
+    ],
 )
-_NOT_DECLARATIONS = ("syntax", "package", "import", "option", "reserved", "//", "}")
-
-
-def _declarations(path: Path) -> list[tuple[int, str, bool]]:
-    """(line number, declared name, has a comment) for each declaration in a .proto file."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    found = []
-    for number, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith(_NOT_DECLARATIONS):
-            continue
-        match = _DECLARATION.match(line)
-        assert match, f"{path.name}:{number}: unrecognised line {line!r} (extend the test's parser)"
-        name = next(match.group(g) for g in ("block_name", "rpc", "field", "value") if match.group(g))
-        previous = lines[number - 2].strip() if number > 1 else ""
-        found.append((number, name, previous.startswith("//") or "//" in line))
-    return found
-
-
-def _descriptor_names() -> set[str]:
-    """Every message, field, oneof, enum, enum value, service and rpc name the compiled API has."""
-    names: set[str] = set()
-
-    def add_message(message) -> None:
-        names.add(message.name)
-        names.update(f.name for f in message.fields)
-        names.update(o.name for o in message.oneofs)
-        for nested in message.nested_types:
-            if not nested.GetOptions().map_entry:
-                add_message(nested)
-        for enum in message.enum_types:
-            names.add(enum.name)
-            names.update(v.name for v in enum.values)
-
-    for module in (common_pb2, encoder_pb2, decoder_pb2):
-        file = module.DESCRIPTOR
-        for message in file.message_types_by_name.values():
-            add_message(message)
-        for enum in file.enum_types_by_name.values():
-            names.add(enum.name)
-            names.update(v.name for v in enum.values)
-        for service in file.services_by_name.values():
-            names.add(service.name)
-            names.update(m.name for m in service.methods)
-    return names
-
-
-def test_every_declaration_has_a_comment() -> None:
-    protos = sorted(PROTO_DIR.glob("*.proto"))
-    assert [p.name for p in protos] == ["common.proto", "decoder.proto", "encoder.proto"]
-    undocumented, parsed = [], set()
-    for path in protos:
-        for number, name, commented in _declarations(path):
-            parsed.add(name)
-            if not commented:
-                undocumented.append(f"{path.name}:{number} {name}")
-    assert not undocumented, "declarations without a // comment: " + ", ".join(undocumented)
-    # The simple parser must have seen everything protoc compiled, or the check above proves nothing.
-    assert _descriptor_names() <= parsed, sorted(_descriptor_names() - parsed)
+@needs_grpc_tools
+def test_breaking_check_finds_each_kind_of_break(tmp_path: Path, file: str, old: str, new: str, expected: str) -> None:
+    breaking = _load("breaking")
+    copy = tmp_path / "sam3" / "v1"
+    copy.mkdir(parents=True)
+    for path in PROTO_DIR.glob("*.proto"):
+        text = path.read_text(encoding="utf-8")
+        if path.name == file:
+            assert old in text
+            text = text.replace(old, new)
+        (copy / path.name).write_text(text, encoding="utf-8")
+    problems = breaking.breaking_changes(breaking.released(), breaking.descriptor_set(tmp_path))
+    assert any(expected in problem for problem in problems), problems
