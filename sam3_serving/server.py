@@ -5,11 +5,13 @@ The encoder and decoder differ only in their servicers, so everything around the
 - Health (grpc.health.v1): "" and every service name report SERVING only while the worker's
   `ready()` callable says so (model loaded and Redis reachable), re-evaluated on a background thread;
   "liveness" reports SERVING until shutdown and never depends on Redis, so a Redis outage takes the
-  pods out of rotation without Kubernetes restarting them.
+  pods out of rotation without Kubernetes restarting them. List answers all of them at once.
 - Reflection for grpcurl / grpcui.
 - One interceptor around every application method (health and reflection are exempt): bearer-token
-  auth, `ServiceError` -> status + "sam3-error-bin" trailer, unexpected exception -> INTERNAL (logged,
-  the worker keeps serving), Prometheus metrics, one structured log line per call.
+  auth, `ServiceError` -> status + rich error details (google.rpc.Status), unexpected exception ->
+  INTERNAL (logged, the worker keeps serving), Prometheus metrics, one structured log line per call.
+  Every status this code sets carries the details; only gRPC's own (unknown method, message too
+  large, deadline exceeded) do not.
 - Graceful stop (SIGTERM): health goes NOT_SERVING, new calls get UNAVAILABLE / SHUTTING_DOWN while
   the server stays reachable, running calls get up to the grace period to finish, then the server stops.
 """
@@ -33,6 +35,7 @@ from typing import Any, NoReturn
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -162,7 +165,8 @@ class _Call:
             raise exc
         if isinstance(exc, NotImplementedError):  # the generated base servicer's default
             self.code = grpc.StatusCode.UNIMPLEMENTED
-            context.abort(self.code, f"{self.service}/{self.method} is not implemented by this worker")
+            message = f"{self.service}/{self.method} is not implemented by this worker"
+            ServiceError(self.code, message, Reason.UNIMPLEMENTED).abort(context)
         self.code = grpc.StatusCode.INTERNAL
         log.error(
             "unhandled exception in /%s/%s",
@@ -171,7 +175,7 @@ class _Call:
             exc_info=exc,
             extra={"method": f"/{self.service}/{self.method}", "worker": self.worker.worker},
         )
-        context.abort(self.code, _INTERNAL_MESSAGE)
+        ServiceError(self.code, _INTERNAL_MESSAGE, Reason.INTERNAL).abort(context)
 
     def _ended_code(self) -> grpc.StatusCode:
         """CANCELLED or DEADLINE_EXCEEDED for an rpc whose client is gone."""
@@ -211,11 +215,46 @@ class _Call:
         )
 
 
+class _Health(health.HealthServicer):
+    """grpc.health.v1 as grpcio-health-checking serves it, plus List (which it answers UNIMPLEMENTED).
+
+    `names` are every service name this worker reports: "", each service, and "liveness".
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__(experimental_non_blocking=True)
+        self._names = tuple(names)
+
+    def List(self, request: health_pb2.HealthListRequest, context: grpc.ServicerContext) -> Any:
+        statuses = {name: self.Check(health_pb2.HealthCheckRequest(service=name), context) for name in self._names}
+        return health_pb2.HealthListResponse(statuses=statuses)
+
+
 def _behavior(function: Callable[..., Any] | None) -> Callable[..., Any]:
     """The handler's function for its arity (always set for the arity the flags announce)."""
     if function is None:
         raise TypeError("method handler without a behavior for its arity")
     return function
+
+
+def _not_served(*_args: Any) -> NoReturn:
+    raise NotImplementedError  # -> UNIMPLEMENTED with details, in _Call.fail
+
+
+def _unserved(full_method: str) -> grpc.RpcMethodHandler | None:
+    """A handler refusing a declared method this worker does not serve (Segment on an encoder-only
+    worker), so the UNIMPLEMENTED it gets carries the error details like every other status."""
+    try:
+        method = descriptor_pool.Default().FindMethodByName(".".join(_split_method(full_method)))
+    except KeyError:
+        return None
+    if method.client_streaming:
+        if method.server_streaming:
+            return grpc.stream_stream_rpc_method_handler(_not_served)
+        return grpc.stream_unary_rpc_method_handler(_not_served)
+    if method.server_streaming:
+        return grpc.unary_stream_rpc_method_handler(_not_served)
+    return grpc.unary_unary_rpc_method_handler(_not_served)
 
 
 class _Interceptor(grpc.ServerInterceptor):
@@ -229,9 +268,9 @@ class _Interceptor(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
+        handler = continuation(handler_call_details) or _unserved(handler_call_details.method)
         if handler is None:
-            return None  # unknown method: gRPC answers UNIMPLEMENTED
+            return None  # a method no .proto of this process declares: gRPC answers UNIMPLEMENTED
         service, method = _split_method(handler_call_details.method)
         if service in _EXEMPT_SERVICES:
             return handler
@@ -324,7 +363,7 @@ class Worker:
         self._ready = ready
         self._ready_interval = ready_interval
         self._token = config.auth_token.encode() if config.auth_token is not None else None
-        self._health = health.HealthServicer(experimental_non_blocking=True)
+        self._health = _Health(("", *names, LIVENESS))
         self._server: grpc.Server | None = None
         self._metrics_http: WSGIServer | None = None
         self._poller: threading.Thread | None = None

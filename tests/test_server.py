@@ -22,11 +22,13 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
-from sam3_client.errors import Reason, Sam3Error
+from sam3_client.errors import ERROR_INFO_KEY, Reason, Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
 from sam3_serving import metrics
 from sam3_serving.errors import ServiceError
@@ -198,6 +200,10 @@ def test_health_overall_each_service_and_liveness(channel: grpc.Channel) -> None
     with pytest.raises(grpc.RpcError) as caught:
         _health(channel, "no.such.Service")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=2).statuses
+    assert {name: response.status for name, response in listed.items()} == {
+        name: SERVING for name in ("", DECODER, ENCODER, ARITY, "liveness")
+    }
 
 
 def test_readiness_follows_ready_callable_and_liveness_does_not(channel: grpc.Channel, ready: Ready) -> None:
@@ -229,6 +235,21 @@ def test_reflection_lists_services(channel: grpc.Channel) -> None:
 # --- errors ----------------------------------------------------------------------------------
 
 
+def assert_standard_details(error: grpc.RpcError, reason: Reason, field: str | None = None) -> None:
+    """The rich error model as any gRPC language reads it: google.rpc.Status in grpc-status-details-bin."""
+    status = rpc_status.from_call(error)  # also checks code and message agree with the call's
+    assert status is not None, f"{error.code()} without grpc-status-details-bin"
+    info, bad_request = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    unpacked = {"info": False, "bad_request": False}
+    for detail in status.details:
+        unpacked["info"] |= detail.Unpack(info)
+        unpacked["bad_request"] |= detail.Unpack(bad_request)
+    assert unpacked["info"] and (info.reason, info.domain) == (reason.value, "sam3.v1")
+    assert unpacked["bad_request"] == (field is not None)
+    if field is not None:
+        assert [v.field for v in bad_request.field_violations] == [field] and info.metadata["field"] == field
+
+
 def test_service_error_becomes_status_and_error_info(channel: grpc.Channel) -> None:
     stub = decoder_pb2_grpc.DecoderServiceStub(channel)
     with pytest.raises(grpc.RpcError) as caught:
@@ -238,6 +259,36 @@ def test_service_error_becomes_status_and_error_info(channel: grpc.Channel) -> N
     info = Sam3Error.from_rpc(caught.value)
     assert info.reason == Reason.EMBEDDING_NOT_FOUND
     assert dict(info.metadata) == {"image_id": "abc123"}
+    assert_standard_details(caught.value, Reason.EMBEDDING_NOT_FOUND)
+    # The deprecated trailer still goes alongside, for SDKs that read only it.
+    legacy = dict(caught.value.trailing_metadata())[ERROR_INFO_KEY]
+    assert common_pb2.ErrorInfo.FromString(legacy).reason == "EMBEDDING_NOT_FOUND"
+
+
+class _FailedCall:
+    """Just enough of a grpc.RpcError for Sam3Error.from_rpc: a worker's answer as received."""
+
+    def __init__(self, trailers: tuple[tuple[str, bytes], ...]) -> None:
+        self._trailers = trailers
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.NOT_FOUND
+
+    def details(self) -> str:
+        return "gone"
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return self._trailers
+
+
+def test_sdk_reads_the_standard_details_and_still_the_old_trailer() -> None:
+    new = ServiceError(grpc.StatusCode.NOT_FOUND, "gone", Reason.EMBEDDING_NOT_FOUND, image_id="new")
+    old = common_pb2.ErrorInfo(reason="EMBEDDING_NOT_FOUND", metadata={"image_id": "old"}).SerializeToString()
+    standard = rpc_status.to_status(new.rich_status()).trailing_metadata
+    assert Sam3Error.from_rpc(_FailedCall(standard)).metadata == {"image_id": "new"}
+    assert Sam3Error.from_rpc(_FailedCall(((ERROR_INFO_KEY, old),))).metadata == {"image_id": "old"}  # old worker
+    assert Sam3Error.from_rpc(_FailedCall(((ERROR_INFO_KEY, old), *standard))).metadata == {"image_id": "new"}
+    assert Sam3Error.from_rpc(_FailedCall((("grpc-status-details-bin", b"\xff garbage"),))).reason is None
 
 
 def test_unexpected_exception_is_internal_and_worker_keeps_serving(
@@ -248,7 +299,8 @@ def test_unexpected_exception_is_internal_and_worker_keeps_serving(
         stub.Segment(decoder_pb2.SegmentRequest(image_id="boom"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert caught.value.details() == "internal error; see the worker log"
-    assert Sam3Error.from_rpc(caught.value).reason is None
+    assert Sam3Error.from_rpc(caught.value).reason == Reason.INTERNAL
+    assert_standard_details(caught.value, Reason.INTERNAL)
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
     assert stub.Segment(decoder_pb2.SegmentRequest(image_id="ok"), timeout=5).image_id == "ok"
 
@@ -257,6 +309,7 @@ def test_unimplemented_method_stays_unimplemented(channel: grpc.Channel) -> None
     with pytest.raises(grpc.RpcError) as caught:
         encoder_pb2_grpc.EncoderServiceStub(channel).Encode(encoder_pb2.EncodeRequest(image=b"x"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert_standard_details(caught.value, Reason.UNIMPLEMENTED)
 
 
 def test_errors_inside_bidirectional_stream(channel: grpc.Channel) -> None:
@@ -300,6 +353,7 @@ def test_all_four_arities_convert_errors(channel: grpc.Channel, arity: str) -> N
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = Sam3Error.from_rpc(caught.value)
     assert info.reason == Reason.INVALID_PROMPT and info.metadata["field"] == "payload"
+    assert_standard_details(caught.value, Reason.INVALID_PROMPT, field="payload")
     with pytest.raises(grpc.RpcError) as caught:
         invoke(b"boom")
     assert caught.value.code() == grpc.StatusCode.INTERNAL
@@ -408,6 +462,7 @@ def test_auth_token_required_except_for_health_and_reflection() -> None:
                 assert "authorization: Bearer <token>" in (caught.value.details() or "")
                 info = Sam3Error.from_rpc(caught.value)
                 assert info.reason == Reason.UNAUTHENTICATED
+                assert_standard_details(caught.value, Reason.UNAUTHENTICATED)
             with pytest.raises(grpc.RpcError) as caught:  # streams are guarded too
                 list(stub.SegmentStream(iter([decoder_pb2.SegmentRequest(image_id="ok")]), timeout=5))
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -474,6 +529,7 @@ def test_graceful_stop_finishes_running_call_and_refuses_new_ones() -> None:
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         info = Sam3Error.from_rpc(caught.value)
         assert info.reason == Reason.SHUTTING_DOWN
+        assert_standard_details(caught.value, Reason.SHUTTING_DOWN)
 
         assert slow.result(timeout=5).request_id == "s"
         stopper.join(timeout=5)

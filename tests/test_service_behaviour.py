@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from encoder_service.servicer import EncoderSettings
 from sam3_cli.workers import DECODER, ENCODER
 from sam3_client import Client, Reason, Sam3Error
-from sam3_client.proto import decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
+from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
 from sam3_core.images import ImageLimits
 from service_stack import image_bytes, running, serve_subprocess
 
@@ -313,6 +313,22 @@ def test_mask_format_none_still_sends_the_box_and_the_size(redis_url: str) -> No
         assert mask.format == decoder_pb2.MASK_FORMAT_NONE and mask.WhichOneof("payload") is None
         assert mask.HasField("bbox") and mask.bbox == decoder_pb2.BoundingBox() and mask.area == 0
         assert (mask.width, mask.height) == (64, 48)
+
+
+def test_a_service_this_worker_does_not_serve_is_unimplemented_with_details(redis_url: str) -> None:
+    with running(redis_url, prefix(), {DECODER}) as stack, grpc.insecure_channel(stack.target) as channel:
+        encoder = encoder_pb2_grpc.EncoderServiceStub(channel)
+        for call in (
+            lambda: encoder.Encode(encoder_pb2.EncodeRequest(image=b"x"), timeout=10),
+            lambda: list(encoder.EncodeBatch(iter([encoder_pb2.EncodeRequest(image=b"x")]), timeout=10)),
+        ):
+            with pytest.raises(grpc.RpcError) as failure:
+                call()
+            error = Sam3Error.from_rpc(failure.value)
+            assert error.code == grpc.StatusCode.UNIMPLEMENTED and error.reason == Reason.UNIMPLEMENTED
+        with pytest.raises(grpc.RpcError) as failure:  # declared nowhere: gRPC's own answer, no details
+            channel.unary_unary("/no.such.Service/Nope")(b"", timeout=10)
+        assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_a_lock_that_cannot_be_released_does_not_change_the_answer(redis_url: str) -> None:

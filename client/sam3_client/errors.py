@@ -1,10 +1,12 @@
 """The error half of the wire contract, shared by the workers (which raise) and this SDK (which reads).
 
-A failed call carries a gRPC status code, a message for people, and a `sam3.v1.ErrorInfo` (see
-protos/sam3/v1/common.proto) with a machine-readable `Reason` and metadata such as the offending
-prompt "field" or the "limit" that was exceeded. The workers encode it in one place
-(`sam3_serving.errors.ServiceError.abort`); this module decodes it in one place (`Sam3Error.from_rpc`).
-Branch on `Sam3Error.code` or `Sam3Error.reason`, never on the message text.
+A failed call carries a gRPC status code, a message for people, and gRPC's standard rich error
+model: the trailer "grpc-status-details-bin" holds a `google.rpc.Status` whose details are a
+`google.rpc.ErrorInfo` (a machine-readable `Reason`, domain "sam3.v1", metadata such as the "limit"
+that was exceeded) and, for a bad request field, a `google.rpc.BadRequest` naming it (also in the
+metadata as "field"). Every gRPC language reads it with its own helper (docs/api.md).
+The workers encode it in one place (`sam3_serving.errors.ServiceError.abort`); this module decodes it
+in one place (`Sam3Error.from_rpc`). Branch on `Sam3Error.code` or `Sam3Error.reason`, never on text.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from sam3_client.proto import common_pb2
 
-__all__ = ["ERROR_INFO_KEY", "Reason", "Sam3Error"]
+__all__ = ["ERROR_DOMAIN", "ERROR_INFO_KEY", "Reason", "Sam3Error"]
 
-# Trailing-metadata key of the serialized ErrorInfo. The "-bin" suffix: gRPC base64-encodes the value
-# on the wire and grpcio hands over raw bytes.
+# google.rpc.ErrorInfo.domain of every reason below.
+ERROR_DOMAIN = "sam3.v1"
+# Deprecated: the trailer of a serialized sam3.v1.ErrorInfo that workers before the standard model
+# sent. Workers still send it alongside for SDKs that only read it; it goes in the next minor release.
 ERROR_INFO_KEY = "sam3-error-bin"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -37,6 +43,8 @@ class Reason(enum.StrEnum):
     SHUTTING_DOWN = "SHUTTING_DOWN"  # UNAVAILABLE: the worker is draining; retry on another replica.
     UNAUTHENTICATED = "UNAUTHENTICATED"  # UNAUTHENTICATED: missing or wrong bearer token.
     CANCELLED = "CANCELLED"  # CANCELLED: the call ended mid-encode; nothing was stored.
+    UNIMPLEMENTED = "UNIMPLEMENTED"  # UNIMPLEMENTED: this worker does not serve that service.
+    INTERNAL = "INTERNAL"  # INTERNAL: a bug in the worker (logged there); retrying will not help.
 
     @classmethod
     def parse(cls, text: str) -> Reason | None:
@@ -84,17 +92,14 @@ class Sam3Error(Exception):
     def from_rpc(cls, error: Any) -> Sam3Error:
         """From a grpc.RpcError (sync stubs, streaming iterators) or grpc.aio.AioRpcError (async stubs).
 
-        The only place that reads the ErrorInfo back from a failed call.
+        The only place that reads the error details back from a failed call: the standard
+        google.rpc.Status, else (a worker from before it) the deprecated sam3-error-bin trailer.
         """
-        info = common_pb2.ErrorInfo()
-        trailing = getattr(error, "trailing_metadata", None)
         try:
-            metadata: Sequence[tuple[str, str | bytes]] = (trailing() if callable(trailing) else None) or ()
-            for key, value in metadata:
-                if key == ERROR_INFO_KEY:
-                    info.ParseFromString(value if isinstance(value, bytes) else value.encode("latin-1"))
+            info = _standard_error_info(error) or _legacy_error_info(error)
         except Exception:  # a garbled trailer must not hide the status itself
-            info = common_pb2.ErrorInfo()
+            info = None
+        info = info or common_pb2.ErrorInfo()
         return cls(error.code(), error.details() or "", Reason.parse(info.reason), info.metadata)
 
     @classmethod
@@ -102,3 +107,25 @@ class Sam3Error(Exception):
         """From the error of one item of a stream that carried on (EncodeBatch, SegmentStream)."""
         code = _CODES.get(item.code, grpc.StatusCode.UNKNOWN)
         return cls(code, item.message, Reason.parse(item.info.reason), item.info.metadata)
+
+
+def _standard_error_info(error: Any) -> common_pb2.ErrorInfo | None:
+    """The sam3 google.rpc.ErrorInfo in grpc-status-details-bin, as the ErrorInfo this SDK has always used."""
+    status = rpc_status.from_call(error)
+    if status is None:
+        return None
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+            return common_pb2.ErrorInfo(reason=info.reason, metadata=info.metadata)
+    return None
+
+
+def _legacy_error_info(error: Any) -> common_pb2.ErrorInfo | None:
+    """The deprecated sam3-error-bin trailer of workers from before the standard model."""
+    trailing = getattr(error, "trailing_metadata", None)
+    metadata: Sequence[tuple[str, str | bytes]] = (trailing() if callable(trailing) else None) or ()
+    for key, value in metadata:
+        if key == ERROR_INFO_KEY:
+            return common_pb2.ErrorInfo.FromString(value if isinstance(value, bytes) else value.encode("latin-1"))
+    return None

@@ -112,18 +112,28 @@ Global___Timings: _TypeAlias = Timings  # noqa: Y015
 @_typing.final
 class ErrorInfo(_message.Message):
     """Machine-readable detail of a failed rpc, so clients branch on `reason` rather than parse text.
-    The workers attach it serialized in the trailing metadata key "sam3-error-bin"
-    (gRPC base64-encodes "-bin" values on the wire; gRPC libraries hand over the raw bytes).
+
+    A failed rpc uses gRPC's standard rich error model: the trailing metadata "grpc-status-details-bin"
+    holds a google.rpc.Status whose `details` carry a google.rpc.ErrorInfo (the same `reason` and
+    `metadata` as this message, domain "sam3.v1") and, when a request field is to blame, a
+    google.rpc.BadRequest whose field violation names it (e.g. "objects[0].points[1].label").
+    Every gRPC language reads it with its own helper; docs/api.md shows Node.js.
+    This message is what a stream item's ItemError carries, and what the deprecated trailer
+    "sam3-error-bin" holds (still sent alongside for older clients; removed in the next minor release).
     Reasons, with the gRPC status code they come with:
       EMBEDDING_NOT_FOUND  NOT_FOUND           no embedding stored for image_id + model: call Encode, retry.
       INVALID_IMAGE        INVALID_ARGUMENT    the bytes are not an image we can decode.
-      INVALID_PROMPT       INVALID_ARGUMENT    a prompt is malformed; metadata "field" names it.
+      INVALID_PROMPT       INVALID_ARGUMENT    a request field is malformed or unset; metadata "field" names it.
       IMAGE_TOO_LARGE      RESOURCE_EXHAUSTED  over the byte or pixel limit; metadata "limit" says which.
       OVERLOADED           RESOURCE_EXHAUSTED  over the encoder's concurrency limit: back off and retry.
       STORE_UNAVAILABLE    UNAVAILABLE         the embedding store (Redis) cannot be reached.
       SHUTTING_DOWN        UNAVAILABLE         the worker is draining (SIGTERM): retry, another replica answers.
       UNAUTHENTICATED      UNAUTHENTICATED     missing or wrong "authorization: Bearer <token>" metadata.
       CANCELLED            CANCELLED           the call was cancelled or expired mid-encode; nothing was stored.
+      UNIMPLEMENTED        UNIMPLEMENTED       this worker does not serve that service (e.g. an encoder-only worker).
+      INTERNAL             INTERNAL            a bug in the worker, logged there; retrying will not help.
+    Statuses made by the gRPC library itself (an unknown method, a message over the size limit, an
+    expired deadline) carry no details.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
