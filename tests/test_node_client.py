@@ -12,6 +12,8 @@ import base64
 import hashlib
 import io
 import json
+import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -105,11 +107,9 @@ def sdk_segment(client: Client, case: dict[str, Any], mask_format: str) -> Any:
     return client.segment_objects(IMAGE, objects, mask=mask, mask_format=mask_format)
 
 
-def node_mask(described: dict[str, Any]) -> np.ndarray | None:
-    """The mask as Node saw it: PNG bytes decoded here, the others by a sha256 of Node's decoding."""
-    if "png" in described:
-        return np.asarray(Image.open(io.BytesIO(base64.b64decode(described["png"])))) > 0
-    return None
+def png_mask(encoded: str) -> np.ndarray:
+    """The PNG bytes Node received (base64), decoded here: Node reports RLE and bits decoded itself."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded)))) > 0
 
 
 def assert_same_result(node_result: dict[str, Any], sdk_result: Any, where: str) -> None:
@@ -126,11 +126,11 @@ def assert_same_result(node_result: dict[str, Any], sdk_result: Any, where: str)
             if sdk.mask is None:
                 assert mine["format"] == "MASK_FORMAT_NONE" and "sha256" not in mine and "png" not in mine, at
                 continue
-            pixels = np.ascontiguousarray(sdk.mask, dtype=np.uint8)
             if "png" in mine:
-                np.testing.assert_array_equal(node_mask(mine), sdk.mask, err_msg=at)
-            else:
-                assert mine["sha256"] == hashlib.sha256(pixels.tobytes()).hexdigest(), at
+                np.testing.assert_array_equal(png_mask(mine["png"]), sdk.mask, err_msg=at)
+            else:  # the row-major 0/1 bytes Node decoded, by their sha256
+                pixels = np.ascontiguousarray(sdk.mask, dtype=np.uint8).tobytes()
+                assert mine["sha256"] == hashlib.sha256(pixels).hexdigest(), at
 
 
 def run_node(node: str, script: str, stdin: str, env: dict[str, str] | None = None) -> str:
@@ -187,3 +187,29 @@ def test_node_client_reads_the_standard_error_details(node_run: tuple[int, list,
         assert found["google.rpc.ErrorInfo"]["reason"] == "INVALID_PROMPT", name
         (violation,) = found["google.rpc.BadRequest"]["field_violations"]
         assert violation["field"] == field and "not set" in violation["description"], name
+
+
+def js_snippets() -> list[tuple[str, str]]:
+    """(document, code) of every ```js block in the README and docs/."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [(d.name, block) for d in docs for block in re.findall(r"```js\n(.*?)```", d.read_text(), re.S)]
+
+
+def test_the_docs_show_node_calls() -> None:
+    assert {doc for doc, _ in js_snippets()} >= {"README.md", "api.md"}
+
+
+@pytest.mark.parametrize(("doc", "snippet"), js_snippets(), ids=lambda value: value if value.endswith(".md") else "")
+def test_documented_node_snippets_print_what_they_say(
+    node: str, server: str, tmp_path: Path, doc: str, snippet: str
+) -> None:
+    """Each snippet ends with its output as // comments; run as printed (against the test server)."""
+    lines = snippet.rstrip().splitlines()
+    expected: list[str] = []
+    while lines and lines[-1].startswith("// "):
+        expected.insert(0, lines.pop()[3:])
+    assert expected, f"a js snippet in {doc} must end with its output as // comment lines"
+    script = tmp_path / "snippet.js"
+    script.write_text(snippet.replace("localhost:50051", server), encoding="utf-8")
+    env = {**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")}
+    assert run_node(node, str(script), "", env=env).splitlines() == expected
