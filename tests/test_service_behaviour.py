@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import numpy as np
@@ -298,6 +299,23 @@ def test_unset_and_unknown_enum_values_are_invalid_argument(redis_url: str, fiel
             decoder_pb2_grpc.DecoderServiceStub(channel).Segment(request, timeout=10)
         error = Sam3Error.from_rpc(failure.value)
         assert error.code == grpc.StatusCode.INVALID_ARGUMENT and error.metadata["field"] == field
+
+
+def _enum_fields(message: Any, prefix: str = "") -> set[str]:
+    """Paths of every enum field a message carries, nested messages included."""
+    found = set()
+    for field in message.fields:
+        if field.enum_type is not None:
+            found.add(prefix + field.name)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            found |= _enum_fields(field.message_type, f"{prefix}{field.name}.")
+    return found
+
+
+def test_every_request_enum_is_covered_by_the_refusal_tests() -> None:
+    """A new enum field in a request must get its zero value refused (and a case above) too."""
+    assert _enum_fields(decoder_pb2.SegmentRequest.DESCRIPTOR) == {"selection", "mask_format", "objects.points.label"}
+    assert _enum_fields(encoder_pb2.EncodeRequest.DESCRIPTOR) == set()
 
 
 def test_mask_format_none_still_sends_the_box_and_the_size(redis_url: str) -> None:
