@@ -149,7 +149,7 @@ def test_services_work_with_installed_grpcio() -> None:
 
 
 class _Status(grpc.Status):
-    """An rpc error carrying ErrorInfo in the `sam3-error-bin` trailer, as the workers send it."""
+    """An rpc error carrying ErrorInfo in the deprecated `sam3-error-bin` trailer (workers still send it too)."""
 
     def __init__(self, code: grpc.StatusCode, details: str, info: common_pb2.ErrorInfo) -> None:
         self.code, self.details = code, details
