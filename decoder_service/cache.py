@@ -9,6 +9,11 @@ freshly opened image arrive together, one fetches it from Redis and the others w
 instead of each pulling the same megabytes. It returns where the answer came from ("local", or what
 the loader reported), which the decoder counts in sam3_embedding_lookups_total; evictions and bytes
 held are exported as sam3_local_cache_evictions_total and sam3_local_cache_bytes.
+
+Entries are dropped when the store announces that their value was rewritten (`discard`, e.g. after
+`Encode(force=true)`), or all at once when announcements may have been missed (`clear`). A load that
+was already under way when such an announcement arrived is returned to its callers but not cached:
+it may hold the bytes from before the rewrite.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class EmbeddingCache:
         self._nbytes = 0
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
+        self._generation = 0  # bumped by every discard/clear: loads that straddle one are not cached
 
     def __len__(self) -> int:
         with self._lock:
@@ -82,25 +88,39 @@ class EmbeddingCache:
         An item larger than the whole budget is not cached (and drops any older version of itself):
         evicting everything for an item that still would not fit helps nobody.
         """
-        size = embeddings.nbytes
         with self._lock:
-            old = self._items.pop(image_id, None)
-            if old is not None:
-                self._nbytes -= old.nbytes
-            if size > self.max_bytes:
-                metrics.LOCAL_CACHE_BYTES.set(self._nbytes)
-                return
+            self._put(image_id, embeddings)
+
+    def _put(self, image_id: str, embeddings: ImageEmbeddings) -> None:
+        """Caller holds the lock."""
+        size = embeddings.nbytes
+        self._pop(image_id)
+        if size <= self.max_bytes:
             while self._items and self._nbytes + size > self.max_bytes:
                 _, evicted = self._items.popitem(last=False)
                 self._nbytes -= evicted.nbytes
                 metrics.LOCAL_CACHE_EVICTIONS.inc()
             self._items[image_id] = embeddings
             self._nbytes += size
+        metrics.LOCAL_CACHE_BYTES.set(self._nbytes)
+
+    def _pop(self, image_id: str) -> None:
+        """Caller holds the lock."""
+        old = self._items.pop(image_id, None)
+        if old is not None:
+            self._nbytes -= old.nbytes
+
+    def discard(self, image_id: str) -> None:
+        """Forget one item (its stored value was rewritten); absent is fine."""
+        with self._lock:
+            self._generation += 1
+            self._pop(image_id)
             metrics.LOCAL_CACHE_BYTES.set(self._nbytes)
 
     def clear(self) -> None:
         """Drop every item."""
         with self._lock:
+            self._generation += 1
             self._items.clear()
             self._nbytes = 0
             metrics.LOCAL_CACHE_BYTES.set(0)
@@ -120,6 +140,7 @@ class EmbeddingCache:
             leader = flight is None
             if flight is None:
                 flight = self._flights[image_id] = _Flight()
+            generation = self._generation
         if not leader:
             flight.done.wait()
             if flight.error is not None:
@@ -127,8 +148,9 @@ class EmbeddingCache:
             return flight.result
         try:
             flight.result = load()
-            if flight.result[0] is not None:
-                self.put(image_id, flight.result[0])  # before the flight ends: later callers hit the cache
+            with self._lock:  # before the flight ends: later callers hit the cache
+                if flight.result[0] is not None and generation == self._generation:
+                    self._put(image_id, flight.result[0])
         except BaseException as error:
             flight.error = error
             raise

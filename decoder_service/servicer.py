@@ -30,6 +30,7 @@ from sam3_core.timing import StageTimer
 from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
+from sam3_serving.server import tenant_of
 from sam3_serving.store import EmbeddingStore
 
 WORKER = "decoder"
@@ -184,7 +185,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
     def Segment(
         self, request: decoder_pb2.SegmentRequest, context: grpc.ServicerContext
     ) -> decoder_pb2.SegmentResponse:
-        return self._segment(request)
+        return self._segment(request, self.store.for_tenant(tenant_of(context)))
 
     def SegmentStream(
         self, request_iterator: Iterator[decoder_pb2.SegmentRequest], context: grpc.ServicerContext
@@ -207,6 +208,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             finally:
                 pending.put(None)
 
+        store = self.store.for_tenant(tenant_of(context))
         threading.Thread(target=read, name="segment-stream-reader", daemon=True).start()
         while (request := pending.get()) is not None:
             with lock:
@@ -218,17 +220,17 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                 )
                 continue
             try:
-                yield self._segment(request)
+                yield self._segment(request, store)
             except ServiceError as error:
                 yield decoder_pb2.SegmentResponse(
                     request_id=request.request_id, image_id=request.image_id, error=error.to_item_error()
                 )
 
-    def _segment(self, request: decoder_pb2.SegmentRequest) -> decoder_pb2.SegmentResponse:
+    def _segment(self, request: decoder_pb2.SegmentRequest, store: EmbeddingStore) -> decoder_pb2.SegmentResponse:
         timer = StageTimer()
         with timer.stage("total"):
             checked = plan(request, self.settings.prompt_limits)
-            embeddings = self._embeddings(request.image_id, timer)
+            embeddings = self._embeddings(store, request.image_id, timer)
             try:
                 predictions = decode(
                     self.model, embeddings, checked.prompts, limits=self.settings.prompt_limits, timer=timer
@@ -248,17 +250,20 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             image_id=request.image_id,
         )
 
-    def _embeddings(self, image_id: str, timer: StageTimer) -> ImageEmbeddings:
-        """Local cache, else Redis (converted to float32 once); NOT_FOUND tells the client to Encode."""
+    def _embeddings(self, store: EmbeddingStore, image_id: str, timer: StageTimer) -> ImageEmbeddings:
+        """Local cache, else Redis (converted to float32 once); NOT_FOUND tells the client to Encode.
+
+        The local cache is keyed by the value's store key, so tenants never share a local copy either.
+        """
 
         def load() -> Loaded:
-            lookup = self.store.get(image_id)
+            lookup = store.get(image_id)
             if lookup.embeddings is None:
                 return None, lookup.outcome
             return lookup.embeddings.astype(np.float32), "redis"
 
         with timer.stage("fetch"):
-            embeddings, outcome = self.cache.get_or_load(image_id, load)
+            embeddings, outcome = self.cache.get_or_load(store.key(image_id), load)
         metrics.CACHE_LOOKUPS.labels(outcome).inc()
         if embeddings is None:
             raise ServiceError(

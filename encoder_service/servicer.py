@@ -4,8 +4,9 @@ The flow of one Encode:
 1. The image's header is read (format, pixel count): a bad or oversized image is refused before it
    costs a lock, a slot or a decode. The sha256 of the bytes is the image id; if the store already
    holds it for this model -> `cached`.
-2. Take the image's short Redis lock. Whoever holds it encodes; the others wait for the value to
-   appear (and answer `cached`), falling back to encoding themselves if the holder fails or is slow.
+2. Take the image's short Redis lock (renewed while the encode runs). Whoever holds it encodes; the
+   others wait for the value to appear (and answer `cached`) at most until their own deadline,
+   falling back to encoding themselves if the holder fails or dies (its lock then expires in seconds).
 3. Encoding needs a free slot: beyond `max_concurrent` encodes, RESOURCE_EXHAUSTED at once rather
    than an unbounded queue. A cancelled or expired call terminates the model run and writes nothing.
 
@@ -15,7 +16,6 @@ decoder (docs/architecture.md).
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,10 +34,10 @@ from sam3_core.timing import StageTimer
 from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
-from sam3_serving.store import EmbeddingStore, StoreUnavailableError
+from sam3_serving.server import tenant_of
+from sam3_serving.store import EmbeddingStore
 
 WORKER = "encoder"
-log = logging.getLogger("sam3.encoder")
 
 
 @dataclass(frozen=True)
@@ -115,37 +115,34 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         timer: StageTimer,
     ) -> tuple[tuple[int, int], bool]:
         """((height, width), cached): the stored value's size, or the size of the image this call encoded."""
-        if not request.force and (size := self.store.peek_size(image_id)) is not None:
+        store = self.store.for_tenant(tenant_of(context))
+        if not request.force and (size := store.peek_size(image_id)) is not None:
             return size, True
-        token = self.store.try_lock(image_id)
-        if token is None and not request.force:
-            size = self._wait_for_other_worker(image_id, context, timer)
+        lock = store.lock(image_id)
+        if lock is None and not request.force:
+            size = self._wait_for_other_worker(store, image_id, context, timer)
             if size is not None:
                 return size, True
-            token = self.store.try_lock(image_id)
+            lock = store.lock(image_id)
         try:
             # Another worker may have stored it and let go of the lock between our peek and our lock.
-            if token is not None and not request.force and (size := self.store.peek_size(image_id)):
+            if lock is not None and not request.force and (size := store.peek_size(image_id)):
                 return size, True
-            return self._run_model(image, image_id, context, timer), False
+            return self._run_model(image, store, image_id, context, timer), False
         finally:
-            if token is not None:
-                self._release(image_id, token)
-
-    def _release(self, image_id: str, token: str) -> None:
-        """A lock that cannot be released expires by itself: never let that replace the call's outcome."""
-        try:
-            self.store.release(image_id, token)
-        except StoreUnavailableError as error:
-            log.warning("could not release the encode lock of %s (it expires by itself): %s", image_id, error)
+            if lock is not None:
+                lock.release()  # never raises: a lock that cannot be released expires by itself
 
     def _wait_for_other_worker(
-        self, image_id: str, context: grpc.ServicerContext, timer: StageTimer
+        self, store: EmbeddingStore, image_id: str, context: grpc.ServicerContext, timer: StageTimer
     ) -> tuple[int, int] | None:
+        """Wait for the lock holder's value, no longer than this call's own deadline."""
+        remaining = context.time_remaining()
+        timeout = self.settings.single_flight_timeout
+        if remaining is not None:
+            timeout = min(timeout, remaining)
         with timer.stage("single_flight_wait"):
-            waited = self.store.wait_for(
-                image_id, self.settings.single_flight_timeout, cancelled=lambda: not context.is_active()
-            )
+            waited = store.wait_for(image_id, timeout, cancelled=lambda: not context.is_active())
         if waited.outcome == "cancelled" or not context.is_active():
             raise ServiceError(
                 grpc.StatusCode.CANCELLED, "call ended while waiting for another worker's encode", Reason.CANCELLED
@@ -154,7 +151,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         return waited.size
 
     def _run_model(
-        self, image: Image.Image, image_id: str, context: grpc.ServicerContext, timer: StageTimer
+        self,
+        image: Image.Image,
+        store: EmbeddingStore,
+        image_id: str,
+        context: grpc.ServicerContext,
+        timer: StageTimer,
     ) -> tuple[int, int]:
         if not self._slots.acquire(blocking=False):
             raise ServiceError(
@@ -186,7 +188,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                     grpc.StatusCode.CANCELLED, "call ended during the encode; nothing stored", Reason.CANCELLED
                 )
             with timer.stage("store_write"):
-                self.store.put(image_id, embeddings)
+                store.put(image_id, embeddings)
             return embeddings.original_size
         finally:
             self._slots.release()

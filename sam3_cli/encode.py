@@ -101,7 +101,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sam3_cli.options import channel_settings, check_target, tls_root
+    from sam3_cli.options import channel_settings, check_target, tls_options
     from sam3_client import Client
 
     target = args.encoder_server or args.server
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     if fatal is not None:
         targets = targets_of(args.server, args.encoder_server, None)
-        down = first_unreachable(targets, tls=args.tls, root_certificates=tls_root(args))
+        down = first_unreachable(targets, **tls_options(args))
         raise CliError(explain(fatal.error, down or target, timeout=args.timeout))
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from grpc import StatusCode
 
@@ -116,9 +117,7 @@ def targets_of(server: str | None, encoder: str | None, decoder: str | None) -> 
     return list(dict.fromkeys(t for t in (decoder or server, encoder or server) if t))
 
 
-def first_unreachable(
-    targets: Sequence[str], *, tls: bool = False, root_certificates: bytes | None = None, timeout: float = 1.0
-) -> str | None:
+def first_unreachable(targets: Sequence[str], *, timeout: float = 1.0, **tls: Any) -> str | None:
     """Of several targets, the first whose health service does not answer (to name the one that is down)."""
     import grpc
 
@@ -126,7 +125,7 @@ def first_unreachable(
 
     for target in targets:
         try:
-            check(target, timeout=timeout, tls=tls, root_certificates=root_certificates)
+            check(target, timeout=timeout, **tls)  # tls: check()'s TLS keyword arguments
         except grpc.RpcError as error:
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return target

@@ -14,7 +14,7 @@ from sam3_cli.errors import CliError, unreachable
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    from sam3_cli.options import HelpFormatter, option, positive_seconds
+    from sam3_cli.options import HelpFormatter, add_client_certificate_options, option, positive_seconds
 
     parser = commands.add_parser(
         "health",
@@ -35,18 +35,19 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
     )
     parser.add_argument("--tls", action="store_true", help="connect with TLS (system trust store, or --tls-ca)")
     option(parser, "--tls-ca", type=Path, metavar="PEM", help="CA bundle to trust for TLS (implies --tls)")
+    add_client_certificate_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import grpc
 
-    from sam3_cli.options import tls_root
+    from sam3_cli.options import tls_options
     from sam3_serving.health_check import check
 
     shown = args.service or "(server)"
     try:
-        status = check(args.target, args.service, timeout=args.timeout, tls=args.tls, root_certificates=tls_root(args))
+        status = check(args.target, args.service, timeout=args.timeout, **tls_options(args))
     except grpc.RpcError as error:
         code = error.code()
         if code == grpc.StatusCode.NOT_FOUND:

@@ -186,21 +186,39 @@ def add_connection_options(group: argparse._ActionsContainer) -> None:
     option(group, "--token", help="bearer token the workers require (their --auth-token)")
     group.add_argument("--tls", action="store_true", help="connect with TLS (system trust store, or --tls-ca)")
     option(group, "--tls-ca", type=Path, metavar="PEM", help="CA bundle to trust for TLS (implies --tls)")
+    add_client_certificate_options(group)
 
 
-def tls_root(args: argparse.Namespace) -> bytes | None:
-    """The PEM bytes of --tls-ca, read with an error that names the flag."""
-    if not getattr(args, "tls_ca", None):
+def add_client_certificate_options(group: argparse._ActionsContainer) -> None:
+    """--tls-client-cert / --tls-client-key: what workers with --tls-client-ca (mTLS) require."""
+    option(group, "--tls-client-cert", type=Path, metavar="PEM", help="client certificate for mTLS (implies --tls)")
+    option(group, "--tls-client-key", type=Path, metavar="PEM", help="private key of --tls-client-cert")
+
+
+def _read_pem(args: argparse.Namespace, name: str) -> bytes | None:
+    """The bytes of the PEM file flag `name`, read with an error that names the flag."""
+    path = getattr(args, name, None)
+    if not path:
         return None
     try:
-        return Path(args.tls_ca).read_bytes()
+        return Path(path).read_bytes()
     except OSError as error:
-        raise ValueError(f"--tls-ca {args.tls_ca}: {error.strerror or error}") from error
+        raise ValueError(f"--{name.replace('_', '-')} {path}: {error.strerror or error}") from error
+
+
+def tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The TLS flags as keyword arguments of ChannelSettings and of the health checks."""
+    root, certificate = _read_pem(args, "tls_ca"), _read_pem(args, "tls_client_cert")
+    return {
+        "tls": bool(args.tls or root or certificate),
+        "root_certificates": root,
+        "client_certificate": certificate,
+        "client_key": _read_pem(args, "tls_client_key"),
+    }
 
 
 def channel_settings(args: argparse.Namespace, **overrides: Any) -> Any:
     """The SDK's ChannelSettings for the connection flags (plus any other ChannelSettings field)."""
     from sam3_client import ChannelSettings
 
-    root = tls_root(args)
-    return ChannelSettings(tls=bool(args.tls or root), root_certificates=root, token=args.token, **overrides)
+    return ChannelSettings(token=args.token, **tls_options(args), **overrides)

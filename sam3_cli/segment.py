@@ -352,7 +352,7 @@ def _segment_in_process(args: argparse.Namespace, rgb: Any, prompt: Any) -> Segm
 def _segment_remote(args: argparse.Namespace, data: bytes, prompt: Any, flag_for: Callable[[str], str]) -> Segmentation:
     import grpc
 
-    from sam3_cli.options import channel_settings, tls_root
+    from sam3_cli.options import channel_settings, tls_options
     from sam3_client import Client, ObjectPrompt, Sam3Error
 
     # Interactive: 3 attempts (~0.6 s of backoff) rather than the SDK's 5 (~3 s) before "cannot reach".
@@ -372,7 +372,7 @@ def _segment_remote(args: argparse.Namespace, data: bytes, prompt: Any, flag_for
         except Sam3Error as error:
             target = targets[0]
             if error.code == grpc.StatusCode.UNAVAILABLE and len(targets) > 1:
-                target = first_unreachable(targets, tls=args.tls, root_certificates=tls_root(args)) or target
+                target = first_unreachable(targets, **tls_options(args)) or target
             raise CliError(explain(error, target, flag_for=flag_for, timeout=args.timeout)) from error
     (obj,) = result.objects
     encoded = "" if result.encoded is None else f"encode {result.encoded.timings.get('total', 0):.0f} ms, "

@@ -42,8 +42,23 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
         help="close client connections after this long so they re-resolve DNS and reach new replicas",
     )
     option(server, "--auth-token", help="require `authorization: Bearer <token>` on every call")
+    option(
+        server,
+        "--tenants-file",
+        help="`<tenant> <token>` per line: each token is a tenant with its own embedding namespace "
+        "(instead of --auth-token)",
+    )
     option(server, "--tls-cert", help="PEM certificate: serve TLS (with --tls-key)")
     option(server, "--tls-key", help="PEM private key for --tls-cert")
+    option(server, "--tls-client-ca", help="PEM CA: require client certificates it signed (mTLS)")
+    option(
+        server,
+        "--tenant-from",
+        default="token",
+        choices=("token", "cert"),
+        help="where a caller's tenant comes from: its token's line in --tenants-file, or its client "
+        "certificate's common name (needs --tls-client-ca)",
+    )
     option(
         server,
         "--log-level",
@@ -67,6 +82,13 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
     )
     option(store, "--ttl-seconds", type=whole_number(1), default=7 * 24 * 3600, help="expiry of every stored embedding")
     option(store, "--key-prefix", default="sam3", help="namespace of the store's Redis keys")
+    option(
+        store,
+        "--lock-ttl-seconds",
+        type=float,
+        default=10.0,
+        help="encode lock lifetime, renewed while the encode runs: a dead encoder's lock frees after this",
+    )
 
     if ENCODER in roles:
         encoder = parser.add_argument_group("encoder")
@@ -117,9 +139,14 @@ def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: boo
         model = load_model(args, load_encoder=ENCODER in roles, load_decoder=DECODER in roles)
         store = EmbeddingStore(
             StoreConfig(
-                url=redis_url, ttl_seconds=args.ttl_seconds, dtype=args.store_dtype, key_prefix=args.key_prefix
+                url=redis_url,
+                ttl_seconds=args.ttl_seconds,
+                dtype=args.store_dtype,
+                key_prefix=args.key_prefix,
+                lock_ttl_seconds=args.lock_ttl_seconds,
             ),
             model.model_id,
+            model.embedding_shapes(),
         )
         worker = start_worker(model, store, roles, server_config(args), **role_settings(args, roles))
         worker.install_signal_handlers()
@@ -154,8 +181,11 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         metrics_port=args.metrics_port,
         max_connection_age_seconds=args.max_connection_age_seconds,
         auth_token=args.auth_token,
+        tenants_file=args.tenants_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        tenant_from_cert=args.tenant_from == "cert",
     )
 
 
@@ -193,6 +223,7 @@ def start_worker(
     from sam3_serving.server import Service, Worker
 
     services = []
+    decoder_servicer = None
     if ENCODER in roles:
         encoder_servicer = EncoderServicer(model, store, encoder or EncoderSettings())
         services.append(
@@ -210,7 +241,15 @@ def start_worker(
                 lambda server: decoder_pb2_grpc.add_DecoderServiceServicer_to_server(decoder_servicer, server),
             )
         )
-    return Worker(config, services, worker="+".join(sorted(roles)), ready=store.ping).start()
+    worker = Worker(config, services, worker="+".join(sorted(roles)), ready=store.check).start()
+    if decoder_servicer is not None:
+        cache = decoder_servicer.cache
+        # Values rewritten by any encoder (Encode force=true, a re-encode after a bad value) leave this
+        # decoder's local cache at once; the click path itself never asks Redis when the cache hits.
+        worker.run_in_background(
+            "replacements", lambda stopping: store.listen_for_replacements(cache.discard, cache.clear, stopping)
+        )
+    return worker
 
 
 def main_for(roles: set[str], *, embedded_redis: bool) -> Callable[[argparse.Namespace], int]:

@@ -23,14 +23,18 @@ def check(
     timeout: float,
     tls: bool = False,
     root_certificates: bytes | None = None,
+    client_certificate: bytes | None = None,
+    client_key: bytes | None = None,
 ) -> str:
     """The worker's status for `service` ('' = the whole worker): "SERVING", "NOT_SERVING", ...
 
     One attempt on a plain channel (no retries): a healthcheck should answer or fail at once. Raises
     grpc.RpcError when the call fails (UNAVAILABLE: nothing listens; NOT_FOUND: unknown service).
+    Workers with mTLS need `client_certificate` and `client_key` (PEM) even for health.
     """
-    if tls or root_certificates:
-        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root_certificates))
+    if tls or root_certificates or client_certificate:
+        credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_certificate)
+        channel = grpc.secure_channel(target, credentials)
     else:
         channel = grpc.insecure_channel(target)
     with channel:

@@ -7,18 +7,18 @@ The encoder and decoder differ only in their servicers, so everything around the
   "liveness" reports SERVING until shutdown and never depends on Redis, so a Redis outage takes the
   pods out of rotation without Kubernetes restarting them. List answers all of them at once.
 - Reflection for grpcurl / grpcui.
-- One interceptor around every application method (health and reflection are exempt): bearer-token
-  auth, `ServiceError` -> status + rich error details (google.rpc.Status), unexpected exception ->
-  INTERNAL (logged, the worker keeps serving), Prometheus metrics, one structured log line per call.
-  Every status this code sets carries the details; only gRPC's own (unknown method, message too
-  large, deadline exceeded) do not.
+- One interceptor around every application method (health and reflection are exempt): authentication
+  (sam3_serving.auth: bearer token, tenants, client certificates), `ServiceError` -> status + rich
+  error details (google.rpc.Status), unexpected exception -> INTERNAL (logged, the worker keeps
+  serving), Prometheus metrics, one structured log line per call. Every status this code sets carries
+  the details; only gRPC's own (unknown method, message too large, deadline exceeded) do not.
+  Servicers read the caller's tenant with `tenant_of(context)`.
 - Graceful stop (SIGTERM): health goes NOT_SERVING, new calls get UNAVAILABLE / SHUTTING_DOWN while
   the server stays reachable, running calls get up to the grace period to finish, then the server stops.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import signal
@@ -40,9 +40,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sam3_serving import metrics
+from sam3_serving.auth import Authenticator, Caller, load_tenant_tokens, valid_token
 from sam3_serving.errors import Reason, ServiceError
 
-__all__ = ["LIVENESS", "ServerConfig", "Service", "Worker", "configure_logging"]
+__all__ = ["LIVENESS", "ServerConfig", "Service", "Worker", "configure_logging", "tenant_of"]
 
 log = logging.getLogger(__name__)
 rpc_log = logging.getLogger("sam3_serving.rpc")
@@ -71,8 +72,11 @@ class ServerConfig:
     grace_seconds: float = 30.0  # SIGTERM: how long in-flight calls may take to finish
     metrics_port: int | None = None  # Prometheus HTTP port; None = no metrics server
     auth_token: str | None = None  # bearer token required in `authorization: Bearer <token>` metadata
+    tenants_file: str | None = None  # `<tenant> <token>` lines: per-tenant tokens and key namespaces
     tls_cert: str | None = None  # PEM paths: serve TLS when both are given
     tls_key: str | None = None
+    tls_client_ca: str | None = None  # PEM: require client certificates signed by this CA (mTLS)
+    tenant_from_cert: bool = False  # the tenant is the client certificate's common name
     # Close connections after this long (clients reconnect and re-resolve DNS, so replicas an
     # autoscaler adds start getting traffic); None keeps connections for ever.
     max_connection_age_seconds: float | None = None
@@ -89,10 +93,19 @@ class ServerConfig:
             raise ValueError(f"max_workers must be at least 1, got {self.max_workers}")
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
-        if self.auth_token is not None and not self.auth_token.strip():
-            raise ValueError("auth_token is empty: pass None to disable authentication")
+        if self.auth_token is not None and not valid_token(self.auth_token):
+            raise ValueError(
+                "auth_token must be a non-empty RFC 6750 bearer token (A-Z a-z 0-9 -._~+/ then =); "
+                "pass None to disable authentication"
+            )
+        if self.auth_token is not None and self.tenants_file is not None:
+            raise ValueError("use either auth_token (one shared namespace) or tenants_file, not both")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both tls_cert and tls_key (PEM paths), or neither")
+        if self.tls_client_ca is not None and not self.tls:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key too")
+        if self.tenant_from_cert and self.tls_client_ca is None:
+            raise ValueError("tenant_from_cert needs tls_client_ca: only verified certificates name tenants")
 
     @property
     def tls(self) -> bool:
@@ -127,6 +140,23 @@ def _status_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
     return code
 
 
+class _CallerContext:
+    """The servicer context of one call, plus who made it (`tenant_of` reads it)."""
+
+    def __init__(self, context: grpc.ServicerContext, caller: Caller) -> None:
+        self._context = context
+        self.caller = caller
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def tenant_of(context: grpc.ServicerContext) -> str | None:
+    """The authenticated caller's tenant (None: the shared namespace) of a call the Worker admitted."""
+    caller = getattr(context, "caller", None)
+    return caller.tenant if isinstance(caller, Caller) else None
+
+
 def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:
     """Whether `exc` is what context.abort() raises (a bare Exception after the code was set)."""
     return type(exc) is Exception and not exc.args and _status_code(context) not in (None, grpc.StatusCode.OK)
@@ -146,10 +176,11 @@ class _Call:
         self.admitted = False
         self.code: grpc.StatusCode | None = None
 
-    def admit(self) -> None:
-        """Reject the call (by raising ServiceError) when shutting down or unauthenticated."""
-        self.worker._admit(self.context)
+    def admit(self) -> grpc.ServicerContext:
+        """The context to hand the servicer; raises ServiceError when shutting down or unauthenticated."""
+        caller = self.worker._admit(self.context)
         self.admitted = True
+        return _CallerContext(self.context, caller)  # type: ignore[return-value]
 
     def fail(self, exc: Exception) -> NoReturn:
         """Turn an exception from the servicer into the rpc's status; always raises."""
@@ -308,8 +339,7 @@ def _unary(
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         call = _Call(worker, service, method, context)
         try:
-            call.admit()
-            return behavior(request, context)
+            return behavior(request, call.admit())
         except Exception as exc:
             call.fail(exc)
         finally:
@@ -326,8 +356,7 @@ def _streaming(
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         call = _Call(worker, service, method, context)
         try:
-            call.admit()
-            yield from behavior(request, context)
+            yield from behavior(request, call.admit())
         except Exception as exc:
             call.fail(exc)
         finally:
@@ -362,7 +391,11 @@ class Worker:
         self.metrics_port: int | None = None
         self._ready = ready
         self._ready_interval = ready_interval
-        self._token = config.auth_token.encode() if config.auth_token is not None else None
+        self._auth = Authenticator(
+            config.auth_token,
+            load_tenant_tokens(config.tenants_file) if config.tenants_file else None,
+            config.tenant_from_cert,
+        )
         self._health = _Health(("", *names, LIVENESS))
         self._server: grpc.Server | None = None
         self._metrics_http: WSGIServer | None = None
@@ -370,6 +403,7 @@ class Worker:
         self._stop_polling = threading.Event()
         self._stopped = threading.Event()
         self._is_ready: bool | None = None
+        self._not_ready_reason: str | None = None
         # Guards admission, the count of admitted calls and the shutdown state.
         self._calls = threading.Condition()
         self._active = 0
@@ -400,8 +434,11 @@ class Worker:
             address = _bind_address(config.host, config.port)
             try:
                 if config.tls:
+                    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
                     credentials = grpc.ssl_server_credentials(
-                        [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]  # type: ignore[arg-type]
+                        [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],  # type: ignore[arg-type]
+                        root_certificates=client_ca,
+                        require_client_auth=client_ca is not None,
                     )
                     port = server.add_secure_port(address, credentials)
                 else:
@@ -428,7 +465,8 @@ class Worker:
                 "worker": self.worker,
                 "port": port,
                 "tls": config.tls,
-                "auth": self._token is not None,
+                "auth": self._auth.enabled,
+                "mtls": config.tls_client_ca is not None,
                 "metrics_port": self.metrics_port,
                 "services": [service.name for service in self.services],
             },
@@ -479,6 +517,10 @@ class Worker:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
+    def run_in_background(self, name: str, target: Callable[[threading.Event], None]) -> None:
+        """Run `target(stopping)` on a daemon thread; `stopping` is set when the worker stops."""
+        threading.Thread(target=target, args=(self._stop_polling,), name=f"{self.worker}-{name}", daemon=True).start()
+
     @property
     def shutting_down(self) -> bool:
         """True from the first stop() on: health is NOT_SERVING and new calls are refused."""
@@ -524,25 +566,9 @@ class Worker:
             ),
         ]
 
-    def _authorized(self, context: grpc.ServicerContext) -> str | None:
-        """None if the call carries the right bearer token, else why not."""
-        assert self._token is not None
-        values = [value for key, value in (context.invocation_metadata() or ()) if key == "authorization"]
-        if not values:
-            return "missing credentials: send metadata 'authorization: Bearer <token>'"
-        for value in values:
-            text = value.decode("latin-1") if isinstance(value, bytes) else value
-            scheme, _, token = text.strip().partition(" ")
-            if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token):
-                return None
-        return "invalid credentials: the 'authorization: Bearer <token>' token is wrong"
-
-    def _admit(self, context: grpc.ServicerContext) -> None:
-        """Count the call in, or raise the ServiceError that rejects it."""
-        if self._token is not None:
-            problem = self._authorized(context)
-            if problem is not None:
-                raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, problem, Reason.UNAUTHENTICATED)
+    def _admit(self, context: grpc.ServicerContext) -> Caller:
+        """Count the call in and say who made it, or raise the ServiceError that rejects it."""
+        caller = self._auth.authenticate(context)
         with self._calls:
             if self._shutting_down:
                 raise ServiceError(
@@ -552,6 +578,7 @@ class Worker:
                 )
             self._active += 1
             self._in_flight.inc()
+        return caller
 
     def _release(self) -> None:
         """Count an admitted call out, waking stop() when the last one ends."""
@@ -562,26 +589,31 @@ class Worker:
                 self._calls.notify_all()
 
     def _refresh_readiness(self) -> None:
-        """Evaluate ready() (an exception means not ready) and publish a change to the health service."""
+        """Evaluate ready() (an exception means not ready, its message says why) and publish a change.
+
+        Every change is logged with the reason, so "NOT_SERVING" never goes unexplained (e.g. a wrong
+        Redis password is named at startup).
+        """
+        reason = None
         try:
             ready = bool(self._ready())
-        except Exception:
-            log.warning("readiness check raised; reporting NOT_SERVING", exc_info=True, extra={"worker": self.worker})
-            ready = False
-        if ready == self._is_ready or self._shutting_down:
+        except Exception as error:
+            ready, reason = False, f"{type(error).__name__}: {error}"
+        if (ready, reason) == (self._is_ready, self._not_ready_reason) or self._shutting_down:
             return
-        status = _SERVING if ready else _NOT_SERVING
-        for name in ("", *(service.name for service in self.services)):
-            self._health.set(name, status)  # ignored once enter_graceful_shutdown() ran
+        if ready != self._is_ready:
+            status = _SERVING if ready else _NOT_SERVING
+            for name in ("", *(service.name for service in self.services)):
+                self._health.set(name, status)  # ignored once enter_graceful_shutdown() ran
         if self._is_ready is not None or not ready:
             log.log(
                 logging.INFO if ready else logging.WARNING,
                 "%s worker is %s",
                 self.worker,
-                "ready" if ready else "not ready",
-                extra={"worker": self.worker, "ready": ready},
+                "ready" if ready else f"not ready: {reason or 'readiness check failed'}",
+                extra={"worker": self.worker, "ready": ready, "reason": reason},
             )
-        self._is_ready = ready
+        self._is_ready, self._not_ready_reason = ready, reason
 
     def _poll_readiness(self) -> None:
         """Re-evaluate readiness every ready_interval seconds until stop()."""

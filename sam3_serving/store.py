@@ -10,14 +10,31 @@ Redis is a cache here (docs/architecture.md): losing it costs re-encodes, never 
   hang, and the same store object works again once Redis is back.
 
 Keys wrap `<model-id>:<image-id>` in a hash tag so the value and its lock live in one Redis Cluster
-slot (MULTI/EXEC and scripts over both stay legal there).
+slot (MULTI/EXEC and scripts over both stay legal there). A store scoped to a tenant (`for_tenant`)
+puts `tenant:<name>:` in front, so tenants share nothing: not values, not locks, not the fact that an
+image was ever encoded.
+
+Nothing read from Redis is trusted beyond its checks: a value must name this model and this image and
+have the tensor shapes the loaded model takes; anything else (another image's value under this key, a
+corrupted header, a key of another Redis type) is deleted and reported as "corrupt", never raised.
+
+The encode lock follows its holder's liveness: a short TTL (`lock_ttl_seconds`) that a background
+heartbeat renews while the encode runs, so a SIGKILLed holder or one cut off from Redis lets go
+within one TTL; a release that fails is retried in the background until the TTL would free it anyway.
+
+Every write of a value is announced on a pub/sub channel, so decoders drop their local copy
+(`listen_for_replacements`); the click path itself never asks Redis anything when the local cache hits.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+import re
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -28,10 +45,21 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from sam3_core.embeddings import EmbeddingFormatError, Header, ImageEmbeddings, deserialize, read_header, serialize
+from sam3_core.embeddings import (
+    FORMAT_VERSION,
+    EmbeddingFormatError,
+    ExpectedShape,
+    ImageEmbeddings,
+    deserialize,
+    head_size,
+    read_head,
+    serialize,
+)
 from sam3_serving.errors import Reason, ServiceError
 
-__all__ = ["EmbeddingStore", "Lookup", "StoreConfig", "StoreUnavailableError", "Waited", "redact_url"]
+__all__ = ["EmbeddingStore", "HeldLock", "Lookup", "StoreConfig", "StoreUnavailableError", "Waited", "redact_url"]
+
+log = logging.getLogger(__name__)
 
 # Stateless (a size cutoff and an encode function), so one instance serves every pooled connection.
 _ZERO_COPY_PACKER = redis.connection.PythonRespSerializer(
@@ -40,17 +68,29 @@ _ZERO_COPY_PACKER = redis.connection.PythonRespSerializer(
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 _BACKOFF_START = 0.010
 _BACKOFF_MAX = 0.100
-# Compare-and-delete: only the holder (who knows the random token) may release a lock.
+# Compare-and-delete / compare-and-extend: only the holder (who knows the random token) may touch a lock.
 _RELEASE_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
 end
 return 0
 """
+_RENEW_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
 # Errors that mean "Redis cannot serve us right now" (unreachable, timeout, auth, loading, full,
-# read-only replica after a failover...). Our own keys never hold another type, so a ResponseError
-# is also the server's state, not our bug; callers get one exception type to turn into UNAVAILABLE.
+# read-only replica after a failover...): callers get one exception type to turn into UNAVAILABLE.
+# The one ResponseError that is about the key, not the server, is WRONGTYPE (see `_wrong_type`).
 _UNAVAILABLE = (redis.exceptions.RedisError,)
+TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _wrong_type(error: BaseException) -> bool:
+    """Whether Redis refused because the key holds another type (nothing we wrote: a corrupt value)."""
+    return isinstance(error, redis.exceptions.ResponseError) and str(error).startswith("WRONGTYPE")
 
 
 class StoreUnavailableError(ServiceError):
@@ -93,7 +133,7 @@ class StoreConfig:
     dtype: str = "float32"  # exact parity; float16 halves memory and transfer (see docs/model-contract.md)
     key_prefix: str = "sam3"
     socket_timeout: float = 2.0  # bounds every call: a dead Redis never hangs a request
-    lock_ttl_seconds: float = 120.0  # a crashed encoder's lock frees itself after this
+    lock_ttl_seconds: float = 10.0  # renewed while the holder encodes; a dead holder's lock frees after this
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -138,13 +178,15 @@ class EmbeddingStore:
     Thread-safe: one redis-py client whose connection pool hands each thread its own connection.
     """
 
-    def __init__(self, config: StoreConfig, model_id: str) -> None:
+    def __init__(self, config: StoreConfig, model_id: str, shapes: Sequence[ExpectedShape]) -> None:
+        """`shapes`: the embedding shapes the loaded model takes; a stored value with others is refused."""
         if not model_id or "{" in model_id or "}" in model_id:
             raise ValueError(f"model id must be non-empty without braces (they delimit the hash tag): {model_id!r}")
         self.config = config
         self.model_id = model_id
+        self.shapes = tuple(tuple(shape) for shape in shapes)
+        self.tenant: str | None = None
         self._dtype = _DTYPES[config.dtype]
-        self._peek_length = Header.length(model_id)
         url = urlsplit(config.url)
         password = url.password or dict(parse_qsl(url.query)).get("password") or ""
         self._secrets = {secret for secret in (password, unquote(password)) if secret}  # scrubbed from errors
@@ -165,11 +207,29 @@ class EmbeddingStore:
             command_packer=_ZERO_COPY_PACKER,
         )
         self._release_script = self._client.register_script(_RELEASE_SCRIPT)
+        self._renew_script = self._client.register_script(_RENEW_SCRIPT)
 
     def __repr__(self) -> str:
-        return f"EmbeddingStore({self.config.redacted_url}, model_id={self.model_id!r}, dtype={self.config.dtype})"
+        tenant = f", tenant={self.tenant!r}" if self.tenant is not None else ""
+        return (
+            f"EmbeddingStore({self.config.redacted_url}, model_id={self.model_id!r}, dtype={self.config.dtype}{tenant})"
+        )
+
+    def for_tenant(self, tenant: str | None) -> EmbeddingStore:
+        """This store seen by one tenant: its own keys, sharing the connection pool (None: the shared space)."""
+        if tenant == self.tenant:
+            return self
+        if tenant is not None and not TENANT_NAME.fullmatch(tenant):
+            raise ValueError(f"tenant names are 1-64 of A-Z a-z 0-9 . _ -, got {tenant!r}")
+        scoped = copy.copy(self)
+        scoped.tenant = tenant
+        return scoped
 
     # -- keys ---------------------------------------------------------------------------------------------
+
+    def _namespace(self) -> str:
+        tenant = f"tenant:{self.tenant}:" if self.tenant is not None else ""
+        return f"{self.config.key_prefix}:{tenant}"
 
     def _tag(self, image_id: str) -> str:
         if not image_id or "{" in image_id or "}" in image_id:
@@ -177,12 +237,21 @@ class EmbeddingStore:
         return f"{{{self.model_id}:{image_id}}}"
 
     def key(self, image_id: str) -> str:
-        """The value's key; the hash tag keeps companion keys (the lock) in the same cluster slot."""
-        return f"{self.config.key_prefix}:emb:{self._tag(image_id)}"
+        """The value's key; the hash tag keeps companion keys (the lock) in the same cluster slot.
+
+        It names the value format's version, so during a rolling upgrade old and new workers miss
+        each other's values (and re-encode) instead of deleting them as unreadable, back and forth.
+        """
+        return f"{self._namespace()}emb:v{FORMAT_VERSION}:{self._tag(image_id)}"
 
     def lock_key(self, image_id: str) -> str:
         """The encode lock's key, in the same cluster slot as the value."""
-        return f"{self.config.key_prefix}:lock:{self._tag(image_id)}"
+        return f"{self._namespace()}lock:{self._tag(image_id)}"
+
+    @property
+    def replacements_channel(self) -> str:
+        """Pub/sub channel announcing the key of every value written (all tenants, this key prefix)."""
+        return f"{self.config.key_prefix}:replaced:{{{self.model_id}}}"
 
     def _unavailable(self, operation: str, error: Exception) -> StoreUnavailableError:
         message = str(error) or type(error).__name__
@@ -200,52 +269,75 @@ class EmbeddingStore:
         The tensors are read-only views of the bytes object hiredis built from the reply: the payload is
         not copied again after it leaves the socket.
         """
-        key = self.key(image_id)
         started = time.perf_counter()
         try:
-            blob = cast(bytes | None, self._client.get(key))  # decode_responses=False: bytes, never str
-        except redis.exceptions.ResponseError as error:
-            if "WRONGTYPE" not in str(error):
-                raise self._unavailable("GET", error) from error
-            blob = b""  # not a string: nothing we wrote; treat like any corrupt value
+            blob = cast(bytes | None, self._client.get(self.key(image_id)))  # decode_responses=False: bytes
         except _UNAVAILABLE as error:
-            raise self._unavailable("GET", error) from error
+            if not _wrong_type(error):
+                raise self._unavailable("GET", error) from error
+            self._discard(image_id, error)  # not a string: nothing we wrote
+            return Lookup(None, "corrupt", 0, time.perf_counter() - started)
         if blob is None:
             return Lookup(None, "miss", 0, time.perf_counter() - started)
         try:
-            embeddings = deserialize(blob, expected_model_id=self.model_id)
-        except EmbeddingFormatError:
-            # A concurrent re-put between our GET and this DEL would be lost too: that costs one re-encode.
-            self.delete(image_id)
+            embeddings = deserialize(
+                blob, expected_model_id=self.model_id, expected_image_id=image_id, expected_shapes=self.shapes
+            )
+        except EmbeddingFormatError as error:
+            self._discard(image_id, error)
             return Lookup(None, "corrupt", len(blob), time.perf_counter() - started)
         return Lookup(embeddings, "hit", len(blob), time.perf_counter() - started)
 
     def peek_size(self, image_id: str) -> tuple[int, int] | None:
-        """Original (height, width) from the header alone (a few dozen bytes, not the 10 MB value).
+        """Original (height, width) from the value's head alone (about 200 bytes, not the 10 MB value).
 
-        None when absent or when the header is not ours (bad magic/version, another model). The payload
+        The head is checksummed and must name this model and image with the model's shapes; a value
+        that fails is deleted and reported as absent (None), so the caller encodes again. The payload
         is not checked here: `get` does that.
         """
         try:
-            head = cast(bytes, self._client.getrange(self.key(image_id), 0, self._peek_length - 1))
+            head = cast(bytes, self._client.getrange(self.key(image_id), 0, self._head_size(image_id) - 1))
         except _UNAVAILABLE as error:
-            raise self._unavailable("GETRANGE", error) from error
-        return self._parse_head(head)
-
-    def _parse_head(self, head: bytes | None) -> tuple[int, int] | None:
-        try:
-            header = read_header(head or b"")
-        except EmbeddingFormatError:
+            if not _wrong_type(error):
+                raise self._unavailable("GETRANGE", error) from error
+            self._discard(image_id, error)
             return None
-        return header.original_size if header.model_id == self.model_id else None
+        if not head:
+            return None
+        try:
+            return self._size_from_head(head, image_id)
+        except EmbeddingFormatError as error:
+            self._discard(image_id, error)
+            return None
+
+    def _head_size(self, image_id: str) -> int:
+        return head_size(self.model_id, image_id, self.shapes)
+
+    def _size_from_head(self, head: bytes, image_id: str) -> tuple[int, int]:
+        parsed = read_head(head)
+        parsed.check(model_id=self.model_id, image_id=image_id, shapes=self.shapes)
+        return parsed.original_size
+
+    def _discard(self, image_id: str, why: BaseException) -> None:
+        """Delete a value that failed its checks (a concurrent re-put lost with it costs one re-encode)."""
+        log.warning("deleting the stored value of %s: %s", image_id, why, extra={"tenant": self.tenant})
+        self.delete(image_id)
 
     def put(self, image_id: str, embeddings: ImageEmbeddings) -> int:
-        """Store the embeddings at the configured dtype, with the TTL; return the bytes written."""
+        """Store the embeddings at the configured dtype, with the TTL, and announce the write to decoders.
+
+        Returns the bytes written. The announcement is best effort: a decoder that misses it (it was
+        disconnected) drops its whole local cache when it reconnects.
+        """
         if embeddings.model_id != self.model_id:
             raise ValueError(f"embeddings are for model {embeddings.model_id!r}, this store is for {self.model_id!r}")
-        blob = serialize(embeddings.astype(self._dtype))
+        blob = serialize(embeddings.astype(self._dtype), image_id)
+        key = self.key(image_id)
         try:
-            self._client.set(self.key(image_id), blob, ex=self.config.ttl_seconds)
+            with self._client.pipeline(transaction=False) as pipe:  # one round trip for both
+                pipe.set(key, blob, ex=self.config.ttl_seconds)
+                pipe.publish(self.replacements_channel, key)
+                pipe.execute()
         except _UNAVAILABLE as error:
             raise self._unavailable("SET", error) from error
         return len(blob)
@@ -259,18 +351,27 @@ class EmbeddingStore:
 
     # -- the encode lock ----------------------------------------------------------------------------------
 
+    def _lock_ttl_ms(self) -> int:
+        return max(1, round(self.config.lock_ttl_seconds * 1000))
+
     def try_lock(self, image_id: str) -> str | None:
         """Take the encode lock for this image; return its token, or None if another worker holds it."""
         token = secrets.token_hex(16)
-        ttl_ms = max(1, round(self.config.lock_ttl_seconds * 1000))
         key = self.lock_key(image_id)
         try:
-            if self._client.set(key, token, nx=True, px=ttl_ms):
+            if self._client.set(key, token, nx=True, px=self._lock_ttl_ms()):
                 return token
             # Refused. If a lost reply made redis-py retry our own successful SET NX, the lock is ours anyway.
             return token if self._client.get(key) == token.encode() else None
         except _UNAVAILABLE as error:
             raise self._unavailable("SET NX", error) from error
+
+    def renew(self, image_id: str, token: str) -> bool:
+        """Extend our lock by a full TTL; False when it is no longer ours (it expired, maybe retaken)."""
+        try:
+            return bool(self._renew_script(keys=[self.lock_key(image_id)], args=[token, self._lock_ttl_ms()]))
+        except _UNAVAILABLE as error:
+            raise self._unavailable("renew lock", error) from error
 
     def release(self, image_id: str, token: str) -> None:
         """Release the lock only if it is still ours (it may have expired and been taken by someone else)."""
@@ -279,14 +380,19 @@ class EmbeddingStore:
         except _UNAVAILABLE as error:
             raise self._unavailable("release lock", error) from error
 
+    def lock(self, image_id: str) -> HeldLock | None:
+        """Take the encode lock and keep it alive while held; None if another worker holds it."""
+        token = self.try_lock(image_id)
+        return HeldLock(self, image_id, token) if token is not None else None
+
     def wait_for(self, image_id: str, timeout: float, *, cancelled: Callable[[], bool] = lambda: False) -> Waited:
         """Wait for another worker's encode of this image: "ready" with the original size when its value appears.
 
-        Ends early without a size when the lock is gone without a value ("holder_failed": the holder failed
-        or never existed, the caller should encode itself), when `timeout` seconds pass ("timeout"), or
-        when `cancelled()` turns true ("cancelled").
-        Each poll reads the header and the lock in one MULTI/EXEC, so "lock gone, no value" is a consistent
-        snapshot (the holder writes before it releases), not a race between two reads.
+        Ends early without a size when the lock is gone without a value ("holder_failed": the holder
+        failed, died and its lock expired, or never existed: the caller should encode itself), when
+        `timeout` seconds pass ("timeout"), or when `cancelled()` turns true ("cancelled"). Each poll reads
+        the head and the lock in one MULTI/EXEC, so "lock gone, no value" is a consistent snapshot (the
+        holder writes before it releases), not a race.
         """
         key, lock_key = self.key(image_id), self.lock_key(image_id)
         deadline = time.monotonic() + timeout
@@ -294,14 +400,18 @@ class EmbeddingStore:
         while True:
             try:
                 with self._client.pipeline(transaction=True) as pipe:
-                    pipe.getrange(key, 0, self._peek_length - 1)
+                    pipe.getrange(key, 0, self._head_size(image_id) - 1)
                     pipe.exists(lock_key)
-                    head, locked = pipe.execute()
+                    head, locked = pipe.execute(raise_on_error=False)
             except _UNAVAILABLE as error:
                 raise self._unavailable("wait for value", error) from error
-            size = self._parse_head(head)
-            if size is not None:
-                return Waited(size, "ready")
+            if isinstance(locked, Exception):
+                raise self._unavailable("wait for value", locked)
+            if isinstance(head, bytes) and head:  # else absent, or WRONGTYPE: the holder will overwrite it
+                try:
+                    return Waited(self._size_from_head(head, image_id), "ready")
+                except EmbeddingFormatError:
+                    pass  # a bad value the holder is about to replace
             if not locked:
                 return Waited(None, "holder_failed")
             if cancelled():
@@ -312,15 +422,111 @@ class EmbeddingStore:
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, _BACKOFF_MAX)
 
+    # -- decoders' local copies ------------------------------------------------------------------------------
+
+    def listen_for_replacements(
+        self, replaced: Callable[[str], None], reconnected: Callable[[], None], stop: threading.Event
+    ) -> None:
+        """Until `stop` is set, call `replaced(key)` for every value written by any worker.
+
+        `reconnected()` runs each time Redis confirms the subscription (at start and after every
+        disconnection): announcements made before that were lost, so the listener must assume every key
+        changed. Runs on the caller's thread (a daemon thread in the decoder); never raises, it retries.
+        """
+        delay = _BACKOFF_START
+        while not stop.is_set():
+            pubsub = self._client.pubsub()
+            try:
+                pubsub.subscribe(self.replacements_channel)
+                while not stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":  # confirmed: from now on nothing is missed
+                        reconnected()
+                        delay = _BACKOFF_START
+                    elif message["type"] == "message":
+                        replaced(message["data"].decode())
+            except Exception as error:  # Redis trouble, or the store closed under us: never end silently
+                if stop.is_set():
+                    return
+                first = delay == _BACKOFF_START  # one warning per outage, not one per retry
+                log.log(logging.WARNING if first else logging.DEBUG, "replacement announcements lost: %s", error)
+                stop.wait(delay)
+                delay = min(delay * 2, 1.0)
+            finally:
+                pubsub.close()
+
     # -- health -------------------------------------------------------------------------------------------
 
     def ping(self) -> bool:
-        """Whether Redis answers right now (readiness probes); never raises."""
+        """Whether Redis answers right now; never raises."""
+        try:
+            return self.check()
+        except StoreUnavailableError:
+            return False
+
+    def check(self) -> bool:
+        """True when Redis answers PING, else StoreUnavailableError saying why (readiness reports it).
+
+        Refused credentials are named as such: a wrong password never fixes itself by waiting.
+        """
         try:
             return bool(self._client.ping())
-        except Exception:
-            return False
+        except redis.exceptions.AuthenticationError as error:
+            raise self._unavailable("PING: the password or user is wrong", error) from error
+        except _UNAVAILABLE as error:
+            if "NOAUTH" in str(error) or "WRONGPASS" in str(error):
+                raise self._unavailable("PING: the password or user is wrong", error) from error
+            raise self._unavailable("PING", error) from error
 
     def close(self) -> None:
         """Close pooled connections (a later call reconnects)."""
         self._client.close()
+
+
+class HeldLock:
+    """An encode lock this worker holds, renewed every third of its TTL until `release()`.
+
+    If the holder dies, renewals stop and the lock frees itself within one TTL. If the release fails
+    (Redis unreachable at that moment), it is retried in the background until the TTL would have freed
+    the lock anyway, so waiters on other workers are not held up by a release that got lost.
+    """
+
+    def __init__(self, store: EmbeddingStore, image_id: str, token: str) -> None:
+        self.store = store
+        self.image_id = image_id
+        self.token = token
+        self._released = threading.Event()
+        self._heartbeat = threading.Thread(target=self._renew, name=f"lock-{image_id[:12]}", daemon=True)
+        self._heartbeat.start()
+
+    def _renew(self) -> None:
+        interval = self.store.config.lock_ttl_seconds / 3
+        while not self._released.wait(interval):
+            try:
+                if not self.store.renew(self.image_id, self.token):
+                    log.warning("lost the encode lock of %s (it expired); finishing the encode", self.image_id)
+                    return
+            except StoreUnavailableError as error:
+                log.warning("could not renew the encode lock of %s: %s", self.image_id, error)
+
+    def release(self) -> None:
+        """Stop renewing and release; never raises (a lock that cannot be released expires by itself)."""
+        self._released.set()
+        try:
+            self.store.release(self.image_id, self.token)
+        except StoreUnavailableError as error:
+            log.warning("could not release the encode lock of %s; retrying in the background: %s", self.image_id, error)
+            threading.Thread(target=self._retry_release, name=f"unlock-{self.image_id[:12]}", daemon=True).start()
+
+    def _retry_release(self) -> None:
+        give_up = time.monotonic() + self.store.config.lock_ttl_seconds
+        delay = _BACKOFF_MAX
+        while time.monotonic() < give_up:
+            time.sleep(delay)
+            try:
+                self.store.release(self.image_id, self.token)
+                return
+            except StoreUnavailableError:
+                delay = min(delay * 2, 1.0)

@@ -37,9 +37,13 @@ class Stack:
 def running(
     redis_url: str, prefix: str, roles: set[str] = frozenset({ENCODER, DECODER}), **settings: Any
 ) -> Iterator[Stack]:
-    """A worker serving `roles` on a free port, stopped afterwards."""
+    """A worker serving `roles` on a free port, stopped afterwards (`server=` / `store=`: config overrides)."""
     model = shared_model()
-    store = EmbeddingStore(StoreConfig(url=redis_url, key_prefix=prefix, socket_timeout=1.0), model.model_id)
+    store = EmbeddingStore(
+        StoreConfig(url=redis_url, key_prefix=prefix, socket_timeout=1.0, **settings.pop("store", {})),
+        model.model_id,
+        model.embedding_shapes(),
+    )
     config = ServerConfig(host="127.0.0.1", port=0, grace_seconds=5.0, **settings.pop("server", {}))
     worker = start_worker(model, store, set(roles), config, **settings)
     try:
@@ -50,15 +54,26 @@ def running(
 
 
 @contextmanager
-def serve_subprocess(*extra: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`sam3 serve` as a real process (SIGTERM tests, CLI tests), on the tiny model."""
+def serve_subprocess(
+    *extra: str, env: dict[str, str] | None = None, command: str = "serve"
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`sam3 serve` (or `sam3 encoder` / `sam3 decoder`) as a real process, on the tiny model."""
     worker = WorkerProcess(
-        "serve", "--model-dir", str(references.MODEL_DIR), "--log-format", "text", *extra, env=env, start_timeout=60
+        command, "--model-dir", str(references.MODEL_DIR), "--log-format", "text", *extra, env=env, start_timeout=60
     )
     try:
         yield worker.process, worker.target
     finally:
         worker.stop(timeout=20)
+
+
+def reference_mask(data: bytes, points: list[list[float]]) -> Any:
+    """The best mask an in-process Predictor computes for the image and the clicks: what a right answer is."""
+    from sam3_core.predictor import Predictor
+
+    predictor = Predictor(shared_model())
+    predictor.set_image(data)
+    return predictor.predict(points).mask()
 
 
 def image_bytes(name: str) -> bytes:

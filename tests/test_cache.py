@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from decoder_service.cache import LOCAL, EmbeddingCache
+from decoder_service.cache import LOCAL, EmbeddingCache, Loaded
 from sam3_core.embeddings import ImageEmbeddings
 
 KB = 1024
@@ -210,3 +210,22 @@ def test_get_or_load_oversize_result_is_returned_but_not_cached():
     big = emb(10 * KB)
     assert cache.get_or_load("img", lambda: (big, "redis")) == (big, "redis")
     assert len(cache) == 0
+
+
+def test_discard_drops_one_item_and_a_load_straddling_it_is_not_cached():
+    cache = EmbeddingCache(100 * KB)
+    cache.put("a", emb(tag=1.0))
+    cache.put("b", emb(tag=2.0))
+    cache.discard("a")
+    cache.discard("never-there")
+    assert "a" not in cache and "b" in cache and cache.nbytes == 10 * KB
+
+    def load_while_rewritten() -> Loaded:
+        cache.discard("a")  # the store announces a rewrite while this load is in flight
+        return emb(tag=3.0), "redis"
+
+    result, outcome = cache.get_or_load("a", load_while_rewritten)
+    assert result is not None and outcome == "redis"
+    assert "a" not in cache  # possibly the bytes from before the rewrite: used once, not kept
+    result, outcome = cache.get_or_load("a", lambda: (emb(tag=4.0), "redis"))
+    assert "a" in cache and outcome == "redis"

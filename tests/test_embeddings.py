@@ -8,10 +8,11 @@ import zlib
 import numpy as np
 import pytest
 
-from sam3_core.embeddings import EmbeddingFormatError, ImageEmbeddings, deserialize, serialize
+from sam3_core.embeddings import EmbeddingFormatError, ImageEmbeddings, deserialize, head_size, read_head, serialize
 
-# The documented layout: magic, version, dtype code, tensor count, height, width, model-id length, crc32.
-HEADER = struct.Struct("<4sHBBIIHI")
+# The documented layout: magic, version, dtype code, tensor count, height, width, model-id length,
+# image-id length, head crc32, payload crc32.
+HEADER = struct.Struct("<4sHBBIIHHII")
 HEADER_FIELDS = {  # name -> (offset, size)
     "magic": (0, 4),
     "version": (4, 2),
@@ -20,10 +21,13 @@ HEADER_FIELDS = {  # name -> (offset, size)
     "height": (8, 4),
     "width": (12, 4),
     "id_length": (16, 2),
-    "crc": (18, 4),
+    "image_id_length": (18, 2),
+    "head_crc": (20, 4),
+    "crc": (24, 4),
 }
 SHAPES = [(1, 4, 12, 12), (1, 6, 6, 6), (1, 8, 3, 3)]
 MODEL_ID = "fp32-0123456789abcdef"
+IMAGE_ID = "ab" * 32
 
 
 def make(dtype=np.float32, shapes=SHAPES, original_size=(480, 640), model_id=MODEL_ID, seed=0) -> ImageEmbeddings:
@@ -32,23 +36,32 @@ def make(dtype=np.float32, shapes=SHAPES, original_size=(480, 640), model_id=MOD
     return ImageEmbeddings(tensors, original_size, model_id)
 
 
-def checksum(blob: bytes | bytearray) -> int:
-    """The documented CRC-32: over the header with its crc field zeroed, then everything after it."""
-    header = bytearray(blob[: HEADER.size])
-    struct.pack_into("<I", header, 18, 0)
-    return zlib.crc32(blob[HEADER.size :], zlib.crc32(header))
+def head_end(blob: bytes | bytearray) -> int:
+    """Where the payload starts: after the header, both ids and the shape records."""
+    count, model_length, image_length = blob[7], *struct.unpack_from("<HH", blob, 16)
+    offset = HEADER.size + model_length + image_length
+    for _ in range(count):
+        offset += 1 + 4 * blob[offset]
+    return offset
+
+
+def checksums(blob: bytes | bytearray) -> tuple[int, int]:
+    """The documented CRC-32s: the head one over the header (both crcs zeroed) + ids + shapes; the
+    payload one over the tensors."""
+    end = head_end(blob)
+    return zlib.crc32(blob[HEADER.size : end], zlib.crc32(bytes(blob[:20]) + bytes(8))), zlib.crc32(blob[end:])
 
 
 def recrc(blob: bytes | bytearray) -> bytes:
-    """The blob with its checksum recomputed: lets a test reach the checks behind the CRC."""
+    """The blob with its checksums recomputed: lets a test reach the checks behind the CRCs."""
     blob = bytearray(blob)
-    struct.pack_into("<I", blob, 18, checksum(blob))
+    struct.pack_into("<II", blob, 20, *checksums(blob))
     return bytes(blob)
 
 
 @pytest.fixture(scope="module")
 def blob() -> bytes:
-    return serialize(make())
+    return serialize(make(), IMAGE_ID)
 
 
 def assert_same(a: ImageEmbeddings, b: ImageEmbeddings) -> None:
@@ -76,22 +89,60 @@ def test_round_trip(dtype):
 def test_round_trip_sam3_shapes():
     shapes = [(1, 32, 288, 288), (1, 64, 144, 144), (1, 256, 72, 72)]
     original = make(np.float16, shapes=shapes, original_size=(3000, 4000))
-    data = serialize(original)
-    assert len(data) == original.nbytes + HEADER.size + len(MODEL_ID) + 3 * (1 + 4 * 4)
+    data = serialize(original, IMAGE_ID)
+    assert len(data) == original.nbytes + head_size(MODEL_ID, IMAGE_ID, shapes)
+    assert head_size(MODEL_ID, IMAGE_ID, shapes) == HEADER.size + len(MODEL_ID) + len(IMAGE_ID) + 3 * (1 + 4 * 4)
     assert_same(original, deserialize(data))
 
 
 def test_header_fields_as_documented(blob):
-    magic, version, dtype, count, height, width, id_length, crc = HEADER.unpack_from(blob)
-    assert (magic, version, dtype, count) == (b"S3EM", 1, 1, 3)
+    magic, version, dtype, count, height, width, id_length, image_id_length, head_crc, crc = HEADER.unpack_from(blob)
+    assert (magic, version, dtype, count) == (b"S3EM", 2, 1, 3)
     assert (height, width) == (480, 640)
     assert blob[HEADER.size : HEADER.size + id_length].decode() == MODEL_ID
-    assert crc == checksum(blob)
+    assert blob[HEADER.size + id_length : HEADER.size + id_length + image_id_length].decode() == IMAGE_ID
+    assert (head_crc, crc) == checksums(blob)
+
+
+def test_read_head_needs_only_the_head(blob):
+    size = head_size(MODEL_ID, IMAGE_ID, SHAPES)
+    head = read_head(blob[:size])
+    assert (head.original_size, head.model_id, head.image_id, head.shapes) == ((480, 640), MODEL_ID, IMAGE_ID,
+                                                                               tuple(SHAPES))  # fmt: skip
+    head.check(model_id=MODEL_ID, image_id=IMAGE_ID, shapes=[(1, 4, 12, 12), ("batch", 6, 6, 6), (None, 8, 3, 3)])
+    with pytest.raises(EmbeddingFormatError):
+        read_head(blob[: size - 1])
+
+
+def test_another_images_value_is_refused(blob):
+    """A value carries its image id: found under another image's key, it is refused, not served."""
+    assert deserialize(blob, expected_image_id=IMAGE_ID).original_size == (480, 640)
+    with pytest.raises(EmbeddingFormatError, match="for image"):
+        deserialize(blob, expected_image_id="cd" * 32)
+
+
+def test_shapes_the_model_cannot_take_are_refused(blob):
+    """A value with a valid checksum but shapes the loaded model does not take is refused like a corrupt one."""
+    with pytest.raises(EmbeddingFormatError, match="shapes"):
+        deserialize(blob, expected_shapes=[(1, 4, 12, 12), (1, 6, 6, 6)])
+    with pytest.raises(EmbeddingFormatError, match="shapes"):
+        deserialize(blob, expected_shapes=[(1, 4, 12, 12), (1, 6, 6, 6), (1, 8, 4, 4)])
+    with pytest.raises(EmbeddingFormatError, match="shapes"):
+        read_head(blob).check(shapes=[(1, 4, 12, 12), (1, 6, 6, 6), (1, 8, 3, 3, 1)])
+
+
+@pytest.mark.parametrize("size", [(0, 640), (480, 0), (480, 2**31), (2**32 - 1, 1)])
+def test_impossible_sizes_with_valid_checksums_are_refused(blob, size):
+    """A checksummed header can still claim a size no image has (or one int32 cannot carry)."""
+    crafted = bytearray(blob)
+    struct.pack_into("<II", crafted, 8, *size)
+    with pytest.raises(EmbeddingFormatError, match="size"):
+        deserialize(recrc(crafted))
 
 
 def test_unicode_model_id_and_odd_sizes():
     original = make(model_id="modèle-✓", original_size=(1, 65537), shapes=[(3,), (1, 0, 5), ()])
-    assert_same(original, deserialize(serialize(original)))
+    assert_same(original, deserialize(serialize(original, "ïmage")))
 
 
 def test_big_endian_and_non_contiguous_inputs():
@@ -192,9 +243,8 @@ def _assert_rejected(where: str, data: bytes) -> None:
 
 @pytest.mark.parametrize("field", list(HEADER_FIELDS))
 def test_header_corruption_rejected(blob, field):
-    """BUG (embeddings.py): the CRC covers only the bytes after the header, so a flipped bit in the
-    original height or width is accepted (the masks come back at the wrong size), and a flipped
-    model-id length makes the parser read shapes from the wrong place (a plain ValueError)."""
+    """A flipped bit anywhere in the header (height and width included) is caught by the head CRC,
+    which `read_head` checks without the payload: a corrupted width is a miss, never a wrong size."""
     offset, size = HEADER_FIELDS[field]
     for position in range(offset, offset + size):
         for where, corrupted in _flips(blob, position):
@@ -215,6 +265,9 @@ def test_truncation_rejected(blob):
     for length in lengths:
         with pytest.raises(EmbeddingFormatError):
             deserialize(blob[:length])
+        if length < head_size(MODEL_ID, IMAGE_ID, SHAPES):
+            with pytest.raises(EmbeddingFormatError):
+                read_head(blob[:length])
 
 
 def test_trailing_garbage_rejected(blob):
@@ -232,8 +285,8 @@ def test_wrong_magic(blob):
 
 def test_wrong_version_message(blob):
     newer = bytearray(blob)
-    struct.pack_into("<H", newer, 4, 2)
-    with pytest.raises(EmbeddingFormatError, match=r"version 2.*reads 1"):
+    struct.pack_into("<H", newer, 4, 3)
+    with pytest.raises(EmbeddingFormatError, match=r"version 3.*reads 2"):
         deserialize(bytes(newer))
 
 
@@ -241,12 +294,15 @@ def test_unknown_dtype_code(blob):
     corrupted = bytearray(blob)
     corrupted[6] = 9
     with pytest.raises(EmbeddingFormatError, match="dtype"):
-        deserialize(bytes(corrupted))
+        deserialize(recrc(corrupted))
 
 
 def _crafted(shape_records: bytes, payload: bytes = b"", count: int = 1) -> bytes:
     body = b"m" + shape_records + payload
-    return recrc(HEADER.pack(b"S3EM", 1, 1, count, 1, 1, 1, 0) + body)
+    header = HEADER.pack(b"S3EM", 2, 1, count, 1, 1, 1, 0, 0, 0)
+    if len(shape_records) < 1 or len(shape_records) < 1 + 4 * shape_records[0]:  # no head to checksum
+        return header + body
+    return recrc(header + body)
 
 
 @pytest.mark.parametrize(

@@ -477,11 +477,63 @@ def test_auth_token_required_except_for_health_and_reflection() -> None:
         server.stop(0)
 
 
+# The documented rule (docs/security.md): scheme case-insensitive (RFC 7235), one or more spaces, the
+# exact token (RFC 6750 b64token), nothing else. (A tab cannot travel: gRPC refuses it in the client.)
+ACCEPTED = [f"Bearer {TOKEN}", f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer   {TOKEN}"]
+REFUSED = [
+    TOKEN,
+    f"Bearer{TOKEN}",
+    f"Bearer {TOKEN} ",
+    f"Bearer {TOKEN}x",
+    f"Bearer {TOKEN[:-1]}",
+    f"Bearer {TOKEN} {TOKEN}",
+    f"Basic {TOKEN}",
+    "Bearer ",
+]
+
+
+def test_bearer_scheme_casing_and_spaces() -> None:
+    server, _ = _start("test-bearer", auth_token=TOKEN)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as chan:
+            stub = decoder_pb2_grpc.DecoderServiceStub(chan)
+            for value in ACCEPTED + REFUSED:
+                try:
+                    stub.GetModelInfo(common_pb2.GetModelInfoRequest(), metadata=(("authorization", value),), timeout=5)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as error:
+                    code = error.code()
+                expected = grpc.StatusCode.OK if value in ACCEPTED else grpc.StatusCode.UNAUTHENTICATED
+                assert code == expected, repr(value)
+            twice = (("authorization", f"Bearer {TOKEN}"), ("authorization", f"Bearer {TOKEN}"))
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.GetModelInfo(common_pb2.GetModelInfoRequest(), metadata=twice, timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        server.stop(0)
+
+
+def test_not_ready_reason_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    def ready() -> bool:
+        raise RuntimeError("Redis at redis://:***@db:6379/0 refused the password")
+
+    with caplog.at_level(logging.WARNING, logger="sam3_serving.server"):
+        server, _ = _start("test-reason", ready=ready)
+        server.stop(0)
+    assert any("not ready: RuntimeError: Redis at" in r.getMessage() and "password" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError):
         ServerConfig(tls_cert="cert.pem")
-    with pytest.raises(ValueError):
-        ServerConfig(auth_token="  ")
+    for token in ("  ", "two words", "tab\there", "ünïcode"):
+        with pytest.raises(ValueError, match="RFC 6750"):
+            ServerConfig(auth_token=token)
+    with pytest.raises(ValueError, match="tls_client_ca"):
+        ServerConfig(tls_client_ca="ca.pem")
+    with pytest.raises(ValueError, match="tenant_from_cert"):
+        ServerConfig(tls_cert="c", tls_key="k", tenant_from_cert=True)
     with pytest.raises(ValueError):
         ServerConfig(port=70000)
 

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from encoder_service.servicer import EncoderSettings
 from sam3_cli.workers import DECODER, ENCODER
 from sam3_client import Client, Reason, Sam3Error
-from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
+from sam3_client.proto import decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
 from sam3_core.images import ImageLimits
 from service_stack import image_bytes, running, serve_subprocess
 

@@ -49,8 +49,8 @@ def make_store(redis_url: str, redis_namespace: str) -> Iterator[Callable[..., E
     """Factory for stores on the session server, in this test's namespace (two of them = two workers)."""
     stores: list[EmbeddingStore] = []
 
-    def factory(model_id: str = MODEL_ID, **overrides) -> EmbeddingStore:
-        store = EmbeddingStore(config(redis_url, redis_namespace, **overrides), model_id)
+    def factory(model_id: str = MODEL_ID, shapes=SMALL_SHAPES, **overrides) -> EmbeddingStore:
+        store = EmbeddingStore(config(redis_url, redis_namespace, **overrides), model_id, shapes)
         stores.append(store)
         return store
 
@@ -88,7 +88,7 @@ def test_round_trip_float16(make_store, raw):
         assert stored.dtype == np.float16 and stored.shape == source.shape
         np.testing.assert_array_equal(stored, source.astype(np.float16))
     # Half the bytes of float32 (plus the same small header).
-    assert written < 0.55 * len(serialize(original))
+    assert written < 0.55 * len(serialize(original, "img"))
 
 
 def test_round_trip_float32_by_default(make_store):
@@ -96,7 +96,7 @@ def test_round_trip_float32_by_default(make_store):
     store = make_store()
     assert store.config.dtype == "float32"
     written = store.put("img", original)
-    assert written == len(serialize(original))
+    assert written == len(serialize(original, "img"))
     got = store.get("img").embeddings
     assert got is not None
     for stored, source in zip(got.tensors, original.tensors, strict=True):
@@ -121,7 +121,7 @@ def test_ttl_on_every_key(make_store, raw):
 
 def test_key_format_and_cluster_slot(store, raw, redis_namespace):
     prefix = redis_namespace.rstrip(":")
-    assert store.key("abc") == f"{prefix}:emb:{{{MODEL_ID}:abc}}"
+    assert store.key("abc") == f"{prefix}:emb:v2:{{{MODEL_ID}:abc}}"
     assert store.lock_key("abc") == f"{prefix}:lock:{{{MODEL_ID}:abc}}"
     # The hash tag puts the value and its lock in one Redis Cluster slot.
     assert redis.crc.key_slot(store.key("abc").encode()) == redis.crc.key_slot(store.lock_key("abc").encode())
@@ -131,7 +131,7 @@ def test_key_format_and_cluster_slot(store, raw, redis_namespace):
         with pytest.raises(ValueError):
             store.key(bad)
     with pytest.raises(ValueError, match="brace"):
-        EmbeddingStore(StoreConfig("redis://localhost"), "model}x")
+        EmbeddingStore(StoreConfig("redis://localhost"), "model}x", SMALL_SHAPES)
 
 
 def test_put_rejects_embeddings_of_another_model(store):
@@ -150,7 +150,10 @@ CORRUPTIONS: dict[str, Callable[[redis.Redis, str], None]] = {
     "truncated": lambda raw, key: raw.set(key, raw.get(key)[:-1000]),
     "garbage": lambda raw, key: raw.set(key, np.random.default_rng(3).bytes(5000)),
     "empty": lambda raw, key: raw.set(key, b""),
-    "other model": lambda raw, key: raw.set(key, serialize(make(model_id="other-model"))),
+    "other model": lambda raw, key: raw.set(key, serialize(make(model_id="other-model"), "img")),
+    "another image": lambda raw, key: raw.set(key, serialize(make(seed=7), "other-img")),
+    "wrong shapes": lambda raw, key: raw.set(key, serialize(make(shapes=SMALL_SHAPES[:2]), "img")),
+    "wrong width": lambda raw, key: raw.setrange(key, 12, b"\xff\xff\x00\x00"),
     "not a string": lambda raw, key: (raw.delete(key), raw.hset(key, "f", "v")),
 }
 
@@ -174,7 +177,7 @@ def test_corrupt_value_is_reported_and_deleted(store, raw, corrupt):
 
 
 def test_peek_size_reads_only_the_header(redis_server: EmbeddedRedis):
-    store = EmbeddingStore(config(redis_server.url), MODEL_ID)
+    store = EmbeddingStore(config(redis_server.url), MODEL_ID, [(1, 64, 64, 64)])
     raw = redis.Redis.from_url(redis_server.url)
     assert store.peek_size("img") is None
     assert store.put("img", make(shapes=[(1, 64, 64, 64)])) > 1_000_000  # float32: 1 MB
@@ -195,11 +198,32 @@ def test_peek_size_reads_only_the_header(redis_server: EmbeddedRedis):
     store.close()
 
 
-@pytest.mark.parametrize("corrupt", ["garbage", "empty", "other model"])
-def test_peek_size_none_for_foreign_headers(store, raw, corrupt):
+# ("empty" reads like an absent key through GETRANGE: peek says None, `get` deletes it.)
+HEAD_CORRUPTIONS = ["garbage", "other model", "another image", "wrong shapes", "wrong width", "not a string"]
+
+
+@pytest.mark.parametrize("corrupt", HEAD_CORRUPTIONS)
+def test_peek_size_refuses_and_deletes_foreign_heads(store, raw, corrupt):
+    """What the head says is checked against the key and the model before Encode may answer `cached`."""
     store.put("img", make())
     CORRUPTIONS[corrupt](raw, store.key("img"))
     assert store.peek_size("img") is None
+    assert raw.exists(store.key("img")) == 0
+    assert store.wait_for("img", timeout=0) is None  # never reported as ready either
+
+
+def test_tenants_share_nothing(make_store, raw):
+    shared = make_store()
+    alice, bob = shared.for_tenant("alice"), shared.for_tenant("bob")
+    alice.put("img", make())
+    assert alice.get("img").outcome == "hit" and alice.peek_size("img") == SIZE
+    for other in (bob, shared):
+        assert other.get("img").outcome == "miss" and other.peek_size("img") is None
+    assert len({shared.key("img"), alice.key("img"), bob.key("img")}) == 3
+    assert redis.crc.key_slot(alice.key("img").encode()) == redis.crc.key_slot(alice.lock_key("img").encode())
+    assert alice.try_lock("img") is not None and bob.try_lock("img") is not None  # separate locks too
+    with pytest.raises(ValueError, match="tenant"):
+        shared.for_tenant("a:b")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,6 +252,35 @@ def test_lock_expires_after_its_ttl(make_store):
     assert worker_b.try_lock("img") is None
     time.sleep(0.3)
     assert worker_b.try_lock("img") is not None
+
+
+def test_held_lock_is_renewed_while_held_then_released(make_store, raw):
+    holder, other = make_store(lock_ttl_seconds=0.3), make_store(lock_ttl_seconds=0.3)
+    lock = holder.lock("img")
+    assert lock is not None
+    time.sleep(1.0)  # more than three TTLs: only the heartbeat keeps it
+    assert other.try_lock("img") is None
+    assert 0 < raw.pttl(holder.lock_key("img")) <= 300
+    lock.release()
+    assert raw.exists(holder.lock_key("img")) == 0
+    assert other.lock("img") is not None
+
+
+def test_failed_release_is_retried_until_it_succeeds(redis_server: EmbeddedRedis):
+    store = EmbeddingStore(config(redis_server.url, socket_timeout=0.3, lock_ttl_seconds=5.0), MODEL_ID, SMALL_SHAPES)
+    lock = store.lock("img")
+    assert lock is not None
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        _, elapsed = timed(lock.release)  # fails (timeout) and hands the retries to a thread
+        assert elapsed < 1.5
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 4  # well before the 5 s TTL would free it
+    while store.ping() and store._client.exists(store.lock_key("img")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store._client.exists(store.lock_key("img")) == 0
+    store.close()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -312,7 +365,7 @@ def _owner(array: np.ndarray) -> object:
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_realistic_value_is_not_copied(make_store, dtype):
-    store = make_store(dtype=dtype)
+    store = make_store(dtype=dtype, shapes=REAL_SHAPES)
     original = make(shapes=REAL_SHAPES)
     tracemalloc.start()
     try:
@@ -378,7 +431,7 @@ def _all_calls(store: EmbeddingStore) -> dict[str, Callable[[], object]]:
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_redis_down_then_back(redis_server: EmbeddedRedis, how: str):
-    store = EmbeddingStore(config(redis_server.url, socket_timeout=1.0), MODEL_ID)
+    store = EmbeddingStore(config(redis_server.url, socket_timeout=1.0), MODEL_ID, SMALL_SHAPES)
     store.put("img", make())  # the pool now holds a connection that is about to go stale
     assert store.ping()
     getattr(redis_server, how)()
@@ -399,7 +452,7 @@ def test_redis_down_then_back(redis_server: EmbeddedRedis, how: str):
 
 def test_frozen_redis_times_out_instead_of_hanging(redis_server: EmbeddedRedis):
     """A Redis that accepts connections but never answers (SIGSTOP): every call ends after socket_timeout."""
-    store = EmbeddingStore(config(redis_server.url, socket_timeout=0.3), MODEL_ID)
+    store = EmbeddingStore(config(redis_server.url, socket_timeout=0.3), MODEL_ID, SMALL_SHAPES)
     store.put("img", make())
     pid = redis_server.pid
     assert pid is not None
@@ -425,13 +478,21 @@ def test_frozen_redis_times_out_instead_of_hanging(redis_server: EmbeddedRedis):
 
 def test_password_and_acl_user(redis_server: EmbeddedRedis):
     admin = redis.Redis.from_url(redis_server.url)
-    admin.acl_setuser("alice", enabled=True, passwords=["+alice-secret-pw"], keys=["*"], commands=["+@all"])
+    # The least a worker needs: its keys, and the channel announcing rewritten values.
+    admin.acl_setuser(
+        "alice",
+        enabled=True,
+        passwords=["+alice-secret-pw"],
+        keys=["sam3:*"],
+        channels=["sam3:replaced:*"],
+        commands=["+@all"],
+    )
     admin.config_set("requirepass", "s3cret-pass-word")
     admin.close()
     host = f"127.0.0.1:{redis_server.port}"
 
     for url in (f"redis://:s3cret-pass-word@{host}/0", f"redis://alice:alice-secret-pw@{host}/0"):
-        store = EmbeddingStore(StoreConfig(url), MODEL_ID)
+        store = EmbeddingStore(StoreConfig(url), MODEL_ID, SMALL_SHAPES)
         assert store.ping()
         store.put("img", make())
         assert store.get("img").outcome == "hit"
@@ -442,8 +503,10 @@ def test_password_and_acl_user(redis_server: EmbeddedRedis):
         (f"redis://alice:not-alices-pw@{host}/0", "not-alices-pw"),
         (f"redis://{host}/0", None),  # no password at all: NOAUTH
     ):
-        store = EmbeddingStore(StoreConfig(url), MODEL_ID)
+        store = EmbeddingStore(StoreConfig(url), MODEL_ID, SMALL_SHAPES)
         assert store.ping() is False
+        with pytest.raises(StoreUnavailableError, match="the password or user is wrong"):
+            store.check()  # what readiness reports: the cause is named, not just "unavailable"
         with pytest.raises(StoreUnavailableError) as caught:
             store.get("img")
         message = str(caught.value) + repr(caught.value.__cause__)
@@ -461,7 +524,7 @@ def test_urls_accepted_without_connecting():
         "unix:///run/redis/redis.sock?db=0&password=tls-secret",
         "redis://redis.example.invalid:6379/2",
     ):
-        store = EmbeddingStore(StoreConfig(url), MODEL_ID)  # lazy: no connection attempt here
+        store = EmbeddingStore(StoreConfig(url), MODEL_ID, SMALL_SHAPES)  # lazy: no connection attempt here
         assert "tls-secret" not in repr(store) and "tls-secret" not in repr(store.config)
         store.close()
     with pytest.raises(ValueError, match="redis://"):
@@ -478,3 +541,29 @@ def test_redact_url():
     assert redact_url("redis://user@h:1/0") == "redis://user@h:1/0"
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
     assert redact_url("unix:///s.sock?db=1&password=pw") == "unix:///s.sock?db=1&password=***"
+
+
+def test_replacements_are_announced_and_a_lost_subscription_means_forget_everything(redis_server: EmbeddedRedis):
+    writer = EmbeddingStore(config(redis_server.url, socket_timeout=0.5), MODEL_ID, SMALL_SHAPES)
+    listener = EmbeddingStore(config(redis_server.url, socket_timeout=0.5), MODEL_ID, SMALL_SHAPES)
+    replaced: list[str] = []
+    reconnects = threading.Semaphore(0)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=listener.listen_for_replacements, args=(replaced.append, reconnects.release, stop), daemon=True
+    )
+    thread.start()
+    assert reconnects.acquire(timeout=5)  # subscribed
+    writer.for_tenant("alice").put("img", make())
+    writer.put("img", make())
+    deadline = time.monotonic() + 5
+    while len(replaced) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert replaced == [writer.for_tenant("alice").key("img"), writer.key("img")]
+    redis_server.restart()  # announcements made while it was away are lost: the listener must say so
+    assert reconnects.acquire(timeout=10)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    writer.close()
+    listener.close()

@@ -57,6 +57,8 @@ class ChannelSettings:
         failing at once with UNAVAILABLE: bridges worker restarts and rollouts.
     tls / root_certificates: TLS, trusting the given PEM bundle or else the system's trust store;
         tls_server_name overrides the name checked against the certificate (e.g. when dialling an IP).
+    client_certificate / client_key: PEM chain and key presented to workers that require client
+        certificates (mTLS, their --tls-client-ca); both or neither, and only with tls=True.
     token: sent as `authorization: Bearer <token>` on every call (workers started with --auth-token).
     """
 
@@ -67,6 +69,8 @@ class ChannelSettings:
     tls: bool = False
     root_certificates: bytes | None = None  # PEM; None = the system's trust store
     tls_server_name: str | None = None
+    client_certificate: bytes | None = None  # PEM chain for mTLS
+    client_key: bytes | None = field(default=None, repr=False)  # PEM private key for mTLS
     token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +80,10 @@ class ChannelSettings:
             raise ValueError("max_message_bytes and keepalive_seconds must be positive")
         if (self.root_certificates is not None or self.tls_server_name is not None) and not self.tls:
             raise ValueError("root_certificates and tls_server_name need tls=True")
+        if (self.client_certificate is None) != (self.client_key is None):
+            raise ValueError("mTLS needs both client_certificate and client_key (PEM bytes), or neither")
+        if self.client_certificate is not None and not self.tls:
+            raise ValueError("client_certificate and client_key need tls=True")
 
     def service_config(self) -> str:
         """gRPC service config JSON: round_robin, and the UNAVAILABLE retry policy on both services."""
@@ -124,7 +132,11 @@ class ChannelSettings:
 def open_channel(module: Any, target: str, settings: ChannelSettings) -> Any:
     """`module` is `grpc` or `grpc.aio`: both clients build their channel the same way."""
     if settings.tls:
-        credentials = grpc.ssl_channel_credentials(root_certificates=settings.root_certificates)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=settings.root_certificates,
+            private_key=settings.client_key,
+            certificate_chain=settings.client_certificate,
+        )
         return module.secure_channel(target, credentials, options=settings.options())
     return module.insecure_channel(target, options=settings.options())
 

@@ -12,7 +12,7 @@ from sam3_client.proto import decoder_pb2
 
 __all__ = ["POINT_LABELS", "image_id", "is_image_id", "label_from_wire"]
 
-_IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
+_IMAGE_ID = re.compile(r"[0-9a-f]{64}")  # always fullmatch: `$` would let a trailing newline through
 # Click labels as SAM users pass them (1 foreground "include this", 0 background "exclude this")
 # -> their wire values.
 POINT_LABELS = {1: decoder_pb2.POINT_LABEL_FOREGROUND, 0: decoder_pb2.POINT_LABEL_BACKGROUND}
@@ -26,7 +26,7 @@ def image_id(data: bytes) -> str:
 
 def is_image_id(text: str) -> bool:
     """Whether `text` has the form of an image id (it may still not be stored)."""
-    return bool(_IMAGE_ID.match(text))
+    return bool(_IMAGE_ID.fullmatch(text))
 
 
 def label_from_wire(value: int) -> int | None:
