@@ -96,7 +96,12 @@ def test_a_bad_value_is_a_miss_deleted_and_re_encoded(redis_url: str, plant: Cal
     with running(redis_url, namespace) as stack, grpc.insecure_channel(stack.target) as channel:
         corrupt_before = counter("sam3_embedding_lookups_total", result="corrupt")
         request = decoder_pb2.SegmentRequest(
-            image_id=image_id("a"), objects=[decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=7, y=5)])]
+            image_id=image_id("a"),
+            objects=[
+                decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=7, y=5, label=decoder_pb2.POINT_LABEL_FOREGROUND)])
+            ],
+            selection=decoder_pb2.MASK_SELECTION_BEST,
+            mask_format=decoder_pb2.MASK_FORMAT_RLE,
         )
         with pytest.raises(grpc.RpcError) as failure:
             decoder_pb2_grpc.DecoderServiceStub(channel).Segment(request, timeout=10)
@@ -150,7 +155,14 @@ def test_image_ids_need_a_full_match(redis_url: str) -> None:
     with running(redis_url, prefix()) as stack, grpc.insecure_channel(stack.target) as channel:
         for bad in (good + "\n", good + "\r\n", "\n" + good, good.upper()):
             request = decoder_pb2.SegmentRequest(
-                image_id=bad, objects=[decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=1, y=1)])]
+                image_id=bad,
+                objects=[
+                    decoder_pb2.ObjectPrompt(
+                        points=[decoder_pb2.Point(x=1, y=1, label=decoder_pb2.POINT_LABEL_FOREGROUND)]
+                    )
+                ],
+                selection=decoder_pb2.MASK_SELECTION_BEST,
+                mask_format=decoder_pb2.MASK_FORMAT_RLE,
             )
             with pytest.raises(grpc.RpcError) as failure:
                 decoder_pb2_grpc.DecoderServiceStub(channel).Segment(request, timeout=10)

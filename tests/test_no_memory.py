@@ -105,7 +105,9 @@ def test_our_folder_states_it_in_the_manifest_and_in_model_info() -> None:
     assert model().no_memory_embedding == no_memory.NoMemoryEmbedding(
         no_memory.ADDED, f"manifest.json: {no_memory.MANIFEST_KEY} = True"
     )
-    store = EmbeddingStore(StoreConfig(url="redis://127.0.0.1:9"), model().model_id)  # never contacted
+    store = EmbeddingStore(
+        StoreConfig(url="redis://127.0.0.1:9"), model().model_id, model().embedding_shapes()
+    )  # never contacted
     assert model_info(model(), store).no_memory_embedding == common_pb2.NO_MEMORY_EMBEDDING_ADDED
 
 
@@ -140,7 +142,7 @@ def test_without_a_manifest_the_graph_constant_decides_or_it_is_unknown(
     loaded = Sam3Model(folder_without_manifest(tmp_path, constant_name), load_decoder=False)
     assert loaded.no_memory_embedding.state == state
     assert ENCODER in loaded.no_memory_embedding.evidence
-    store = EmbeddingStore(StoreConfig(url="redis://127.0.0.1:9"), loaded.model_id)
+    store = EmbeddingStore(StoreConfig(url="redis://127.0.0.1:9"), loaded.model_id, loaded.embedding_shapes())
     assert model_info(loaded, store).no_memory_embedding == info
 
 

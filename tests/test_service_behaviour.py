@@ -367,7 +367,7 @@ def test_a_lock_that_cannot_be_released_does_not_change_the_answer(redis_url: st
     [
         (lambda r: r.objects[0].points[0].__setattr__("label", 7), "objects[0].points[0].label"),
         (lambda r: r.objects[0].box.CopyFrom(decoder_pb2.Box(x1=30, y1=5, x2=10, y2=20)), "objects[0].box"),
-        (lambda r: r.objects[0].points.extend([decoder_pb2.Point(x=1, y=1)] * 40), "objects[0].points"),
+        (lambda r: r.objects[0].points.extend([click(1, 1)] * 40), "objects[0].points"),
         (
             lambda r: (setattr(r, "selection", decoder_pb2.MASK_SELECTION_INDEX), setattr(r, "mask_index", 3)),
             "mask_index",
@@ -377,9 +377,7 @@ def test_a_lock_that_cannot_be_released_does_not_change_the_answer(redis_url: st
 )
 def test_a_segment_request_is_checked_in_full_before_any_fetch(redis_url: str, change, field: str) -> None:
     """A bad request for an image nobody stored is INVALID_ARGUMENT, not NOT_FOUND: nothing was fetched."""
-    request = decoder_pb2.SegmentRequest(
-        image_id="0" * 64, objects=[decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=1, y=1)])]
-    )
+    request = wire_request("0" * 64, [decoder_pb2.ObjectPrompt(points=[click(1, 1)])])
     change(request)
     with running(redis_url, prefix(), {DECODER}) as stack:
         stack.store.get = lambda image_id: pytest.fail(f"fetched {image_id} for a request that cannot run")

@@ -209,7 +209,7 @@ def test_peek_size_refuses_and_deletes_foreign_heads(store, raw, corrupt):
     CORRUPTIONS[corrupt](raw, store.key("img"))
     assert store.peek_size("img") is None
     assert raw.exists(store.key("img")) == 0
-    assert store.wait_for("img", timeout=0) is None  # never reported as ready either
+    assert store.wait_for("img", timeout=0).size is None  # never reported as ready either
 
 
 def test_tenants_share_nothing(make_store, raw):

@@ -31,7 +31,7 @@ class _NoMemoryEmbedding:
 class _NoMemoryEmbeddingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoMemoryEmbedding.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     NO_MEMORY_EMBEDDING_UNSPECIFIED: _NoMemoryEmbedding.ValueType  # 0
-    """A worker too old to say."""
+    """A worker too old to know reads as this: never sent by this version."""
     NO_MEMORY_EMBEDDING_UNKNOWN: _NoMemoryEmbedding.ValueType  # 1
     """Neither manifest.json nor a named constant in the encoder graph tells (e.g. a folder exported
     from transformers' Sam3TrackerModel by someone else); docs/model-contract.md shows how to probe.
@@ -45,7 +45,7 @@ class NoMemoryEmbedding(_NoMemoryEmbedding, metaclass=_NoMemoryEmbeddingEnumType
     """What a model folder's encoder does with SAM3's no-memory embedding, and how the worker knows."""
 
 NO_MEMORY_EMBEDDING_UNSPECIFIED: NoMemoryEmbedding.ValueType  # 0
-"""A worker too old to say."""
+"""A worker too old to know reads as this: never sent by this version."""
 NO_MEMORY_EMBEDDING_UNKNOWN: NoMemoryEmbedding.ValueType  # 1
 """Neither manifest.json nor a named constant in the encoder graph tells (e.g. a folder exported
 from transformers' Sam3TrackerModel by someone else); docs/model-contract.md shows how to probe.
