@@ -8,8 +8,6 @@ were asked for are upsampled and encoded. Nothing here waits on anything but Red
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from decoder_service.budget import ResponseBudget, ResponseLimits, check_request
 from decoder_service.cache import EmbeddingCache, Loaded
 from sam3_client import wire
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc
@@ -32,6 +31,7 @@ from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
 from sam3_serving.server import tenant_of
 from sam3_serving.store import EmbeddingStore
+from sam3_serving.streams import ReadAhead, StreamLimits
 
 WORKER = "decoder"
 
@@ -40,6 +40,8 @@ WORKER = "decoder"
 class DecoderSettings:
     prompt_limits: PromptLimits = PromptLimits()
     cache_bytes: int = 1024 * 1024 * 1024  # local embedding LRU: ~50 images at float32
+    responses: ResponseLimits = ResponseLimits()
+    streams: StreamLimits = StreamLimits()
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,9 @@ def selected_indices(plan: Plan, prediction: ObjectPrediction) -> list[int]:
     return [prediction.best_index]
 
 
-def mask_message(prediction: ObjectPrediction, index: int, fmt: int, timer: StageTimer) -> decoder_pb2.Mask:
+def mask_message(
+    prediction: ObjectPrediction, index: int, fmt: int, timer: StageTimer, budget: ResponseBudget
+) -> decoder_pb2.Mask:
     """One mask on the wire. RLE comes straight from the logits (no H x W mask for smooth masks); with
     MASK_FORMAT_NONE nothing at full size is computed at all."""
     height, width = prediction.original_size
@@ -135,13 +139,18 @@ def mask_message(prediction: ObjectPrediction, index: int, fmt: int, timer: Stag
         with timer.stage("encode_mask"):
             packed = fmt == decoder_pb2.MASK_FORMAT_PACKED_BITS
             message.data = mask_codecs.to_packed_bits(mask) if packed else mask_codecs.to_png(mask)
+    budget.spend(message.ByteSize())
     message.area = area
     message.bbox.CopyFrom(decoder_pb2.BoundingBox(x=x, y=y, width=w, height=h))
     return message
 
 
 def object_result(
-    request: decoder_pb2.SegmentRequest, plan: Plan, prediction: ObjectPrediction, timer: StageTimer
+    request: decoder_pb2.SegmentRequest,
+    plan: Plan,
+    prediction: ObjectPrediction,
+    timer: StageTimer,
+    budget: ResponseBudget,
 ) -> decoder_pb2.ObjectResult:
     indices = selected_indices(plan, prediction)
     result = decoder_pb2.ObjectResult(
@@ -150,7 +159,7 @@ def object_result(
         iou_scores=prediction.iou_scores.tolist(),
         best_index=prediction.best_index,
     )
-    result.masks.extend(mask_message(prediction, index, plan.mask_format, timer) for index in indices)
+    result.masks.extend(mask_message(prediction, index, plan.mask_format, timer, budget) for index in indices)
     if request.return_low_res_logits:
         logits = prediction.low_res_logits[indices]
         result.low_res_logits.CopyFrom(
@@ -193,51 +202,37 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         """Answers in order. A request whose non-empty object_key has a newer request already waiting
         is answered `skipped` without running the model: an interactive client only cares about the
         latest click on an object. Per-request failures become `error` items; the session goes on."""
-        pending: queue.Queue[decoder_pb2.SegmentRequest | None] = queue.Queue()
-        waiting_keys: dict[str, int] = {}
-        lock = threading.Lock()
-
-        def read() -> None:
-            try:
-                for request in request_iterator:
-                    with lock:
-                        waiting_keys[request.object_key] = waiting_keys.get(request.object_key, 0) + 1
-                    pending.put(request)
-            except grpc.RpcError:
-                pass  # the client went away; the loop below ends on the sentinel
-            finally:
-                pending.put(None)
-
         store = self.store.for_tenant(tenant_of(context))
-        threading.Thread(target=read, name="segment-stream-reader", daemon=True).start()
-        while (request := pending.get()) is not None:
-            with lock:
-                waiting_keys[request.object_key] -= 1
-                stale = bool(request.object_key) and waiting_keys[request.object_key] > 0
-            if stale:
-                yield decoder_pb2.SegmentResponse(
-                    request_id=request.request_id, image_id=request.image_id, skipped=True
-                )
-                continue
-            try:
-                yield self._segment(request, store)
-            except ServiceError as error:
-                yield decoder_pb2.SegmentResponse(
-                    request_id=request.request_id, image_id=request.image_id, error=error.to_item_error()
-                )
+        with ReadAhead(request_iterator, self.settings.streams) as requests:
+            for request in requests:
+                key = request.object_key
+                if key and requests.waiting(lambda later: later.object_key == key):  # noqa: B023 (used at once)
+                    yield decoder_pb2.SegmentResponse(
+                        request_id=request.request_id, image_id=request.image_id, skipped=True
+                    )
+                    continue
+                try:
+                    yield self._segment(request, store)
+                except ServiceError as error:
+                    yield decoder_pb2.SegmentResponse(
+                        request_id=request.request_id, image_id=request.image_id, error=error.to_item_error()
+                    )
 
     def _segment(self, request: decoder_pb2.SegmentRequest, store: EmbeddingStore) -> decoder_pb2.SegmentResponse:
         timer = StageTimer()
         with timer.stage("total"):
             checked = plan(request, self.settings.prompt_limits)
             embeddings = self._embeddings(store, request.image_id, timer)
+            limits = self.settings.responses
+            check_request(request, embeddings.original_size, self.model.mask_size, limits)
             try:
                 predictions = decode(
                     self.model, embeddings, checked.prompts, limits=self.settings.prompt_limits, timer=timer
                 )
             except PromptError as error:  # a coordinate outside the image: only now is its size known
                 raise invalid_prompt(error) from error
-            objects = [object_result(request, checked, p, timer) for p in predictions]
+            budget = ResponseBudget(limits)
+            objects = [object_result(request, checked, p, timer, budget) for p in predictions]
         metrics.observe_stages(WORKER, timer.milliseconds)
         height, width = embeddings.original_size
         return decoder_pb2.SegmentResponse(

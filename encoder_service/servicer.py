@@ -7,8 +7,10 @@ The flow of one Encode:
 2. Take the image's short Redis lock (renewed while the encode runs). Whoever holds it encodes; the
    others wait for the value to appear (and answer `cached`) at most until their own deadline,
    falling back to encoding themselves if the holder fails or dies (its lock then expires in seconds).
-3. Encoding needs a free slot: beyond `max_concurrent` encodes, RESOURCE_EXHAUSTED at once rather
-   than an unbounded queue. A cancelled or expired call terminates the model run and writes nothing.
+3. Encoding needs a free slot. A caller that finds them busy waits in a short line (`max_queued`),
+   interactive `Encode` ahead of `EncodeBatch` and `prewarm` requests, for as long as its deadline
+   leaves time to encode; a full line or no time left is RESOURCE_EXHAUSTED / OVERLOADED. A cancelled
+   or expired call terminates the model run and writes nothing.
 
 Redis down means UNAVAILABLE (StoreUnavailableError): an embedding nobody can fetch is of no use to a
 decoder (docs/architecture.md).
@@ -16,7 +18,7 @@ decoder (docs/architecture.md).
 
 from __future__ import annotations
 
-import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,9 +37,12 @@ from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
 from sam3_serving.server import tenant_of
+from sam3_serving.slots import BATCH, INTERACTIVE, PrioritySlots, QueueFull
 from sam3_serving.store import EmbeddingStore
+from sam3_serving.streams import ReadAhead, StreamLimits
 
 WORKER = "encoder"
+_PRIORITY_NAMES = {INTERACTIVE: "interactive", BATCH: "batch"}
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,11 @@ class EncoderSettings:
     """Admission and waiting rules of one encoder worker."""
 
     max_concurrent: int = 1  # model runs at once; ONNX Runtime already uses every core for one
+    max_queued: int = 4  # callers waiting for a slot (each holds a handler thread); beyond: OVERLOADED
+    max_queue_seconds: float = 60.0  # longest wait for a slot, whatever the caller's deadline
     single_flight_timeout: float = 120.0  # how long to wait for another worker's encode of the same image
     image_limits: ImageLimits = ImageLimits()
+    streams: StreamLimits = StreamLimits()
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
@@ -56,33 +64,37 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         self.model = model
         self.store = store
         self.settings = settings
-        self._slots = threading.BoundedSemaphore(settings.max_concurrent)
+        self._slots = PrioritySlots(settings.max_concurrent, settings.max_queued)
+        self._encode_seconds = 0.0  # recent model time (moving average): what a waiter must leave itself
 
     def Encode(self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext) -> encoder_pb2.EncodeResponse:
-        return self._encode(request, context)
+        return self._encode(request, context, BATCH if request.prewarm else INTERACTIVE)
 
     def EncodeBatch(
         self, request_iterator: Iterator[encoder_pb2.EncodeRequest], context: grpc.ServicerContext
     ) -> Iterator[encoder_pb2.EncodeResponse]:
         """One response per request, in order; a bad image gets an item error and the stream goes on."""
-        for request in request_iterator:
-            try:
-                yield self._encode(request, context)
-            except ServiceError as error:
-                yield encoder_pb2.EncodeResponse(request_id=request.request_id, error=error.to_item_error())
+        with ReadAhead(request_iterator, self.settings.streams) as requests:
+            for request in requests:
+                try:
+                    yield self._encode(request, context, BATCH)
+                except ServiceError as error:
+                    yield encoder_pb2.EncodeResponse(request_id=request.request_id, error=error.to_item_error())
 
     def GetModelInfo(
         self, request: common_pb2.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> common_pb2.ModelInfo:
         return model_info(self.model, self.store)
 
-    def _encode(self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext) -> encoder_pb2.EncodeResponse:
+    def _encode(
+        self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext, priority: int
+    ) -> encoder_pb2.EncodeResponse:
         timer = StageTimer()
         with timer.stage("total"):
             image = self._open(request.image)
             with timer.stage("hash"):
                 image_id = wire.image_id(request.image)
-            size, cached = self._stored_or_encoded(request, image, image_id, context, timer)
+            size, cached = self._stored_or_encoded(request, image, image_id, context, timer, priority)
         metrics.observe_stages(WORKER, timer.milliseconds)
         return encoder_pb2.EncodeResponse(
             image_id=image_id,
@@ -113,6 +125,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         image_id: str,
         context: grpc.ServicerContext,
         timer: StageTimer,
+        priority: int,
     ) -> tuple[tuple[int, int], bool]:
         """((height, width), cached): the stored value's size, or the size of the image this call encoded."""
         store = self.store.for_tenant(tenant_of(context))
@@ -128,7 +141,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             # Another worker may have stored it and let go of the lock between our peek and our lock.
             if lock is not None and not request.force and (size := store.peek_size(image_id)):
                 return size, True
-            return self._run_model(image, store, image_id, context, timer), False
+            return self._run_model(image, store, image_id, context, timer, priority), False
         finally:
             if lock is not None:
                 lock.release()  # never raises: a lock that cannot be released expires by itself
@@ -150,6 +163,36 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         metrics.SINGLE_FLIGHT_WAITS.labels(waited.outcome).inc()
         return waited.size
 
+    def _take_slot(self, context: grpc.ServicerContext, priority: int, timer: StageTimer) -> None:
+        """Wait in line for a model slot while the deadline leaves time to encode, or raise OVERLOADED."""
+        started = time.perf_counter()
+        remaining = context.time_remaining()
+        budget = self.settings.max_queue_seconds if remaining is None else remaining - self._encode_seconds
+        budget = min(budget, self.settings.max_queue_seconds)
+        with timer.stage("queue_wait"):
+            try:
+                taken = self._slots.acquire(priority, max(0.0, budget), cancelled=lambda: not context.is_active())
+                outcome = "started" if taken else "gave_up"
+            except QueueFull:
+                taken, outcome = False, "full"
+        waited = time.perf_counter() - started
+        metrics.ENCODE_QUEUE_SECONDS.labels(priority=_PRIORITY_NAMES[priority], outcome=outcome).observe(waited)
+        if taken:
+            return
+        if not context.is_active():
+            raise ServiceError(grpc.StatusCode.CANCELLED, "call ended while waiting for the encoder", Reason.CANCELLED)
+        running = f"{self.settings.max_concurrent} encodes running"
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"encoder busy: {running} and {self.settings.max_queued} waiting (--encode-queue); retry with backoff "
+            "or add encoder replicas"
+            if outcome == "full"
+            else f"encoder busy: {running}; no slot within {waited:.1f} s, leaving this call's deadline too little "
+            "time to encode; retry with backoff or add encoder replicas",
+            Reason.OVERLOADED,
+            limit="encode_queue" if outcome == "full" else "deadline",
+        )
+
     def _run_model(
         self,
         image: Image.Image,
@@ -157,14 +200,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         image_id: str,
         context: grpc.ServicerContext,
         timer: StageTimer,
+        priority: int,
     ) -> tuple[int, int]:
-        if not self._slots.acquire(blocking=False):
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"encoder busy: {self.settings.max_concurrent} encodes already running; retry with backoff "
-                "or add encoder replicas",
-                Reason.OVERLOADED,
-            )
+        self._take_slot(context, priority, timer)
         try:
             with timer.stage("decode"), image_errors():
                 rgb = image_pixels(image)
@@ -174,6 +212,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 raise ServiceError(
                     grpc.StatusCode.CANCELLED, "call ended before the encode started; nothing stored", Reason.CANCELLED
                 )
+            model_started = time.perf_counter()
             try:
                 embeddings = encode(self.model, rgb, timer, run_options)
             except Exception as error:
@@ -183,6 +222,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                     ) from error
                 raise
             metrics.MODEL_RUNS.labels(WORKER).inc()
+            self._encode_seconds = 0.8 * self._encode_seconds + 0.2 * (time.perf_counter() - model_started)
             if not context.is_active():
                 raise ServiceError(
                     grpc.StatusCode.CANCELLED, "call ended during the encode; nothing stored", Reason.CANCELLED

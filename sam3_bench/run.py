@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, help="timed repeats per latency measurement")
     parser.add_argument("--encoder-runs", type=int, help="encoder runs per variant")
     parser.add_argument("--sweep-seconds", type=float, help="duration of each concurrency level")
+    parser.add_argument(
+        "--soak",
+        type=float,
+        metavar="MINUTES",
+        help="instead of the benchmark: MINUTES of 16 clients mixing encode and segment on one `sam3 serve` "
+        "(tiny model unless --model-dir), reporting codes, p50/p99 and the worker's RSS over time",
+    )
 
 
 def resolve_model(args: argparse.Namespace) -> Path:
@@ -429,6 +436,11 @@ def _concurrency_level(target: str, image_id: str, clients: int, seconds: float,
 def run(args: argparse.Namespace) -> int:
     """`sam3 bench`: measure everything, print the table, write report.json / report.md / report.png."""
     from sam3_bench import report
+
+    if args.soak is not None:
+        from sam3_bench.soak import soak
+
+        return soak(args)
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sam3-bench-") as workdir:

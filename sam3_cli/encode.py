@@ -27,7 +27,6 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".
 _FATAL_CODES = frozenset(
     {StatusCode.UNAVAILABLE, StatusCode.UNAUTHENTICATED, StatusCode.PERMISSION_DENIED, StatusCode.UNIMPLEMENTED}
 )
-_OVERLOAD_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -169,18 +168,14 @@ def _encode_one(client: Any, path: Path, args: argparse.Namespace) -> Outcome:
     except OSError as error:
         return Outcome(str(path), "failed", error=f"cannot read: {error.strerror or error}")
     target = args.encoder_server or args.server
-    for delay in (*_OVERLOAD_BACKOFF, None):
-        try:
-            result = client.encode(data, force=args.force, timeout=args.timeout)
-            break
-        except Sam3Error as error:
-            if error.reason == Reason.OVERLOADED and delay is not None:
-                time.sleep(delay)  # another client (or --jobs) holds the encoder's slots
-                continue
-            outcome = Outcome(str(path), "failed", error=explain(error, target, timeout=args.timeout))
-            if error.code in _FATAL_CODES and error.reason != Reason.SHUTTING_DOWN:
-                raise Fatal(outcome, error) from error
-            return outcome
+    try:
+        # A pre-warm: interactive encodes go first; a busy encoder is retried by the SDK within the timeout.
+        result = client.encode(data, force=args.force, timeout=args.timeout, prewarm=True)
+    except Sam3Error as error:
+        outcome = Outcome(str(path), "failed", error=explain(error, target, timeout=args.timeout))
+        if error.code in _FATAL_CODES and error.reason != Reason.SHUTTING_DOWN:
+            raise Fatal(outcome, error) from error
+        return outcome
     return Outcome(
         str(path),
         "cached" if result.cached else "encoded",

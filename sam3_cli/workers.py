@@ -37,6 +37,20 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
     option(server, "--handler-threads", type=whole_number(1), default=16, help="gRPC handler threads")
     option(
         server,
+        "--max-streams",
+        type=whole_number(1),
+        help="streams open at once, below --handler-threads so unary calls always get a thread "
+        "(default: half the handler threads); more are refused with RESOURCE_EXHAUSTED",
+    )
+    option(
+        server,
+        "--stream-idle-seconds",
+        type=positive_seconds,
+        default=120.0,
+        help="close a stream that sent no request for this long (DEADLINE_EXCEEDED / STREAM_IDLE)",
+    )
+    option(
+        server,
         "--max-connection-age-seconds",
         type=positive_seconds,
         help="close client connections after this long so they re-resolve DNS and reach new replicas",
@@ -97,7 +111,14 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
             "--max-concurrent-encodes",
             type=whole_number(1),
             default=1,
-            help="encodes at once; more get RESOURCE_EXHAUSTED at once instead of queueing",
+            help="encodes at once; more wait in the --encode-queue line",
+        )
+        option(
+            encoder,
+            "--encode-queue",
+            type=whole_number(0),
+            default=4,
+            help="encodes waiting for a slot within their deadline (interactive first); more get RESOURCE_EXHAUSTED",
         )
         option(
             encoder,
@@ -118,6 +139,13 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
         option(decoder, "--cache-mb", type=whole_number(0), default=1024, help="local embedding cache budget, MiB")
         option(decoder, "--max-objects", type=whole_number(1), default=32, help="objects per Segment request")
         option(decoder, "--max-points", type=whole_number(1), default=32, help="points per object")
+        option(
+            decoder,
+            "--max-mask-megapixels",
+            type=whole_number(1),
+            default=512,
+            help="full-size mask pixels one Segment may compute (objects x masks x image); more get RESOURCE_EXHAUSTED",
+        )
 
 
 def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: bool) -> int:
@@ -177,6 +205,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_receive_bytes=args.max_message_mb * MIB,
         max_send_bytes=args.max_message_mb * MIB,
         max_workers=args.handler_threads,
+        max_streams=args.max_streams,
         grace_seconds=args.grace_seconds,
         metrics_port=args.metrics_port,
         max_connection_age_seconds=args.max_connection_age_seconds,
@@ -191,23 +220,33 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
 
 def role_settings(args: argparse.Namespace, roles: set[str]) -> dict[str, Any]:
     """The flags of each role as the settings objects its servicer takes."""
+    from sam3_serving.streams import StreamLimits
+
     settings: dict[str, Any] = {}
+    streams = StreamLimits(idle_seconds=args.stream_idle_seconds)
     if ENCODER in roles:
         from encoder_service.servicer import EncoderSettings
         from sam3_core.images import ImageLimits
 
         settings["encoder"] = EncoderSettings(
             max_concurrent=args.max_concurrent_encodes,
+            max_queued=args.encode_queue,
             single_flight_timeout=args.single_flight_timeout,
             image_limits=ImageLimits(max_pixels=args.max_image_pixels),
+            streams=streams,
         )
     if DECODER in roles:
+        from decoder_service.budget import ResponseLimits
         from decoder_service.servicer import DecoderSettings
         from sam3_core.prompts import PromptLimits
 
         settings["decoder"] = DecoderSettings(
             prompt_limits=PromptLimits(max_objects=args.max_objects, max_points=args.max_points),
             cache_bytes=args.cache_mb * MIB,
+            responses=ResponseLimits(
+                max_response_bytes=args.max_message_mb * MIB, max_mask_pixels=args.max_mask_megapixels * 1_000_000
+            ),
+            streams=streams,
         )
     return settings
 

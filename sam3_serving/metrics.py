@@ -23,6 +23,8 @@ HTTP endpoint (`start_metrics_server`, or ServerConfig.metrics_port) exports the
 |                                |           |                       | embedding LRU.                                 |
 | sam3_local_cache_evictions_total | counter | (none)                | Images the decoder's LRU dropped to stay in    |
 |                                |           |                       | its byte budget (rising fast: raise --cache-mb)|
+| sam3_encode_queue_seconds      | histogram | priority, outcome     | Time an encode waited for a model slot         |
+|                                |           |                       | (interactive / batch; started, gave_up, full). |
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 
 __all__ = [
     "CACHE_LOOKUPS",
+    "ENCODE_QUEUE_SECONDS",
     "IN_FLIGHT",
     "LOCAL_CACHE_BYTES",
     "LOCAL_CACHE_EVICTIONS",
@@ -85,6 +88,12 @@ IN_FLIGHT = Gauge(
     "sam3_in_flight_requests",
     "Application rpcs currently running in the worker (the encoder HPA's scaling metric).",
     ["worker"],
+)
+ENCODE_QUEUE_SECONDS = Histogram(
+    "sam3_encode_queue_seconds",
+    "Time an encode waited for a model slot, by priority and outcome: started, gave_up, full.",
+    ["priority", "outcome"],
+    buckets=STAGE_BUCKETS,
 )
 LOCAL_CACHE_BYTES = Gauge("sam3_local_cache_bytes", "Bytes held by the decoder's in-process embedding LRU.")
 LOCAL_CACHE_EVICTIONS = Counter(

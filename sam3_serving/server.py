@@ -2,7 +2,8 @@
 
 The encoder and decoder differ only in their servicers, so everything around them lives here once:
 
-- Health (grpc.health.v1): "" and every service name report SERVING only while the worker's
+- Health (grpc.health.v1) runs on its own small thread pool, so a worker whose handler threads are
+  all busy still answers probes. "" and every service name report SERVING only while the worker's
   `ready()` callable says so (model loaded and Redis reachable), re-evaluated on a background thread;
   "liveness" reports SERVING until shutdown and never depends on Redis, so a Redis outage takes the
   pods out of rotation without Kubernetes restarting them. List answers all of them at once.
@@ -13,6 +14,11 @@ The encoder and decoder differ only in their servicers, so everything around the
   serving), Prometheus metrics, one structured log line per call. Every status this code sets carries
   the details; only gRPC's own (unknown method, message too large, deadline exceeded) do not.
   Servicers read the caller's tenant with `tenant_of(context)`.
+  Request bytes that do not parse are INVALID_ARGUMENT / MALFORMED_REQUEST (after auth); a response
+  over the send limit is RESOURCE_EXHAUSTED / RESPONSE_TOO_LARGE, recorded as such (gRPC would refuse
+  it after the fact).
+- Streams hold a handler thread for their whole life, so at most `max_streams` (below the thread
+  count) run at once; more are RESOURCE_EXHAUSTED / OVERLOADED at once and unary calls keep a share.
 - Graceful stop (SIGTERM): health goes NOT_SERVING, new calls get UNAVAILABLE / SHUTTING_DOWN while
   the server stays reachable, running calls get up to the grace period to finish, then the server stops.
 """
@@ -56,6 +62,8 @@ _INTERNAL_MESSAGE = "internal error; see the worker log"
 _BIND_HINT = "the port is in use (or the address is not this machine's); choose another with --port / SAM3_PORT"
 # After the application calls drained, how long exempt streams (health Watch) may hold the stop.
 _FINAL_GRACE_SECONDS = 1.0
+# Threads of the health service's own pool: probes never queue behind application calls.
+_HEALTH_THREADS = 2
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -69,6 +77,8 @@ class ServerConfig:
     max_receive_bytes: int = 64 * 1024 * 1024  # photos exceed gRPC's 4 MiB default
     max_send_bytes: int = 64 * 1024 * 1024
     max_workers: int = 16  # handler threads
+    # Streams at once (each holds a handler thread while open); None = half the handler threads.
+    max_streams: int | None = None
     grace_seconds: float = 30.0  # SIGTERM: how long in-flight calls may take to finish
     metrics_port: int | None = None  # Prometheus HTTP port; None = no metrics server
     auth_token: str | None = None  # bearer token required in `authorization: Bearer <token>` metadata
@@ -91,6 +101,11 @@ class ServerConfig:
             raise ValueError("max_receive_bytes and max_send_bytes must be positive")
         if self.max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {self.max_workers}")
+        if self.max_streams is not None and not 1 <= self.max_streams < max(2, self.max_workers):
+            raise ValueError(
+                f"max_streams must be 1..{max(1, self.max_workers - 1)} (below the {self.max_workers} handler "
+                f"threads, so unary calls always have one), got {self.max_streams}"
+            )
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.auth_token is not None and not valid_token(self.auth_token):
@@ -106,6 +121,11 @@ class ServerConfig:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key too")
         if self.tenant_from_cert and self.tls_client_ca is None:
             raise ValueError("tenant_from_cert needs tls_client_ca: only verified certificates name tenants")
+
+    @property
+    def stream_slots(self) -> int:
+        """How many streams may be open at once."""
+        return self.max_streams if self.max_streams is not None else max(1, self.max_workers // 2)
 
     @property
     def tls(self) -> bool:
@@ -165,22 +185,40 @@ def _is_abort(exc: BaseException, context: grpc.ServicerContext) -> bool:
 class _Call:
     """Book-keeping of one application rpc: admission, error conversion, metrics and the log line."""
 
-    __slots__ = ("admitted", "code", "context", "method", "service", "start", "worker")
+    __slots__ = ("admitted", "code", "context", "method", "service", "start", "stream", "worker")
 
-    def __init__(self, worker: Worker, service: str, method: str, context: grpc.ServicerContext) -> None:
+    def __init__(
+        self, worker: Worker, service: str, method: str, context: grpc.ServicerContext, *, stream: bool
+    ) -> None:
         self.worker = worker
         self.service = service
         self.method = method
         self.context = context
+        self.stream = stream
         self.start = time.perf_counter()
         self.admitted = False
         self.code: grpc.StatusCode | None = None
 
     def admit(self) -> grpc.ServicerContext:
-        """The context to hand the servicer; raises ServiceError when shutting down or unauthenticated."""
-        caller = self.worker._admit(self.context)
+        """The context to hand the servicer; raises ServiceError when shutting down, unauthenticated or
+        out of stream slots."""
+        caller = self.worker._admit(self.context, stream=self.stream)
         self.admitted = True
         return _CallerContext(self.context, caller)  # type: ignore[return-value]
+
+    def check_size(self, response: Any) -> Any:
+        """Refuse (as the client would see it) a response gRPC would not send: over max_send_bytes."""
+        limit = self.worker.config.max_send_bytes
+        size = len(response) if isinstance(response, bytes) else response.ByteSize()
+        if size > limit:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the response would be {size} bytes, over the worker's {limit}-byte message limit "
+                "(--max-message-mb): ask for fewer objects or masks, or a compact mask format",
+                Reason.RESPONSE_TOO_LARGE,
+                limit="max_message_bytes",
+            )
+        return response
 
     def fail(self, exc: Exception) -> NoReturn:
         """Turn an exception from the servicer into the rpc's status; always raises."""
@@ -224,7 +262,7 @@ class _Call:
             if code == grpc.StatusCode.OK and not self.context.is_active():
                 code = self._ended_code()
         if self.admitted:
-            self.worker._release()
+            self.worker._release(stream=self.stream)
         metrics.RPCS.labels(service=self.service, method=self.method, code=code.name).inc()
         metrics.RPC_SECONDS.labels(service=self.service, method=self.method).observe(seconds)
         level = logging.ERROR if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) else logging.INFO
@@ -261,11 +299,66 @@ class _Health(health.HealthServicer):
         return health_pb2.HealthListResponse(statuses=statuses)
 
 
-def _behavior(function: Callable[..., Any] | None) -> Callable[..., Any]:
-    """The handler's function for its arity (always set for the arity the flags announce)."""
-    if function is None:
-        raise TypeError("method handler without a behavior for its arity")
-    return function
+class _Malformed:
+    """What a request that does not parse becomes, so the call fails INVALID_ARGUMENT after auth."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Parse errors become `_Malformed` instead of gRPC's INTERNAL with a logged traceback."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:
+            return _Malformed(str(error) or type(error).__name__)
+
+    return parse
+
+
+def _parsed(request: Any) -> Any:
+    if isinstance(request, _Malformed):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request is not a valid protobuf message for this method ({request.problem})",
+            Reason.MALFORMED_REQUEST,
+        )
+    return request
+
+
+def _parsed_stream(requests: Iterator[Any]) -> Iterator[Any]:
+    for request in requests:
+        yield _parsed(request)
+
+
+_ARITIES = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+def _arity(handler: grpc.RpcMethodHandler) -> str:
+    """The RpcMethodHandler field holding the behavior: "unary_unary", ..., "stream_stream"."""
+    return f"{'stream' if handler.request_streaming else 'unary'}_{'stream' if handler.response_streaming else 'unary'}"
+
+
+def _on_pool(handler: grpc.RpcMethodHandler, pool: futures.ThreadPoolExecutor) -> grpc.RpcMethodHandler:
+    """The same handler, run on `pool` (grpcio's experimental_thread_pool) instead of the shared one."""
+
+    def moved(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return behavior(*args, **kwargs)
+
+        run.experimental_non_blocking = getattr(behavior, "experimental_non_blocking", False)  # type: ignore[attr-defined]
+        run.experimental_thread_pool = pool  # type: ignore[attr-defined]
+        return run
+
+    return handler._replace(  # type: ignore[attr-defined, no-any-return]
+        **{name: moved(getattr(handler, name)) for name in _ARITIES if getattr(handler, name) is not None}
+    )
 
 
 def _not_served(*_args: Any) -> NoReturn:
@@ -291,8 +384,9 @@ def _unserved(full_method: str) -> grpc.RpcMethodHandler | None:
 class _Interceptor(grpc.ServerInterceptor):
     """Wraps every application method handler (all four arities) in `_Call` book-keeping."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, health_pool: futures.ThreadPoolExecutor) -> None:
         self._worker = worker
+        self._health_pool = health_pool
 
     def intercept_service(
         self,
@@ -303,43 +397,30 @@ class _Interceptor(grpc.ServerInterceptor):
         if handler is None:
             return None  # a method no .proto of this process declares: gRPC answers UNIMPLEMENTED
         service, method = _split_method(handler_call_details.method)
-        if service in _EXEMPT_SERVICES:
-            return handler
-        worker = self._worker
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(
-                _streaming(worker, service, method, _behavior(handler.stream_stream)),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(
-                _unary(worker, service, method, _behavior(handler.stream_unary)),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming(worker, service, method, _behavior(handler.unary_stream)),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.unary_unary_rpc_method_handler(
-            _unary(worker, service, method, _behavior(handler.unary_unary)),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        arity = _arity(handler)
+        behavior = getattr(handler, arity)
+        if service == health.SERVICE_NAME:
+            return _on_pool(handler, self._health_pool)
+        if service in _EXEMPT_SERVICES:  # reflection: no token needed, but its stream takes a slot
+            return handler._replace(**{arity: _slotted(self._worker, behavior)})  # type: ignore[attr-defined, no-any-return]
+        wrap = _streaming if handler.response_streaming else _unary
+        return handler._replace(  # type: ignore[attr-defined, no-any-return]
+            request_deserializer=_tolerant(handler.request_deserializer),
+            **{arity: wrap(self._worker, service, method, behavior, handler.request_streaming)},
         )
 
 
 def _unary(
-    worker: Worker, service: str, method: str, behavior: Callable[[Any, grpc.ServicerContext], Any]
+    worker: Worker, service: str, method: str, behavior: Callable[[Any, grpc.ServicerContext], Any], streaming: bool
 ) -> Callable[[Any, grpc.ServicerContext], Any]:
     """Wrap a handler with a single response (request unary or streaming)."""
 
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        call = _Call(worker, service, method, context)
+        call = _Call(worker, service, method, context, stream=streaming)
         try:
-            return behavior(request, call.admit())
+            admitted = call.admit()
+            request = _parsed_stream(request) if streaming else _parsed(request)
+            return call.check_size(behavior(request, admitted))
         except Exception as exc:
             call.fail(exc)
         finally:
@@ -349,18 +430,43 @@ def _unary(
 
 
 def _streaming(
-    worker: Worker, service: str, method: str, behavior: Callable[[Any, grpc.ServicerContext], Iterable[Any]]
+    worker: Worker,
+    service: str,
+    method: str,
+    behavior: Callable[[Any, grpc.ServicerContext], Iterable[Any]],
+    streaming: bool,
 ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
     """Wrap a handler with a response stream: errors may arise while iterating, so wrap the iteration."""
 
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        call = _Call(worker, service, method, context)
+        call = _Call(worker, service, method, context, stream=True)
         try:
-            yield from behavior(request, call.admit())
+            admitted = call.admit()
+            request = _parsed_stream(request) if streaming else _parsed(request)
+            for response in behavior(request, admitted):
+                yield call.check_size(response)
         except Exception as exc:
             call.fail(exc)
         finally:
             call.finish()
+
+    return handle
+
+
+def _slotted(worker: Worker, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+    """An exempt stream (reflection): no auth or metrics, but it counts against the stream slots."""
+
+    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        with worker._calls:
+            try:
+                worker._take_stream_slot()
+            except ServiceError as error:
+                context.abort(error.code, error.message)
+        try:
+            yield from behavior(request, context)
+        finally:
+            with worker._calls:
+                worker._streams -= 1
 
     return handle
 
@@ -398,6 +504,7 @@ class Worker:
         )
         self._health = _Health(("", *names, LIVENESS))
         self._server: grpc.Server | None = None
+        self._health_pool: futures.ThreadPoolExecutor | None = None
         self._metrics_http: WSGIServer | None = None
         self._poller: threading.Thread | None = None
         self._stop_polling = threading.Event()
@@ -407,6 +514,7 @@ class Worker:
         # Guards admission, the count of admitted calls and the shutdown state.
         self._calls = threading.Condition()
         self._active = 0
+        self._streams = 0
         self._shutting_down = False
         self._server_stopping = False
         self._deadline: float | None = None
@@ -420,9 +528,10 @@ class Worker:
             if self._server is not None or self._shutting_down:
                 raise RuntimeError("a Worker can be started once")
             config = self.config
+            self._health_pool = futures.ThreadPoolExecutor(_HEALTH_THREADS, thread_name_prefix=f"{self.worker}-health")
             server = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix=f"{self.worker}-rpc"),
-                interceptors=[_Interceptor(self)],
+                interceptors=[_Interceptor(self, self._health_pool)],
                 options=self._server_options(),
             )
             for service in self.services:
@@ -566,7 +675,7 @@ class Worker:
             ),
         ]
 
-    def _admit(self, context: grpc.ServicerContext) -> Caller:
+    def _admit(self, context: grpc.ServicerContext, *, stream: bool) -> Caller:
         """Count the call in and say who made it, or raise the ServiceError that rejects it."""
         caller = self._auth.authenticate(context)
         with self._calls:
@@ -576,13 +685,29 @@ class Worker:
                     f"the {self.worker} worker is shutting down; retry on another replica",
                     Reason.SHUTTING_DOWN,
                 )
+            if stream:
+                self._take_stream_slot()
             self._active += 1
             self._in_flight.inc()
         return caller
 
-    def _release(self) -> None:
+    def _take_stream_slot(self) -> None:
+        """Count a stream in (caller holds self._calls), or refuse it when every stream slot is taken."""
+        slots = self.config.stream_slots
+        if self._streams >= slots:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the {self.worker} worker already has {slots} streams open (--max-streams); "
+                "close idle streams, retry with backoff, or use unary calls",
+                Reason.OVERLOADED,
+                limit="max_streams",
+            )
+        self._streams += 1
+
+    def _release(self, *, stream: bool) -> None:
         """Count an admitted call out, waking stop() when the last one ends."""
         with self._calls:
+            self._streams -= stream
             self._active -= 1
             self._in_flight.dec()
             if self._active == 0:
@@ -654,6 +779,8 @@ class Worker:
             )
         # What is left are exempt streams (health Watch) and calls being refused: give them a moment only.
         server.stop(min(remaining, _FINAL_GRACE_SECONDS)).wait()
+        if self._health_pool is not None:
+            self._health_pool.shutdown(wait=False)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

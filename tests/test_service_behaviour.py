@@ -160,28 +160,6 @@ def test_bad_images_and_ids_are_invalid_argument(redis_url: str) -> None:
         assert client.segment(new_image(5), points=[[1, 1]]).objects[0].mask.shape == (48, 64)
 
 
-def test_encoder_over_its_concurrency_limit_is_resource_exhausted(redis_url: str) -> None:
-    with running(redis_url, prefix(), {ENCODER}) as stack, Client(stack.target) as client:
-        results: list[object] = []
-
-        def encode(seed: int) -> None:
-            try:
-                results.append(client.encode(new_image(seed, (1600, 1200))))
-            except Sam3Error as error:
-                results.append(error)
-
-        threads = [threading.Thread(target=encode, args=(100 + n,)) for n in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        rejected = [r for r in results if isinstance(r, Sam3Error)]
-        assert rejected and all(
-            r.code == grpc.StatusCode.RESOURCE_EXHAUSTED and r.reason == "OVERLOADED" for r in rejected
-        )
-        assert len(rejected) < 3
-
-
 def test_expired_encode_stores_nothing(redis_url: str) -> None:
     with running(redis_url, prefix(), {ENCODER}) as stack, Client(stack.target) as client:
         data = new_image(6, (2000, 1500))

@@ -1,7 +1,8 @@
 """Channels, deadlines and errors: what the sync and async clients configure identically.
 
 Retries are gRPC's own (service config): only UNAVAILABLE is retried, with exponential backoff,
-because every other code means the same request would fail again. `dns:///host:port` targets with
+because every other code means the same request would fail again, except RESOURCE_EXHAUSTED /
+OVERLOADED ("busy now"), which the clients retry themselves within the deadline (_busy). `dns:///host:port` targets with
 several addresses are balanced per call with round_robin (gRPC balances connections, not calls).
 
 Worker restarts: while nothing listens, a call fails at once with UNAVAILABLE and is retried: 5

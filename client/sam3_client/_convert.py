@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 
 from sam3_client import masks, wire
+from sam3_client._busy import BusyRetry
 from sam3_client._channel import Call, Deadlines
 from sam3_client.errors import Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, encoder_pb2
@@ -324,10 +325,12 @@ def segment_result(response: decoder_pb2.SegmentResponse, encoded: EncodeResult 
     )
 
 
-def encode_request(payload: ImagePayload, *, force: bool = False, request_id: str = "") -> encoder_pb2.EncodeRequest:
+def encode_request(
+    payload: ImagePayload, *, force: bool = False, request_id: str = "", prewarm: bool = False
+) -> encoder_pb2.EncodeRequest:
     if payload.data is None:
         raise ValueError(f"image {payload.image_id} is only an id: pass the image itself to encode it")
-    return encoder_pb2.EncodeRequest(image=payload.data, force=force, request_id=request_id)
+    return encoder_pb2.EncodeRequest(image=payload.data, force=force, request_id=request_id, prewarm=prewarm)
 
 
 def encode_result(response: encoder_pb2.EncodeResponse) -> EncodeResult:
@@ -353,6 +356,7 @@ class Steps(Generic[T]):
 
     steps = Steps(flow)
     for call in steps:                      # the next rpc the flow needs
+        sleep(steps.pause)                  # > 0 only before repeating a call the worker was too busy for
         with steps.answer():                # an RpcError is thrown into the flow as a Sam3Error
             steps.send(make_the_rpc(call))  # the response goes back into the flow
     return steps.result
@@ -361,7 +365,9 @@ class Steps(Generic[T]):
     def __init__(self, flow: Flow[T]) -> None:
         self._flow = flow
         self._call: Call | None = None
+        self._retry: BusyRetry | None = None
         self._result: T | None = None
+        self.pause = 0.0
         self._advance(None, None)
 
     def __iter__(self) -> Iterator[Call]:
@@ -379,6 +385,10 @@ class Steps(Generic[T]):
             error = Sam3Error.from_rpc(rpc_error)
         else:
             return
+        again = self._retry.after(error) if self._retry is not None else None
+        if again is not None:
+            self.pause, self._call = again
+            return
         try:
             self._advance(None, error)
         except Sam3Error as final:
@@ -389,10 +399,12 @@ class Steps(Generic[T]):
         return cast(T, self._result)
 
     def _advance(self, reply: Any, error: Sam3Error | None) -> None:
+        self.pause = 0.0
         try:
             self._call = self._flow.send(reply) if error is None else self._flow.throw(error)
         except StopIteration as done:
             self._call, self._result = None, done.value
+        self._retry = BusyRetry(self._call) if self._call is not None else None
 
 
 @contextmanager
@@ -429,9 +441,9 @@ class Budget:
 
 
 def encode_flow(
-    image: Any, deadlines: Deadlines, *, force: bool = False, timeout: float | None = None
+    image: Any, deadlines: Deadlines, *, force: bool = False, timeout: float | None = None, prewarm: bool = False
 ) -> Flow[EncodeResult]:
-    request = encode_request(image_payload(image), force=force)
+    request = encode_request(image_payload(image), force=force, prewarm=prewarm)
     response = yield Call("encode", request, Budget(timeout).left(deadlines.encode))
     return encode_result(response)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
@@ -51,9 +52,13 @@ class AsyncClient(ClientBase):
     ) -> None:
         await self.close()
 
-    async def encode(self, image: Any, *, force: bool = False, timeout: float | None = None) -> EncodeResult:
+    async def encode(
+        self, image: Any, *, force: bool = False, timeout: float | None = None, prewarm: bool = False
+    ) -> EncodeResult:
         """Store the image's embeddings (see `Client.encode`)."""
-        return await self._run(_convert.encode_flow(image, self.deadlines, force=force, timeout=timeout))
+        return await self._run(
+            _convert.encode_flow(image, self.deadlines, force=force, timeout=timeout, prewarm=prewarm)
+        )
 
     async def segment(
         self,
@@ -114,6 +119,7 @@ class AsyncClient(ClientBase):
     async def _run(self, flow: Flow[T]) -> T:
         steps = _convert.Steps(flow)
         for call in steps:
+            await asyncio.sleep(steps.pause)
             with steps.answer():
                 steps.send(await self._connection.invoke(call))
         return steps.result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
@@ -52,12 +53,16 @@ class Client(ClientBase):
     ) -> None:
         self.close()
 
-    def encode(self, image: Any, *, force: bool = False, timeout: float | None = None) -> EncodeResult:
+    def encode(
+        self, image: Any, *, force: bool = False, timeout: float | None = None, prewarm: bool = False
+    ) -> EncodeResult:
         """Store the image's embeddings ahead of prompts (returns at once when already stored, unless `force`).
 
         Not needed before `segment`, which encodes on demand; useful to pre-warm, or to get the id.
+        `prewarm=True` lets interactive encodes go first when the encoder is busy. A busy encoder
+        (RESOURCE_EXHAUSTED / OVERLOADED) is retried with backoff within the call's deadline.
         """
-        return self._run(_convert.encode_flow(image, self.deadlines, force=force, timeout=timeout))
+        return self._run(_convert.encode_flow(image, self.deadlines, force=force, timeout=timeout, prewarm=prewarm))
 
     def segment(
         self,
@@ -119,6 +124,7 @@ class Client(ClientBase):
     def _run(self, flow: Flow[T]) -> T:
         steps = _convert.Steps(flow)
         for call in steps:
+            time.sleep(steps.pause)
             with steps.answer():
                 steps.send(self._connection.invoke(call))
         return steps.result

@@ -38,7 +38,10 @@ class Reason(enum.StrEnum):
     INVALID_IMAGE = "INVALID_IMAGE"  # INVALID_ARGUMENT: the bytes are not a decodable image.
     INVALID_PROMPT = "INVALID_PROMPT"  # INVALID_ARGUMENT: metadata "field" names the bad field.
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"  # RESOURCE_EXHAUSTED: metadata "limit" says which limit.
-    OVERLOADED = "OVERLOADED"  # RESOURCE_EXHAUSTED: over the encoder's concurrency limit; back off and retry.
+    OVERLOADED = "OVERLOADED"  # RESOURCE_EXHAUSTED: over a concurrency limit ("limit"), back off and retry.
+    RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"  # RESOURCE_EXHAUSTED: the answer would exceed "limit".
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"  # INVALID_ARGUMENT: the request bytes are not a valid message.
+    STREAM_IDLE = "STREAM_IDLE"  # DEADLINE_EXCEEDED: a stream sent nothing for too long; open a new one.
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"  # UNAVAILABLE: Redis cannot be reached.
     SHUTTING_DOWN = "SHUTTING_DOWN"  # UNAVAILABLE: the worker is draining; retry on another replica.
     UNAUTHENTICATED = "UNAUTHENTICATED"  # UNAUTHENTICATED: missing or wrong bearer token.

@@ -125,7 +125,11 @@ class ErrorInfo(_message.Message):
       INVALID_IMAGE        INVALID_ARGUMENT    the bytes are not an image we can decode.
       INVALID_PROMPT       INVALID_ARGUMENT    a request field is malformed or unset; metadata "field" names it.
       IMAGE_TOO_LARGE      RESOURCE_EXHAUSTED  over the byte or pixel limit; metadata "limit" says which.
-      OVERLOADED           RESOURCE_EXHAUSTED  over the encoder's concurrency limit: back off and retry.
+      OVERLOADED           RESOURCE_EXHAUSTED  over a concurrency limit (metadata "limit"): back off and retry.
+      RESPONSE_TOO_LARGE   RESOURCE_EXHAUSTED  the answer would exceed a size or work limit ("limit"): ask
+                                               for fewer objects or masks, or a compact mask format.
+      MALFORMED_REQUEST    INVALID_ARGUMENT    the request bytes do not parse as the method's message.
+      STREAM_IDLE          DEADLINE_EXCEEDED   a stream sent no request for too long and was closed.
       STORE_UNAVAILABLE    UNAVAILABLE         the embedding store (Redis) cannot be reached.
       SHUTTING_DOWN        UNAVAILABLE         the worker is draining (SIGTERM): retry, another replica answers.
       UNAUTHENTICATED      UNAUTHENTICATED     missing or wrong "authorization: Bearer <token>" metadata.

@@ -66,8 +66,8 @@ class DecoderServiceServicer:
         """Segments one or more objects on one image. Errors (details in common.proto): INVALID_ARGUMENT
         (INVALID_PROMPT, with the field named; checked before the embeddings are fetched, except
         coordinates, which need the image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call
-        EncoderService.Encode and retry), UNAVAILABLE (STORE_UNAVAILABLE). The decoder has no
-        OVERLOADED: calls wait for a handler thread.
+        EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the answer's size or
+        work is over a limit, decided before any mask is computed), UNAVAILABLE (STORE_UNAVAILABLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,7 +78,8 @@ class DecoderServiceServicer:
         request order, exactly one response per request. A request is skipped (answered with
         `skipped = true` and no masks) when a newer request with the same non-empty `object_key`
         arrived before work on it started. A failing request is answered with `error` set and the
-        stream carries on.
+        stream carries on. Streams are limited per worker (RESOURCE_EXHAUSTED / OVERLOADED) and closed
+        after a silence (DEADLINE_EXCEEDED / STREAM_IDLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

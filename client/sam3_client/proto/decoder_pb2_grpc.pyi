@@ -47,15 +47,16 @@ class DecoderServiceStub:
     """Segments one or more objects on one image. Errors (details in common.proto): INVALID_ARGUMENT
     (INVALID_PROMPT, with the field named; checked before the embeddings are fetched, except
     coordinates, which need the image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call
-    EncoderService.Encode and retry), UNAVAILABLE (STORE_UNAVAILABLE). The decoder has no
-    OVERLOADED: calls wait for a handler thread.
+    EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the answer's size or
+    work is over a limit, decided before any mask is computed), UNAVAILABLE (STORE_UNAVAILABLE).
     """
     SegmentStream: _grpc.StreamStreamMultiCallable[_decoder_pb2.SegmentRequest, _decoder_pb2.SegmentResponse]
     """An interactive session: the client streams prompts as the user clicks, the server answers in
     request order, exactly one response per request. A request is skipped (answered with
     `skipped = true` and no masks) when a newer request with the same non-empty `object_key`
     arrived before work on it started. A failing request is answered with `error` set and the
-    stream carries on.
+    stream carries on. Streams are limited per worker (RESOURCE_EXHAUSTED / OVERLOADED) and closed
+    after a silence (DEADLINE_EXCEEDED / STREAM_IDLE).
     """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_common_pb2.GetModelInfoRequest, _common_pb2.ModelInfo]
     """Describes the model this worker serves (its model_id must match the encoder's)."""
@@ -72,15 +73,16 @@ class DecoderServiceAsyncStub(DecoderServiceStub):
     """Segments one or more objects on one image. Errors (details in common.proto): INVALID_ARGUMENT
     (INVALID_PROMPT, with the field named; checked before the embeddings are fetched, except
     coordinates, which need the image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call
-    EncoderService.Encode and retry), UNAVAILABLE (STORE_UNAVAILABLE). The decoder has no
-    OVERLOADED: calls wait for a handler thread.
+    EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the answer's size or
+    work is over a limit, decided before any mask is computed), UNAVAILABLE (STORE_UNAVAILABLE).
     """
     SegmentStream: _aio.StreamStreamMultiCallable[_decoder_pb2.SegmentRequest, _decoder_pb2.SegmentResponse]  # type: ignore[assignment]
     """An interactive session: the client streams prompts as the user clicks, the server answers in
     request order, exactly one response per request. A request is skipped (answered with
     `skipped = true` and no masks) when a newer request with the same non-empty `object_key`
     arrived before work on it started. A failing request is answered with `error` set and the
-    stream carries on.
+    stream carries on. Streams are limited per worker (RESOURCE_EXHAUSTED / OVERLOADED) and closed
+    after a silence (DEADLINE_EXCEEDED / STREAM_IDLE).
     """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_common_pb2.GetModelInfoRequest, _common_pb2.ModelInfo]  # type: ignore[assignment]
     """Describes the model this worker serves (its model_id must match the encoder's)."""
@@ -100,8 +102,8 @@ class DecoderServiceServicer(metaclass=_abc_1.ABCMeta):
         """Segments one or more objects on one image. Errors (details in common.proto): INVALID_ARGUMENT
         (INVALID_PROMPT, with the field named; checked before the embeddings are fetched, except
         coordinates, which need the image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call
-        EncoderService.Encode and retry), UNAVAILABLE (STORE_UNAVAILABLE). The decoder has no
-        OVERLOADED: calls wait for a handler thread.
+        EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the answer's size or
+        work is over a limit, decided before any mask is computed), UNAVAILABLE (STORE_UNAVAILABLE).
         """
 
     @_abc_1.abstractmethod
@@ -114,7 +116,8 @@ class DecoderServiceServicer(metaclass=_abc_1.ABCMeta):
         request order, exactly one response per request. A request is skipped (answered with
         `skipped = true` and no masks) when a newer request with the same non-empty `object_key`
         arrived before work on it started. A failing request is answered with `error` set and the
-        stream carries on.
+        stream carries on. Streams are limited per worker (RESOURCE_EXHAUSTED / OVERLOADED) and closed
+        after a silence (DEADLINE_EXCEEDED / STREAM_IDLE).
         """
 
     @_abc_1.abstractmethod

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as sam3_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sam3/v1/encoder.proto\x12\x07sam3.v1\x1a\x14sam3/v1/common.proto\"A\n\rEncodeRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xbd\x01\n\x0e\x45ncodeResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12!\n\x07timings\x18\x06 \x01(\x0b\x32\x10.sam3.v1.Timings\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.sam3.v1.ItemError2\xd1\x01\n\x0e\x45ncoderService\x12\x39\n\x06\x45ncode\x12\x16.sam3.v1.EncodeRequest\x1a\x17.sam3.v1.EncodeResponse\x12\x42\n\x0b\x45ncodeBatch\x12\x16.sam3.v1.EncodeRequest\x1a\x17.sam3.v1.EncodeResponse(\x01\x30\x01\x12@\n\x0cGetModelInfo\x12\x1c.sam3.v1.GetModelInfoRequest\x1a\x12.sam3.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sam3/v1/encoder.proto\x12\x07sam3.v1\x1a\x14sam3/v1/common.proto\"R\n\rEncodeRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07prewarm\x18\x04 \x01(\x08\"\xbd\x01\n\x0e\x45ncodeResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12!\n\x07timings\x18\x06 \x01(\x0b\x32\x10.sam3.v1.Timings\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12!\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.sam3.v1.ItemError2\xd1\x01\n\x0e\x45ncoderService\x12\x39\n\x06\x45ncode\x12\x16.sam3.v1.EncodeRequest\x1a\x17.sam3.v1.EncodeResponse\x12\x42\n\x0b\x45ncodeBatch\x12\x16.sam3.v1.EncodeRequest\x1a\x17.sam3.v1.EncodeResponse(\x01\x30\x01\x12@\n\x0cGetModelInfo\x12\x1c.sam3.v1.GetModelInfoRequest\x1a\x12.sam3.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, __name__, _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENCODEREQUEST']._serialized_start=56
-  _globals['_ENCODEREQUEST']._serialized_end=121
-  _globals['_ENCODERESPONSE']._serialized_start=124
-  _globals['_ENCODERESPONSE']._serialized_end=313
-  _globals['_ENCODERSERVICE']._serialized_start=316
-  _globals['_ENCODERSERVICE']._serialized_end=525
+  _globals['_ENCODEREQUEST']._serialized_end=138
+  _globals['_ENCODERESPONSE']._serialized_start=141
+  _globals['_ENCODERESPONSE']._serialized_end=330
+  _globals['_ENCODERSERVICE']._serialized_start=333
+  _globals['_ENCODERSERVICE']._serialized_end=542
 # @@protoc_insertion_point(module_scope)

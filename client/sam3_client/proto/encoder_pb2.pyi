@@ -27,6 +27,7 @@ class EncodeRequest(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PREWARM_FIELD_NUMBER: _builtins.int
     image: _builtins.bytes
     """The encoded image file as stored on disk (JPEG, PNG, WebP, ...), never decoded pixels:
     the image id is the hash of exactly these bytes.
@@ -35,16 +36,21 @@ class EncodeRequest(_message.Message):
     """Re-encode and overwrite the stored embedding even if one exists (e.g. after a suspected corruption)."""
     request_id: _builtins.str
     """Caller's identifier, echoed in the response; lets EncodeBatch clients match answers to requests."""
+    prewarm: _builtins.bool
+    """A pre-warm nobody waits on interactively (e.g. `sam3 encode` over a folder): when the encoder is
+    busy it waits behind interactive requests. EncodeBatch requests always count as pre-warms.
+    """
     def __init__(
         self,
         *,
         image: _builtins.bytes = ...,
         force: _builtins.bool = ...,
         request_id: _builtins.str = ...,
+        prewarm: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "image", b"image", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "image", b"image", "prewarm", b"prewarm", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
