@@ -1,9 +1,10 @@
 """DecoderService: prompts against stored embeddings, answered in about the decoder's own time.
 
 The prompt path is: the whole request checked (`plan`: everything but the coordinates), embeddings
-from the local LRU (else one Redis GET, converted to float32 once and cached), the coordinates checked
-against the image's size, one decoder run per group of same-shaped objects, then only the masks that
-were asked for are upsampled and encoded. Nothing here waits on anything but Redis.
+from the local LRU (else one Redis GET, converted once to what the decoder takes, float32 and on its
+device, and cached), the coordinates checked against the image's size, one decoder run per group of
+same-shaped objects, then only the masks that were asked for are upsampled and encoded. Nothing here
+waits on anything but Redis.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import grpc
 import numpy as np
 
 from decoder_service.budget import ResponseBudget, ResponseLimits, check_request
-from decoder_service.cache import EmbeddingCache, Loaded
+from decoder_service.cache import LOCAL, EmbeddingCache, Loaded
 from sam3_client import wire
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc
 from sam3_core import masks as mask_codecs
@@ -60,8 +61,7 @@ def plan(request: decoder_pb2.SegmentRequest, limits: PromptLimits) -> Plan:
     Only the coordinates wait for the image's size (`decode` checks them). Raises INVALID_PROMPT naming the field.
     """
     try:
-        if not wire.is_image_id(request.image_id):
-            raise PromptError("image_id", "expected the 64 lowercase hex digits of the image's sha256")
+        check_image_id(request.image_id)
         for field, enum in (("selection", decoder_pb2.MaskSelection), ("mask_format", decoder_pb2.MaskFormat)):
             value = getattr(request, field)
             if value == 0 or value not in enum.values():  # unset, or from a newer (or broken) client: never a default
@@ -73,6 +73,11 @@ def plan(request: decoder_pb2.SegmentRequest, limits: PromptLimits) -> Plan:
     except PromptError as error:
         raise invalid_prompt(error) from error
     return Plan(prompts, request.mask_format, request.selection, request.mask_index)
+
+
+def check_image_id(image_id: str) -> None:
+    if not wire.is_image_id(image_id):
+        raise PromptError("image_id", "expected the 64 lowercase hex digits of the image's sha256")
 
 
 def invalid_prompt(error: PromptError) -> ServiceError:
@@ -196,6 +201,21 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
     ) -> decoder_pb2.SegmentResponse:
         return self._segment(request, self.store.for_tenant(tenant_of(context)))
 
+    def Prefetch(
+        self, request: decoder_pb2.PrefetchRequest, context: grpc.ServicerContext
+    ) -> decoder_pb2.PrefetchResponse:
+        """The first click's Redis fetch, paid ahead of it (the SDK sends this after an Encode)."""
+        try:
+            check_image_id(request.image_id)
+        except PromptError as error:
+            raise invalid_prompt(error) from error
+        timer = StageTimer()
+        with timer.stage("total"):
+            _, outcome = self._embeddings(self.store.for_tenant(tenant_of(context)), request.image_id, timer)
+        return decoder_pb2.PrefetchResponse(
+            already_cached=outcome == LOCAL, timings=common_pb2.Timings(milliseconds=timer.milliseconds)
+        )
+
     def SegmentStream(
         self, request_iterator: Iterator[decoder_pb2.SegmentRequest], context: grpc.ServicerContext
     ) -> Iterator[decoder_pb2.SegmentResponse]:
@@ -222,7 +242,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         timer = StageTimer()
         with timer.stage("total"):
             checked = plan(request, self.settings.prompt_limits)
-            embeddings = self._embeddings(store, request.image_id, timer)
+            embeddings, _ = self._embeddings(store, request.image_id, timer)
             limits = self.settings.responses
             check_request(request, embeddings.original_size, self.model.mask_size, limits)
             try:
@@ -245,8 +265,9 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             image_id=request.image_id,
         )
 
-    def _embeddings(self, store: EmbeddingStore, image_id: str, timer: StageTimer) -> ImageEmbeddings:
-        """Local cache, else Redis (converted to float32 once); NOT_FOUND tells the client to Encode.
+    def _embeddings(self, store: EmbeddingStore, image_id: str, timer: StageTimer) -> tuple[ImageEmbeddings, str]:
+        """(embeddings, where from: LOCAL or "redis"): the local cache, else Redis, converted once to what the
+        decoder takes (float32; on its device with I/O binding). NOT_FOUND tells the client to Encode.
 
         The local cache is keyed by the value's store key, so tenants never share a local copy either.
         """
@@ -255,7 +276,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             lookup = store.get(image_id)
             if lookup.embeddings is None:
                 return None, lookup.outcome
-            return lookup.embeddings.astype(np.float32), "redis"
+            return self.model.decoder_embeddings(lookup.embeddings), "redis"
 
         with timer.stage("fetch"):
             embeddings, outcome = self.cache.get_or_load(store.key(image_id), load)
@@ -268,4 +289,4 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                 image_id=image_id,
                 model_id=self.model.model_id,
             )
-        return embeddings
+        return embeddings, outcome

@@ -52,6 +52,9 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         "encoder_service_overhead": _ratio((encode_total - encode_model) if encode_total else None, encode_model, 4),
         "throughput_8_clients_vs_single": _ratio(eight.get("throughput_per_s"), single),
         "p99_over_p50_8_clients": _ratio(eight.get("p99"), eight.get("p50")),
+        "float16_store_worst_mask_agreement": _get(results, "float16_fidelity", "worst_agreement"),
+        "fleet_click_hit_rate_affinity": _get(results, "fleet", "affinity", "click_hit_rate"),
+        "fleet_click_hit_rate_affinity_prefetch": _get(results, "fleet", "affinity+prefetch", "click_hit_rate"),
     }
 
 
@@ -66,6 +69,10 @@ TARGETS = {
     "encoder_service_overhead": ("<=", 0.03),
     "throughput_8_clients_vs_single": (">=", 0.9),
     "p99_over_p50_8_clients": ("<=", 3.0),
+    "float16_store_worst_mask_agreement": (">=", 0.999),
+    # With c clicks per image: round robin over R replicas hits 1 - R/c, affinity 1 - 1/c (0.9 at c=10).
+    "fleet_click_hit_rate_affinity": (">=", 0.85),
+    "fleet_click_hit_rate_affinity_prefetch": (">=", 0.99),
 }
 
 
@@ -181,6 +188,33 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {clients} | {row['throughput_per_s']} | {row.get('p50', 0):.1f} | {row.get('p95', 0):.1f} "
                 f"| {row.get('p99', 0):.1f} | {row['errors'] or 0} |"
             )
+    fidelity = results.get("float16_fidelity") or {}
+    if fidelity:
+        lines += [
+            "",
+            "## Float16 store vs float32 (all 3 masks at the original size)",
+            "",
+            "| case | pixels agreeing | max logit change | same best mask |",
+            "|---|---|---|---|",
+        ]
+        for case, row in fidelity["cases"].items():
+            lines.append(f"| {case} | {row['agreement']:.4%} | {row['max_logit_change']} | {row['same_best_mask']} |")
+    fleet = results.get("fleet") or {}
+    if fleet:
+        lines += [
+            "",
+            f"## Fleet: {fleet['decoders']} decoders, {fleet['images']} new images per routing, "
+            f"{fleet['clicks_per_image']} clicks each",
+            "",
+            "| routing | click hit rate (local cache) | first click p50 ms | later clicks p50 ms |",
+            "|---|---|---|---|",
+        ]
+        for routing, row in fleet.items():
+            if isinstance(row, dict):
+                lines.append(
+                    f"| {routing} | {row['click_hit_rate']:.1%} | {_fmt(row['first_click_ms'])} "
+                    f"| {_fmt(row['later_clicks_ms'])} |"
+                )
     lines += ["", f"Total benchmark time: {results.get('seconds')} s.", ""]
     return "\n".join(lines)
 

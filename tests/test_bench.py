@@ -39,3 +39,16 @@ def test_quick_bench_writes_every_section_and_the_ratios(tmp_path: Path) -> None
     assert "skipped" in report["transformers"] or report["transformers"]["prompts"]
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "Headline ratios" in markdown and "segment_local_hit_vs_raw" in markdown
+
+
+def test_fleet_mode_measures_the_click_hit_rate_of_each_routing(tmp_path: Path) -> None:
+    code = main(["bench", "--quick", "--fleet", "--fleet-images", "2", "--fleet-clicks", "3", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    fleet = report["fleet"]
+    # Affinity: each image's first click fetches on its owner, the other two hit; prefetch warms the owner.
+    assert fleet["affinity"]["click_hit_rate"] == round(2 / 3, 4)
+    assert fleet["affinity+prefetch"]["click_hit_rate"] == 1.0
+    assert fleet["round_robin"]["click_hit_rate"] <= fleet["affinity"]["click_hit_rate"]
+    assert report["ratios"]["fleet_click_hit_rate_affinity_prefetch"] == 1.0
+    assert "round_robin" in (tmp_path / "report.md").read_text()

@@ -89,7 +89,7 @@ def test_corrupted_value_is_a_miss_and_gets_re_encoded(redis_url: str) -> None:
     namespace = prefix()
     with running(redis_url, namespace) as stack, Client(stack.target) as client:
         data = new_image(3)
-        image_id = client.encode(data).image_id
+        image_id = client.encode(data, prefetch=False).image_id  # the decoder must read the bad value
         stack.store._client.setrange(stack.store.key(image_id), 200, b"\x00garbage\xff")
         corrupt_before = counter("sam3_embedding_lookups_total", result="corrupt")
         result = client.segment(data, points=[[5, 5]])

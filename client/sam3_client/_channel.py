@@ -2,8 +2,11 @@
 
 Retries are gRPC's own (service config): only UNAVAILABLE is retried, with exponential backoff,
 because every other code means the same request would fail again, except RESOURCE_EXHAUSTED /
-OVERLOADED ("busy now"), which the clients retry themselves within the deadline (_busy). `dns:///host:port` targets with
-several addresses are balanced per call with round_robin (gRPC balances connections, not calls).
+OVERLOADED ("busy now"), which the clients retry themselves within the deadline (_busy).
+`dns:///host:port` targets with several addresses are balanced per call with round_robin (gRPC
+balances connections, not calls), except the calls about one image (Segment, Prefetch), which go to
+the replica that owns it by consistent hashing (`_affinity`, `ChannelSettings.affinity`) so that
+replica's cache keeps hitting.
 
 Worker restarts: while nothing listens, a call fails at once with UNAVAILABLE and is retried: 5
 attempts 0.2, 0.4, 0.8, 1.6 s apart, with reconnects from 250 ms, bridge an outage of about 2 s
@@ -16,11 +19,15 @@ calling sam3), and leave it off where a wrong address should fail fast (interact
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import grpc
 
+from sam3_client._affinity import IMAGE_ID_HEADER, AffinityPool
+from sam3_client.errors import Reason, Sam3Error
 from sam3_client.proto import decoder_pb2_grpc, encoder_pb2_grpc
 
 SERVICES = ("sam3.v1.EncoderService", "sam3.v1.DecoderService")
@@ -61,6 +68,9 @@ class ChannelSettings:
     client_certificate / client_key: PEM chain and key presented to workers that require client
         certificates (mTLS, their --tls-client-ca); both or neither, and only with tls=True.
     token: sent as `authorization: Bearer <token>` on every call (workers started with --auth-token).
+    affinity: for a decoder target naming several addresses (`dns:///name:port`, `ipv4:a:p,b:p`),
+        send every call about one image to the same replica (rendezvous hashing on the image id), so
+        its local cache hits after the first click; off = plain round_robin for every call.
     """
 
     max_message_bytes: int = 64 * 1024 * 1024
@@ -73,6 +83,7 @@ class ChannelSettings:
     client_certificate: bytes | None = None  # PEM chain for mTLS
     client_key: bytes | None = field(default=None, repr=False)  # PEM private key for mTLS
     token: str | None = field(default=None, repr=False)
+    affinity: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.retry_attempts <= 5:
@@ -151,6 +162,17 @@ class Call:
     timeout: float
 
 
+# The calls about one image: routed to the image's replica, and labelled for proxies that hash on it.
+_ROUTED = {"segment": "Segment", "prefetch": "Prefetch"}
+
+
+def _try_next_replica(error: grpc.RpcError) -> bool:
+    """Nothing answered (no reason: transport failure) or the replica is draining: another may serve it.
+    A reasoned UNAVAILABLE such as STORE_UNAVAILABLE would be the same everywhere."""
+    failure = Sam3Error.from_rpc(error)
+    return failure.code == grpc.StatusCode.UNAVAILABLE and failure.reason in (None, Reason.SHUTTING_DOWN)
+
+
 class Connection:
     """The channels and stubs behind one client: one channel, or one per service when split.
 
@@ -182,6 +204,14 @@ class Connection:
         self.encoder = encoder_pb2_grpc.EncoderServiceStub(encoder_channel)
         self.decoder = decoder_pb2_grpc.DecoderServiceStub(decoder_channel)
         self._metadata = self.settings.metadata()
+        self._aio = module is not grpc
+        self.affinity = (
+            AffinityPool.for_target(module, decoder_target, self.settings) if self.settings.affinity else None
+        )
+
+    def close(self) -> list[Any]:
+        """Close every channel; under grpc.aio the returned coroutines must be awaited."""
+        return [channel.close() for channel in self.channels] + (self.affinity.close() if self.affinity else [])
 
     def method(self, name: str) -> Any:
         """The stub method behind a `Call` name."""
@@ -191,15 +221,57 @@ class Connection:
             "info": self.decoder.GetModelInfo,
             "encode_batch": self.encoder.EncodeBatch,
             "segment_stream": self.decoder.SegmentStream,
+            "prefetch": self.decoder.Prefetch,
         }[name]
 
     def invoke(self, call: Call) -> Any:
         """Start `call` with the deadline, token and wait_for_ready: a response (grpc), an awaitable (grpc.aio),
-        or a response iterator (streams)."""
-        method = self.method(call.method)
-        return method(
-            call.request, timeout=call.timeout, metadata=self._metadata, wait_for_ready=self.settings.wait_for_ready
+        or a response iterator (streams). Calls about one image go to its replica first (see `affinity`)."""
+        image_id = getattr(call.request, "image_id", "") if call.method in _ROUTED else ""
+        metadata = (*self._metadata, (IMAGE_ID_HEADER, image_id)) if image_id else self._metadata
+        fallback = partial(
+            self.method(call.method),
+            call.request,
+            timeout=call.timeout,
+            metadata=metadata,
+            wait_for_ready=self.settings.wait_for_ready,
         )
+        if self.affinity is None or not image_id:
+            return fallback()
+        attempts = [
+            (
+                address,
+                partial(getattr(stub, _ROUTED[call.method]), call.request, timeout=call.timeout, metadata=metadata),
+            )
+            for address, stub in self.affinity.candidates(image_id)
+        ]
+        return self._first_answer_async(attempts, fallback) if self._aio else self._first_answer(attempts, fallback)
+
+    def _first_answer(self, attempts: Sequence[tuple[str, Callable[[], Any]]], fallback: Callable[[], Any]) -> Any:
+        for address, attempt in attempts:
+            try:
+                return attempt()
+            except grpc.RpcError as error:
+                if not _try_next_replica(error):
+                    raise
+                self._replica_failed(address)
+        return fallback()
+
+    async def _first_answer_async(
+        self, attempts: Sequence[tuple[str, Callable[[], Awaitable[Any]]]], fallback: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        for address, attempt in attempts:
+            try:
+                return await attempt()
+            except grpc.RpcError as error:
+                if not _try_next_replica(error):
+                    raise
+                self._replica_failed(address)
+        return await fallback()
+
+    def _replica_failed(self, address: str) -> None:
+        assert self.affinity is not None
+        self.affinity.failed(address)
 
 
 class ClientBase:

@@ -13,7 +13,7 @@ import io
 import itertools
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypedDict, TypeVar, Unpack, cast
@@ -441,11 +441,25 @@ class Budget:
 
 
 def encode_flow(
-    image: Any, deadlines: Deadlines, *, force: bool = False, timeout: float | None = None, prewarm: bool = False
+    image: Any,
+    deadlines: Deadlines,
+    *,
+    force: bool = False,
+    prefetch: bool = False,
+    timeout: float | None = None,
+    prewarm: bool = False,
 ) -> Flow[EncodeResult]:
+    """Encode; with `prefetch`, then warm the decoder replica the image's clicks will reach (best effort:
+    a failed prefetch only means the first click fetches from the store itself)."""
+    budget = Budget(timeout)
     request = encode_request(image_payload(image), force=force, prewarm=prewarm)
-    response = yield Call("encode", request, Budget(timeout).left(deadlines.encode))
-    return encode_result(response)
+    result = encode_result((yield Call("encode", request, budget.left(deadlines.encode))))
+    if prefetch:
+        with suppress(Sam3Error):
+            yield Call(
+                "prefetch", decoder_pb2.PrefetchRequest(image_id=result.image_id), budget.left(deadlines.segment)
+            )
+    return result
 
 
 def segment_flow(
@@ -511,7 +525,7 @@ class Session:
         image, objects, *key = item
         payload = image_payload(image)
         if payload.data is not None and payload.image_id not in self._ready:
-            yield from encode_flow(payload, self._deadlines)
+            yield from encode_flow(payload, self._deadlines)  # no prefetch: a stream has one replica anyway
             self._ready.add(payload.image_id)
         return segment_request(
             payload.image_id,

@@ -41,8 +41,8 @@ class AsyncClient(ClientBase):
 
     async def close(self) -> None:
         """Close the channels; calls in flight are cancelled."""
-        for channel in self._connection.channels:
-            await channel.close()
+        for closing in self._connection.close():
+            await closing
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -53,11 +53,19 @@ class AsyncClient(ClientBase):
         await self.close()
 
     async def encode(
-        self, image: Any, *, force: bool = False, timeout: float | None = None, prewarm: bool = False
+        self,
+        image: Any,
+        *,
+        force: bool = False,
+        prefetch: bool = True,
+        timeout: float | None = None,
+        prewarm: bool = False,
     ) -> EncodeResult:
         """Store the image's embeddings (see `Client.encode`)."""
         return await self._run(
-            _convert.encode_flow(image, self.deadlines, force=force, timeout=timeout, prewarm=prewarm)
+            _convert.encode_flow(
+                image, self.deadlines, force=force, prefetch=prefetch, timeout=timeout, prewarm=prewarm
+            )
         )
 
     async def segment(

@@ -42,8 +42,7 @@ class Client(ClientBase):
 
     def close(self) -> None:
         """Close the channels; calls in flight are cancelled."""
-        for channel in self._connection.channels:
-            channel.close()
+        self._connection.close()
 
     def __enter__(self) -> Client:
         return self
@@ -54,15 +53,27 @@ class Client(ClientBase):
         self.close()
 
     def encode(
-        self, image: Any, *, force: bool = False, timeout: float | None = None, prewarm: bool = False
+        self,
+        image: Any,
+        *,
+        force: bool = False,
+        prefetch: bool = True,
+        timeout: float | None = None,
+        prewarm: bool = False,
     ) -> EncodeResult:
         """Store the image's embeddings ahead of prompts (returns at once when already stored, unless `force`).
 
         Not needed before `segment`, which encodes on demand; useful to pre-warm, or to get the id.
+        `prefetch` then also loads the embeddings into the decoder replica that will serve this image's
+        clicks (the one affinity routes it to), so even the first click skips the store fetch.
         `prewarm=True` lets interactive encodes go first when the encoder is busy. A busy encoder
         (RESOURCE_EXHAUSTED / OVERLOADED) is retried with backoff within the call's deadline.
         """
-        return self._run(_convert.encode_flow(image, self.deadlines, force=force, timeout=timeout, prewarm=prewarm))
+        return self._run(
+            _convert.encode_flow(
+                image, self.deadlines, force=force, prefetch=prefetch, timeout=timeout, prewarm=prewarm
+            )
+        )
 
     def segment(
         self,

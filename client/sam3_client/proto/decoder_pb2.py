@@ -26,39 +26,43 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as sam3_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sam3/v1/decoder.proto\x12\x07sam3.v1\x1a\x14sam3/v1/common.proto\"A\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\"\n\x05label\x18\x03 \x01(\x0e\x32\x13.sam3.v1.PointLabel\"5\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"I\n\x0cObjectPrompt\x12\x1e\n\x06points\x18\x01 \x03(\x0b\x32\x0e.sam3.v1.Point\x12\x19\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x0c.sam3.v1.Box\"\xfa\x01\n\x0eSegmentRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12&\n\x07objects\x18\x02 \x03(\x0b\x32\x15.sam3.v1.ObjectPrompt\x12)\n\tselection\x18\x03 \x01(\x0e\x32\x16.sam3.v1.MaskSelection\x12\x12\n\nmask_index\x18\x04 \x01(\x05\x12(\n\x0bmask_format\x18\x05 \x01(\x0e\x32\x13.sam3.v1.MaskFormat\x12\x1d\n\x15return_low_res_logits\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x12\n\nobject_key\x18\x08 \x01(\t\"\xda\x01\n\x04Mask\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\tiou_score\x18\x02 \x01(\x02\x12#\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x13.sam3.v1.MaskFormat\x12\x0e\n\x04\x64\x61ta\x18\x04 \x01(\x0cH\x00\x12\x1f\n\x03rle\x18\x05 \x01(\x0b\x32\x10.sam3.v1.RleMaskH\x00\x12\"\n\x04\x62\x62ox\x18\x06 \x01(\x0b\x32\x14.sam3.v1.BoundingBox\x12\x0c\n\x04\x61rea\x18\x07 \x01(\x05\x12\r\n\x05width\x18\x08 \x01(\x05\x12\x0e\n\x06height\x18\t \x01(\x05\x42\t\n\x07payload\"8\n\x07RleMask\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\r\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\"B\n\x0b\x42oundingBox\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"J\n\x0cLowResLogits\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\"\xb9\x01\n\x0cObjectResult\x12\x1c\n\x05masks\x18\x01 \x03(\x0b\x32\r.sam3.v1.Mask\x12\x1c\n\x14presence_probability\x18\x02 \x01(\x02\x12\x16\n\x0epresence_logit\x18\x03 \x01(\x02\x12\x12\n\niou_scores\x18\x04 \x03(\x02\x12\x12\n\nbest_index\x18\x05 \x01(\x05\x12-\n\x0elow_res_logits\x18\x06 \x01(\x0b\x32\x15.sam3.v1.LowResLogits\"\xe7\x01\n\x0fSegmentResponse\x12&\n\x07objects\x18\x01 \x03(\x0b\x32\x15.sam3.v1.ObjectResult\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12!\n\x07timings\x18\x05 \x01(\x0b\x32\x10.sam3.v1.Timings\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x0f\n\x07skipped\x18\x07 \x01(\x08\x12\x10\n\x08image_id\x18\x08 \x01(\t\x12!\n\x05\x65rror\x18\t \x01(\x0b\x32\x12.sam3.v1.ItemError*z\n\rMaskSelection\x12\x1e\n\x1aMASK_SELECTION_UNSPECIFIED\x10\x00\x12\x17\n\x13MASK_SELECTION_BEST\x10\x01\x12\x16\n\x12MASK_SELECTION_ALL\x10\x02\x12\x18\n\x14MASK_SELECTION_INDEX\x10\x03*\x86\x01\n\nMaskFormat\x12\x1b\n\x17MASK_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0fMASK_FORMAT_PNG\x10\x01\x12\x13\n\x0fMASK_FORMAT_RLE\x10\x02\x12\x1b\n\x17MASK_FORMAT_PACKED_BITS\x10\x03\x12\x14\n\x10MASK_FORMAT_NONE\x10\x04*a\n\nPointLabel\x12\x1b\n\x17POINT_LABEL_UNSPECIFIED\x10\x00\x12\x1a\n\x16POINT_LABEL_FOREGROUND\x10\x01\x12\x1a\n\x16POINT_LABEL_BACKGROUND\x10\x02\x32\xd8\x01\n\x0e\x44\x65\x63oderService\x12<\n\x07Segment\x12\x17.sam3.v1.SegmentRequest\x1a\x18.sam3.v1.SegmentResponse\x12\x46\n\rSegmentStream\x12\x17.sam3.v1.SegmentRequest\x1a\x18.sam3.v1.SegmentResponse(\x01\x30\x01\x12@\n\x0cGetModelInfo\x12\x1c.sam3.v1.GetModelInfoRequest\x1a\x12.sam3.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sam3/v1/decoder.proto\x12\x07sam3.v1\x1a\x14sam3/v1/common.proto\"A\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\"\n\x05label\x18\x03 \x01(\x0e\x32\x13.sam3.v1.PointLabel\"5\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"I\n\x0cObjectPrompt\x12\x1e\n\x06points\x18\x01 \x03(\x0b\x32\x0e.sam3.v1.Point\x12\x19\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x0c.sam3.v1.Box\"#\n\x0fPrefetchRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\"M\n\x10PrefetchResponse\x12\x16\n\x0e\x61lready_cached\x18\x01 \x01(\x08\x12!\n\x07timings\x18\x02 \x01(\x0b\x32\x10.sam3.v1.Timings\"\xfa\x01\n\x0eSegmentRequest\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12&\n\x07objects\x18\x02 \x03(\x0b\x32\x15.sam3.v1.ObjectPrompt\x12)\n\tselection\x18\x03 \x01(\x0e\x32\x16.sam3.v1.MaskSelection\x12\x12\n\nmask_index\x18\x04 \x01(\x05\x12(\n\x0bmask_format\x18\x05 \x01(\x0e\x32\x13.sam3.v1.MaskFormat\x12\x1d\n\x15return_low_res_logits\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x12\n\nobject_key\x18\x08 \x01(\t\"\xda\x01\n\x04Mask\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\tiou_score\x18\x02 \x01(\x02\x12#\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x13.sam3.v1.MaskFormat\x12\x0e\n\x04\x64\x61ta\x18\x04 \x01(\x0cH\x00\x12\x1f\n\x03rle\x18\x05 \x01(\x0b\x32\x10.sam3.v1.RleMaskH\x00\x12\"\n\x04\x62\x62ox\x18\x06 \x01(\x0b\x32\x14.sam3.v1.BoundingBox\x12\x0c\n\x04\x61rea\x18\x07 \x01(\x05\x12\r\n\x05width\x18\x08 \x01(\x05\x12\x0e\n\x06height\x18\t \x01(\x05\x42\t\n\x07payload\"8\n\x07RleMask\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\r\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\"B\n\x0b\x42oundingBox\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"J\n\x0cLowResLogits\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\"\xb9\x01\n\x0cObjectResult\x12\x1c\n\x05masks\x18\x01 \x03(\x0b\x32\r.sam3.v1.Mask\x12\x1c\n\x14presence_probability\x18\x02 \x01(\x02\x12\x16\n\x0epresence_logit\x18\x03 \x01(\x02\x12\x12\n\niou_scores\x18\x04 \x03(\x02\x12\x12\n\nbest_index\x18\x05 \x01(\x05\x12-\n\x0elow_res_logits\x18\x06 \x01(\x0b\x32\x15.sam3.v1.LowResLogits\"\xe7\x01\n\x0fSegmentResponse\x12&\n\x07objects\x18\x01 \x03(\x0b\x32\x15.sam3.v1.ObjectResult\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12!\n\x07timings\x18\x05 \x01(\x0b\x32\x10.sam3.v1.Timings\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x0f\n\x07skipped\x18\x07 \x01(\x08\x12\x10\n\x08image_id\x18\x08 \x01(\t\x12!\n\x05\x65rror\x18\t \x01(\x0b\x32\x12.sam3.v1.ItemError*z\n\rMaskSelection\x12\x1e\n\x1aMASK_SELECTION_UNSPECIFIED\x10\x00\x12\x17\n\x13MASK_SELECTION_BEST\x10\x01\x12\x16\n\x12MASK_SELECTION_ALL\x10\x02\x12\x18\n\x14MASK_SELECTION_INDEX\x10\x03*\x86\x01\n\nMaskFormat\x12\x1b\n\x17MASK_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0fMASK_FORMAT_PNG\x10\x01\x12\x13\n\x0fMASK_FORMAT_RLE\x10\x02\x12\x1b\n\x17MASK_FORMAT_PACKED_BITS\x10\x03\x12\x14\n\x10MASK_FORMAT_NONE\x10\x04*a\n\nPointLabel\x12\x1b\n\x17POINT_LABEL_UNSPECIFIED\x10\x00\x12\x1a\n\x16POINT_LABEL_FOREGROUND\x10\x01\x12\x1a\n\x16POINT_LABEL_BACKGROUND\x10\x02\x32\x99\x02\n\x0e\x44\x65\x63oderService\x12<\n\x07Segment\x12\x17.sam3.v1.SegmentRequest\x1a\x18.sam3.v1.SegmentResponse\x12\x46\n\rSegmentStream\x12\x17.sam3.v1.SegmentRequest\x1a\x18.sam3.v1.SegmentResponse(\x01\x30\x01\x12@\n\x0cGetModelInfo\x12\x1c.sam3.v1.GetModelInfoRequest\x1a\x12.sam3.v1.ModelInfo\x12?\n\x08Prefetch\x12\x18.sam3.v1.PrefetchRequest\x1a\x19.sam3.v1.PrefetchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, __name__, _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MASKSELECTION']._serialized_start=1351
-  _globals['_MASKSELECTION']._serialized_end=1473
-  _globals['_MASKFORMAT']._serialized_start=1476
-  _globals['_MASKFORMAT']._serialized_end=1610
-  _globals['_POINTLABEL']._serialized_start=1612
-  _globals['_POINTLABEL']._serialized_end=1709
+  _globals['_MASKSELECTION']._serialized_start=1467
+  _globals['_MASKSELECTION']._serialized_end=1589
+  _globals['_MASKFORMAT']._serialized_start=1592
+  _globals['_MASKFORMAT']._serialized_end=1726
+  _globals['_POINTLABEL']._serialized_start=1728
+  _globals['_POINTLABEL']._serialized_end=1825
   _globals['_POINT']._serialized_start=56
   _globals['_POINT']._serialized_end=121
   _globals['_BOX']._serialized_start=123
   _globals['_BOX']._serialized_end=176
   _globals['_OBJECTPROMPT']._serialized_start=178
   _globals['_OBJECTPROMPT']._serialized_end=251
-  _globals['_SEGMENTREQUEST']._serialized_start=254
-  _globals['_SEGMENTREQUEST']._serialized_end=504
-  _globals['_MASK']._serialized_start=507
-  _globals['_MASK']._serialized_end=725
-  _globals['_RLEMASK']._serialized_start=727
-  _globals['_RLEMASK']._serialized_end=783
-  _globals['_BOUNDINGBOX']._serialized_start=785
-  _globals['_BOUNDINGBOX']._serialized_end=851
-  _globals['_LOWRESLOGITS']._serialized_start=853
-  _globals['_LOWRESLOGITS']._serialized_end=927
-  _globals['_OBJECTRESULT']._serialized_start=930
-  _globals['_OBJECTRESULT']._serialized_end=1115
-  _globals['_SEGMENTRESPONSE']._serialized_start=1118
-  _globals['_SEGMENTRESPONSE']._serialized_end=1349
-  _globals['_DECODERSERVICE']._serialized_start=1712
-  _globals['_DECODERSERVICE']._serialized_end=1928
+  _globals['_PREFETCHREQUEST']._serialized_start=253
+  _globals['_PREFETCHREQUEST']._serialized_end=288
+  _globals['_PREFETCHRESPONSE']._serialized_start=290
+  _globals['_PREFETCHRESPONSE']._serialized_end=367
+  _globals['_SEGMENTREQUEST']._serialized_start=370
+  _globals['_SEGMENTREQUEST']._serialized_end=620
+  _globals['_MASK']._serialized_start=623
+  _globals['_MASK']._serialized_end=841
+  _globals['_RLEMASK']._serialized_start=843
+  _globals['_RLEMASK']._serialized_end=899
+  _globals['_BOUNDINGBOX']._serialized_start=901
+  _globals['_BOUNDINGBOX']._serialized_end=967
+  _globals['_LOWRESLOGITS']._serialized_start=969
+  _globals['_LOWRESLOGITS']._serialized_end=1043
+  _globals['_OBJECTRESULT']._serialized_start=1046
+  _globals['_OBJECTRESULT']._serialized_end=1231
+  _globals['_SEGMENTRESPONSE']._serialized_start=1234
+  _globals['_SEGMENTRESPONSE']._serialized_end=1465
+  _globals['_DECODERSERVICE']._serialized_start=1828
+  _globals['_DECODERSERVICE']._serialized_end=2109
 # @@protoc_insertion_point(module_scope)

@@ -221,6 +221,56 @@ class ObjectPrompt(_message.Message):
 Global___ObjectPrompt: _TypeAlias = ObjectPrompt  # noqa: Y015
 
 @_typing.final
+class PrefetchRequest(_message.Message):
+    """Warm a decoder's local cache with one stored image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    """The image id EncoderService.Encode returned (lowercase hex sha256 of the image bytes)."""
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrefetchRequest: _TypeAlias = PrefetchRequest  # noqa: Y015
+
+@_typing.final
+class PrefetchResponse(_message.Message):
+    """What a prefetch did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALREADY_CACHED_FIELD_NUMBER: _builtins.int
+    TIMINGS_FIELD_NUMBER: _builtins.int
+    already_cached: _builtins.bool
+    """True when the image was already in this worker's local cache (nothing was fetched)."""
+    @_builtins.property
+    def timings(self) -> _common_pb2.Timings:
+        """Server-side stages: "fetch" (local cache or store), "total"."""
+
+    def __init__(
+        self,
+        *,
+        already_cached: _builtins.bool = ...,
+        timings: _common_pb2.Timings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timings", b"timings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_cached", b"already_cached", "timings", b"timings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrefetchResponse: _TypeAlias = PrefetchResponse  # noqa: Y015
+
+@_typing.final
 class SegmentRequest(_message.Message):
     """Segment objects on a stored image."""
 

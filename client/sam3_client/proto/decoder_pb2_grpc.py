@@ -54,6 +54,11 @@ class DecoderServiceStub:
                 request_serializer=sam3_dot_v1_dot_common__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=sam3_dot_v1_dot_common__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Prefetch = channel.unary_unary(
+                '/sam3.v1.DecoderService/Prefetch',
+                request_serializer=sam3_dot_v1_dot_decoder__pb2.PrefetchRequest.SerializeToString,
+                response_deserializer=sam3_dot_v1_dot_decoder__pb2.PrefetchResponse.FromString,
+                _registered_method=True)
 
 
 class DecoderServiceServicer:
@@ -92,6 +97,16 @@ class DecoderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Prefetch(self, request, context):
+        """Loads an image's embeddings from the store into this worker's local cache ahead of its first
+        click, e.g. right after Encode. Route it like the clicks (the `sam3-image-id` request header the
+        SDK sends on both) and it warms the replica that will serve them. Errors: INVALID_ARGUMENT
+        (INVALID_PROMPT, field image_id), NOT_FOUND (EMBEDDING_NOT_FOUND), UNAVAILABLE (STORE_UNAVAILABLE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecoderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +124,11 @@ def add_DecoderServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=sam3_dot_v1_dot_common__pb2.GetModelInfoRequest.FromString,
                     response_serializer=sam3_dot_v1_dot_common__pb2.ModelInfo.SerializeToString,
+            ),
+            'Prefetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prefetch,
+                    request_deserializer=sam3_dot_v1_dot_decoder__pb2.PrefetchRequest.FromString,
+                    response_serializer=sam3_dot_v1_dot_decoder__pb2.PrefetchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -195,6 +215,33 @@ class DecoderService:
             '/sam3.v1.DecoderService/GetModelInfo',
             sam3_dot_v1_dot_common__pb2.GetModelInfoRequest.SerializeToString,
             sam3_dot_v1_dot_common__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prefetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sam3.v1.DecoderService/Prefetch',
+            sam3_dot_v1_dot_decoder__pb2.PrefetchRequest.SerializeToString,
+            sam3_dot_v1_dot_decoder__pb2.PrefetchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,12 @@ class DecoderServiceStub:
     """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_common_pb2.GetModelInfoRequest, _common_pb2.ModelInfo]
     """Describes the model this worker serves (its model_id must match the encoder's)."""
+    Prefetch: _grpc.UnaryUnaryMultiCallable[_decoder_pb2.PrefetchRequest, _decoder_pb2.PrefetchResponse]
+    """Loads an image's embeddings from the store into this worker's local cache ahead of its first
+    click, e.g. right after Encode. Route it like the clicks (the `sam3-image-id` request header the
+    SDK sends on both) and it warms the replica that will serve them. Errors: INVALID_ARGUMENT
+    (INVALID_PROMPT, field image_id), NOT_FOUND (EMBEDDING_NOT_FOUND), UNAVAILABLE (STORE_UNAVAILABLE).
+    """
 
 @_typing.type_check_only
 class DecoderServiceAsyncStub(DecoderServiceStub):
@@ -86,6 +92,12 @@ class DecoderServiceAsyncStub(DecoderServiceStub):
     """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_common_pb2.GetModelInfoRequest, _common_pb2.ModelInfo]  # type: ignore[assignment]
     """Describes the model this worker serves (its model_id must match the encoder's)."""
+    Prefetch: _aio.UnaryUnaryMultiCallable[_decoder_pb2.PrefetchRequest, _decoder_pb2.PrefetchResponse]  # type: ignore[assignment]
+    """Loads an image's embeddings from the store into this worker's local cache ahead of its first
+    click, e.g. right after Encode. Route it like the clicks (the `sam3-image-id` request header the
+    SDK sends on both) and it warms the replica that will serve them. Errors: INVALID_ARGUMENT
+    (INVALID_PROMPT, field image_id), NOT_FOUND (EMBEDDING_NOT_FOUND), UNAVAILABLE (STORE_UNAVAILABLE).
+    """
 
 class DecoderServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs the light prompt encoder + mask decoder on a stored embedding. A request carries the image
@@ -127,5 +139,17 @@ class DecoderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.ModelInfo, _abc.Awaitable[_common_pb2.ModelInfo]]:
         """Describes the model this worker serves (its model_id must match the encoder's)."""
+
+    @_abc_1.abstractmethod
+    def Prefetch(
+        self,
+        request: _decoder_pb2.PrefetchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_decoder_pb2.PrefetchResponse, _abc.Awaitable[_decoder_pb2.PrefetchResponse]]:
+        """Loads an image's embeddings from the store into this worker's local cache ahead of its first
+        click, e.g. right after Encode. Route it like the clicks (the `sam3-image-id` request header the
+        SDK sends on both) and it warms the replica that will serve them. Errors: INVALID_ARGUMENT
+        (INVALID_PROMPT, field image_id), NOT_FOUND (EMBEDDING_NOT_FOUND), UNAVAILABLE (STORE_UNAVAILABLE).
+        """
 
 def add_DecoderServiceServicer_to_server(servicer: DecoderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,180 @@
+"""The store against a real Redis Cluster on loopback (3 masters + 3 replicas, started here, never mocked).
+
+What a cluster changes: keys live on different shards (MOVED would break a plain client), the lock and
+the value must share a slot, and a master can die and be replaced by its replica while traffic runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+
+from decoder_service.servicer import DecoderSettings
+from sam3_cli.workers import DECODER, ENCODER
+from sam3_client import ChannelSettings, Client, Sam3Error
+from sam3_core.embeddings import ImageEmbeddings
+from sam3_serving.redis_client import connect, is_cluster_url
+from sam3_serving.redis_cluster import EmbeddedRedisCluster, start_embedded_cluster
+from sam3_serving.redis_server import free_port
+from sam3_serving.store import EmbeddingStore, StoreConfig, StoreUnavailableError
+from service_stack import running
+from test_service_behaviour import new_image
+
+MODEL = "cluster-test-model"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EmbeddedRedisCluster]:
+    with start_embedded_cluster(masters=3, replicas=1) as started:
+        yield started
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[EmbeddedRedisCluster]:
+    """A private cluster this test may kill masters of."""
+    with start_embedded_cluster(masters=3, replicas=1) as started:
+        yield started
+
+
+def embeddings(seed: int) -> ImageEmbeddings:
+    rng = np.random.default_rng(seed)
+    tensors = tuple(rng.standard_normal(shape, dtype=np.float32) for shape in ((1, 4, 8, 8), (1, 2, 4, 4)))
+    return ImageEmbeddings(tensors, (30 + seed, 40), MODEL)
+
+
+def image_ids(count: int) -> list[str]:
+    return [uuid.uuid4().hex * 2 for _ in range(count)]
+
+
+def one_image_per_shard(cluster: EmbeddedRedisCluster, store: EmbeddingStore) -> dict[int, bytes]:
+    """New images whose keys land on each master in turn, by master port (a key's slot is its image's hash)."""
+    found: dict[int, bytes] = {}
+    seed = 1000
+    while len(found) < len(cluster.masters):
+        data = new_image(seed)
+        port = cluster.primary_for(store.key(hashlib.sha256(data).hexdigest())).port
+        found.setdefault(port, data)
+        seed += 1
+    return found
+
+
+def keys_per_master(cluster: EmbeddedRedisCluster, prefix: str) -> list[int]:
+    counts = []
+    for node in cluster.primaries():
+        client = redis.Redis(host=node.host, port=node.port)
+        counts.append(sum(1 for _ in client.scan_iter(match=f"{prefix}:*")))
+        client.close()
+    return counts
+
+
+def test_cluster_urls_choose_the_cluster_client(cluster: EmbeddedRedisCluster) -> None:
+    assert is_cluster_url(cluster.url) and not is_cluster_url("redis://127.0.0.1:6379/0")
+    # Several startup nodes, any of which may be down at start-up: the client needs only one.
+    seeds = ",".join(f"127.0.0.1:{node.port}" for node in cluster.masters)
+    client = connect(f"redis+cluster://{seeds}", socket_timeout=1.0)
+    assert len(client.get_primaries()) == 3
+    client.close()
+    with pytest.raises(ValueError, match="host:port"):
+        connect("redis+cluster://127.0.0.1:1,nonsense", socket_timeout=1.0)
+
+
+def test_values_spread_over_every_shard_and_each_lock_shares_its_value_slot(cluster: EmbeddedRedisCluster) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    store = EmbeddingStore(StoreConfig(url=cluster.url, key_prefix=prefix, socket_timeout=1.0), MODEL)
+    ids = image_ids(24)
+    for seed, image_id in enumerate(ids):
+        assert store.put(image_id, embeddings(seed)) > 0
+    counts = keys_per_master(cluster, prefix)
+    assert sum(counts) == 24 and min(counts) > 0, counts  # no MOVED errors, and every shard holds some
+    probe = redis.Redis(host="127.0.0.1", port=cluster.masters[0].port)
+    for seed, image_id in enumerate(ids):
+        lookup = store.get(image_id)
+        assert lookup.outcome == "hit"
+        for got, want in zip(lookup.embeddings.tensors, embeddings(seed).tensors, strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert store.peek_size(image_id) == (30 + seed, 40)
+        slot = probe.cluster("KEYSLOT", store.key(image_id))
+        assert probe.cluster("KEYSLOT", store.lock_key(image_id)) == slot
+    probe.close()
+    store.close()
+
+
+def test_lock_wait_and_release_run_as_one_slot_transactions(cluster: EmbeddedRedisCluster) -> None:
+    store = EmbeddingStore(StoreConfig(url=cluster.url, key_prefix=f"t{uuid.uuid4().hex[:8]}"), MODEL)
+    image_id = image_ids(1)[0]
+    token = store.try_lock(image_id)
+    assert token is not None and store.try_lock(image_id) is None
+    assert store.wait_for(image_id, timeout=0.05) is None  # MULTI/EXEC: locked, no value yet, times out
+    store.put(image_id, embeddings(3))
+    assert store.wait_for(image_id, timeout=1.0) == (33, 40)
+    store.release(image_id, "not-the-token")  # the compare-and-delete script, in the key's slot
+    assert store.try_lock(image_id) is None
+    store.release(image_id, token)
+    assert store.try_lock(image_id) is not None
+    assert store.ping()
+    store.close()
+
+
+def test_encode_and_segment_through_the_workers_on_a_cluster(cluster: EmbeddedRedisCluster) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    with running(cluster.url, prefix, decoder=DecoderSettings(cache_bytes=0)) as stack, Client(stack.target) as client:
+        for image in one_image_per_shard(cluster, stack.store).values():
+            result = client.segment(image, points=[[20, 20]])
+            assert result.encoded and result.mask.shape == (48, 64)
+            again = client.segment(result.image_id, points=[[20, 20]])  # from Redis again: no local cache
+            np.testing.assert_array_equal(again.mask, result.mask)
+    assert keys_per_master(cluster, prefix) == [1, 1, 1]
+
+
+def test_a_master_killed_mid_traffic_costs_its_shard_unavailable_then_fails_over(
+    fresh_cluster: EmbeddedRedisCluster,
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = ChannelSettings(retry_attempts=1)  # see the raw code: the SDK would otherwise retry it
+    with (
+        running(fresh_cluster.url, prefix, {ENCODER, DECODER}, decoder=DecoderSettings(cache_bytes=0)) as stack,
+        Client(stack.target, settings=settings) as client,
+    ):
+        images = one_image_per_shard(fresh_cluster, stack.store)
+        ids = {port: client.encode(image).image_id for port, image in images.items()}
+        victim = fresh_cluster.masters[0]
+        on_victim = [ids[victim.port]]
+        elsewhere = [image_id for port, image_id in ids.items() if port != victim.port]
+        time.sleep(0.2)  # replication is asynchronous: let the replicas catch up before the crash
+        victim.kill()
+
+        with pytest.raises(Sam3Error) as failed:
+            client.segment(on_victim[0], points=[[10, 10]])
+        assert failed.value.code.name == "UNAVAILABLE"
+        assert "store unavailable" in str(failed.value)
+        # The other shards keep serving while this one has no master.
+        assert client.segment(elsewhere[0], points=[[10, 10]]).objects
+
+        deadline = time.monotonic() + 20
+        while True:  # the replica takes over (node timeout 1 s + election), and the client re-reads the slot map
+            try:
+                result = client.segment(on_victim[0], points=[[10, 10]])
+                break
+            except Sam3Error as error:
+                assert error.code.name == "UNAVAILABLE", error
+                assert time.monotonic() < deadline, "no failover within 20 s"
+                time.sleep(0.2)
+        assert result.objects  # the replica had the value: no re-encode needed
+        assert fresh_cluster.primary_for(stack.store.key(on_victim[0])).port != victim.port
+        for image_id in ids.values():
+            assert client.segment(image_id, points=[[10, 10]]).objects
+
+
+def test_a_store_on_a_cluster_that_is_down_starts_and_reports_unavailable_without_the_password() -> None:
+    url = f"redis+cluster://:s3cret@127.0.0.1:{free_port()}"
+    store = EmbeddingStore(StoreConfig(url=url, socket_timeout=0.5), MODEL)  # a worker starts while it is down
+    assert not store.ping()
+    with pytest.raises(StoreUnavailableError) as error:
+        store.get(image_ids(1)[0])
+    assert "s3cret" not in str(error.value) and "***" in str(error.value)
