@@ -105,6 +105,7 @@ def resolve_model(args: argparse.Namespace) -> Path:
             "-m",
             "sam3_cli",
             "export",
+            "--tracker-only",  # the bench measures clicks against Sam3TrackerModel rebuilt from the manifest
             "--random-init",
             "--config",
             "full",

@@ -104,7 +104,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--checkpoint",
         type=Path,
-        help="local save_pretrained folder of a Sam3TrackerModel or Sam3VideoModel (facebook/sam3 layout)",
+        help="local save_pretrained folder of a Sam3VideoModel (facebook/sam3 layout, with its tokenizer files) "
+        "or, with --tracker-only, of a Sam3TrackerModel",
     )
     source.add_argument("--random-init", action="store_true", help="random variance-preserving weights")
     parser.add_argument(
@@ -124,6 +125,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--validate", action="store_true", help="compare torch and ONNX Runtime on random inputs")
     parser.add_argument(
+        "--tracker-only",
+        action="store_true",
+        help="clicks and boxes only (Sam3TrackerModel: the two graphs of onnx-community/sam3-tracker-ONNX); by "
+        "default the folder serves concept prompts too, from the same encode",
+    )
+    parser.add_argument(
         "--attention",
         choices=("fused", "plain"),
         default="fused",
@@ -135,13 +142,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     try:
-        from sam3_core import export
+        from sam3_core import export, export_concept
     except ImportError as error:
         raise CliError(
             f"sam3 models export needs torch and transformers ({error.name} is missing): "
             "pip install 'sam3-service[export]'"
         ) from error
-    export.run(
+    (export if args.tracker_only else export_concept).run(
         out_dir=args.out,
         checkpoint=args.checkpoint,
         config=args.config,

@@ -222,3 +222,18 @@ def channel_settings(args: argparse.Namespace, **overrides: Any) -> Any:
     from sam3_client import ChannelSettings
 
     return ChannelSettings(token=args.token, **tls_options(args), **overrides)
+
+
+def parse_numbers(text: str, count: int, flag: str) -> tuple[float, ...]:
+    """'X,Y' or 'X1,Y1,X2,Y2' -> floats, with an error that names the flag."""
+    from sam3_cli.errors import UsageError
+
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        shape = "X,Y" if count == 2 else "X1,Y1,X2,Y2"
+        raise UsageError(f"{flag} {text!r}: expected {count} comma-separated numbers ({shape})")
+    return values

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sam3_cli import concepts
 from sam3_cli.errors import CliError, UsageError, explain, first_unreachable, targets_of
 from sam3_cli.options import (
     HelpFormatter,
@@ -26,25 +27,13 @@ from sam3_cli.options import (
     add_model_options,
     check_target,
     option,
+    parse_numbers,
     positive_seconds,
 )
 
-_COORDINATE_FLAGS = ("--point", "--bg-point", "--box")
+_COORDINATE_FLAGS = ("--point", "--bg-point", "--box", "--exemplar", "--neg-exemplar")
 _NUMBER_LIST = re.compile(r"^-?\d")
 MASK_FILE_SUFFIXES = {"png": (".png",), "rle": (".json",)}
-
-
-def parse_numbers(text: str, count: int, flag: str) -> tuple[float, ...]:
-    """'X,Y' or 'X1,Y1,X2,Y2' -> floats, with an error that names the flag."""
-    parts = text.split(",")
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != count:
-        shape = "X,Y" if count == 2 else "X1,Y1,X2,Y2"
-        raise UsageError(f"{flag} {text!r}: expected {count} comma-separated numbers ({shape})")
-    return values
 
 
 def join_negative_coordinates(argv: Sequence[str]) -> list[str]:
@@ -69,7 +58,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
     parser = commands.add_parser(
         "segment",
         parents=parents,
-        help="segment one object in an image (in-process, or through a running service)",
+        help="segment one object (clicks, box) or every instance of a concept (--text, --exemplar)",
         description="Segment one object from clicks and/or a box, in this process (--model-dir / --model) or "
         "through a running service (--server). Coordinates are pixels of the image as displayed (after EXIF "
         "rotation): x in 0..width, y in 0..height; values outside are rejected with the offending flag named. "
@@ -95,6 +84,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
         "--bg-point", action="append", default=[], metavar="X,Y", help="background click: 'not this' (repeatable)"
     )
     prompts.add_argument("--box", metavar="X1,Y1,X2,Y2", help="box around the object")
+    concepts.add_concept_arguments(parser)
     outputs = parser.add_argument_group("output")
     choice = outputs.add_mutually_exclusive_group()
     choice.add_argument("--mask-index", type=int, choices=(0, 1, 2), help="write candidate mask N")
@@ -288,6 +278,8 @@ def read_image(path: Path) -> tuple[bytes, Any]:
 def run(args: argparse.Namespace) -> int:
     from sam3_core.prompts import PromptError, validate
 
+    if concepts.requested(args):
+        return concepts.run(args)
     prompt, flag_for = _prompt_from_flags(args)
     output, kind = output_settings(args)
     if args.overlay:

@@ -304,7 +304,7 @@ def example_inputs(image_size: int, seed: int) -> GraphInputs:
     )
 
 
-def _save(onnx_path: Path, edit: Callable[[Any], None] | None = None) -> None:
+def save_graph(onnx_path: Path, edit: Callable[[Any], None] | None = None) -> None:
     """Applies `edit` to the graph, and moves the weights of a large graph into `<name>.onnx_data`,
     the layout onnx-community publishes."""
     import onnx
@@ -389,17 +389,28 @@ def fused_attention_symbolic(heads: int, head_size: int) -> Callable[..., Any]:
     return symbolic
 
 
-def _export_encoder(model: nn.Module, inputs: GraphInputs, path: Path) -> None:
-    with torch.no_grad():
-        torch.onnx.export(
-            VisionEncoderGraph(model),
-            (inputs.pixel_values,),
-            str(path),
-            input_names=[ENCODER_INPUT],
-            output_names=list(EMBEDDING_NAMES),
-            opset_version=OPSET,
-            dynamo=False,
-        )
+def export_encoder(
+    graph: nn.Module, pixel_values: torch.Tensor, path: Path, output_names: list[str], backbone_config: Any, fused: bool
+) -> None:
+    """Traces an encoder graph, its ViT attention fused for ONNX Runtime unless `fused` is False."""
+    if fused:
+        heads = backbone_config.num_attention_heads
+        symbolic = fused_attention_symbolic(heads, backbone_config.hidden_size // heads)
+        torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", symbolic, OPSET)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                graph,
+                (pixel_values,),
+                str(path),
+                input_names=[ENCODER_INPUT],
+                output_names=output_names,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+    finally:
+        if fused:
+            torch.onnx.unregister_custom_op_symbolic("aten::scaled_dot_product_attention", OPSET)
 
 
 def export_graphs(
@@ -413,21 +424,20 @@ def export_graphs(
 
     started = time.perf_counter()
     encoder_path = out_dir / file_name(ENCODER_STEM)
-    if fused_attention:
-        backbone = model.config.vision_config.backbone_config
-        heads = backbone.num_attention_heads
-        symbolic = fused_attention_symbolic(heads, backbone.hidden_size // heads)
-        torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", symbolic, OPSET)
-    try:
-        _export_encoder(model, inputs, encoder_path)
-    finally:
-        if fused_attention:
-            torch.onnx.unregister_custom_op_symbolic("aten::scaled_dot_product_attention", OPSET)
+    backbone = model.config.vision_config.backbone_config
+    export_encoder(
+        VisionEncoderGraph(model), inputs.pixel_values, encoder_path, list(EMBEDDING_NAMES), backbone, fused_attention
+    )
     embeddings = image_embeddings(model, inputs.pixel_values)
-    _save(encoder_path, edit=name_no_memory_constant)
+    save_graph(encoder_path, edit=name_no_memory_constant)
     seconds["vision_encoder"] = time.perf_counter() - started
     log(f"  vision encoder written in {seconds['vision_encoder']:.1f} s")
+    seconds["prompt_encoder_mask_decoder"] = export_decoder(model, out_dir, inputs, embeddings)
+    return seconds
 
+
+def export_decoder(model: nn.Module, out_dir: Path, inputs: GraphInputs, embeddings: tuple[torch.Tensor, ...]) -> float:
+    """Traces the prompt encoder + mask decoder graph on example embeddings; returns seconds taken."""
     started = time.perf_counter()
     decoder_path = out_dir / file_name(DECODER_STEM)
     points, labels, boxes = DECODER_PROMPT_INPUTS
@@ -447,9 +457,9 @@ def export_graphs(
             opset_version=OPSET,
             dynamo=False,
         )
-    _save(decoder_path)
-    seconds["prompt_encoder_mask_decoder"] = time.perf_counter() - started
-    log(f"  prompt encoder + mask decoder written in {seconds['prompt_encoder_mask_decoder']:.1f} s")
+    save_graph(decoder_path)
+    seconds = time.perf_counter() - started
+    log(f"  prompt encoder + mask decoder written in {seconds:.1f} s")
     return seconds
 
 
@@ -557,20 +567,29 @@ def run(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     seconds = export_graphs(model, out_dir, image_size, fused_attention=fused_attention)
-    for kind in quantizations:
-        t0 = time.perf_counter()
-        path = quantize(out_dir, kind)
-        seconds[f"quantize_{kind}"] = time.perf_counter() - t0
-        log(f"  {path.name} written in {seconds[f'quantize_{kind}']:.1f} s")
+    quantize_all(out_dir, quantizations, seconds)
     write_preprocessor_config(out_dir, image_size)
     write_manifest(out_dir, model, source, fused_attention)
+    return conclude(out_dir, seconds, validate(model, out_dir, image_size) if check else None, started)
+
+
+def quantize_all(out_dir: Path, quantizations: list[str], seconds: dict[str, float]) -> None:
+    """Writes each requested `vision_encoder_<kind>.onnx`, recording the seconds it took."""
+    for kind in quantizations:
+        started = time.perf_counter()
+        path = quantize(out_dir, kind)
+        seconds[f"quantize_{kind}"] = time.perf_counter() - started
+        log(f"  {path.name} written in {seconds[f'quantize_{kind}']:.1f} s")
+
+
+def conclude(out_dir: Path, seconds: dict[str, float], errors: dict[str, float] | None, started: float) -> dict:
+    """Logs the validation errors and the files written; returns the export's summary."""
     summary: dict[str, Any] = {"out_dir": str(out_dir), "seconds": seconds}
-    if check:
-        errors = validate(model, out_dir, image_size)
+    if errors is not None:
         summary["validation_max_abs_error"] = errors
         log("validation (max |torch - onnxruntime|):")
         for name, error in errors.items():
-            log(f"  {name:40s} {error:.3g}")
+            log(f"  {name:50s} {error:.3g}")
     for path in sorted(out_dir.iterdir()):
         log(f"  {path.name:45s} {path.stat().st_size / 1e6:10.1f} MB")
     log(f"done in {time.perf_counter() - started:.1f} s (python {sys.version.split()[0]}, torch {torch.__version__})")

@@ -20,6 +20,8 @@ DEFAULT_VARIANT = "fp32"  # the unsuffixed file
 
 ENCODER_INPUT = "pixel_values"
 EMBEDDING_NAMES = ("image_embeddings.0", "image_embeddings.1", "image_embeddings.2")
+# Extra outputs of a unified encoder (our exports): the concept detector's FPN levels, from the same trunk run.
+DETECTOR_OUTPUTS = ("detector_features.0", "detector_features.1", "detector_features.2")
 DECODER_PROMPT_INPUTS = ("input_points", "input_labels", "input_boxes")
 DECODER_OUTPUTS = ("iou_scores", "pred_masks", "object_score_logits")
 MASKS_PER_OBJECT = 3  # candidate masks the decoder returns for every object

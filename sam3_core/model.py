@@ -63,6 +63,17 @@ class ModelNotFoundError(FileNotFoundError):
     """The folder lacks the graph files; the message lists what was looked for and what to do."""
 
 
+class ConceptsNotSupportedError(ModelNotFoundError):
+    """A tracker-only folder (e.g. onnx-community/sam3-tracker-ONNX): clicks and boxes work, phrases do not."""
+
+    def __init__(self, folder: Path, missing: str = "detector features in vision_encoder.onnx") -> None:
+        super().__init__(
+            f"model folder {folder} serves clicks and boxes only: concept prompts (phrases, exemplar boxes) need "
+            f"{missing}. Export a folder that serves both with `sam3 models export --checkpoint DIR --out DIR` "
+            "(a Sam3VideoModel checkpoint) or `--random-init --config tiny|full`."
+        )
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Image-processor settings that change the embeddings (and so the model id)."""
@@ -230,7 +241,7 @@ class Sam3Model:
     def embedding_shapes(self) -> list[tuple[int, ...]]:
         """[C, H, W]-style shapes of the three embeddings, read from whichever graph is loaded."""
         if self._encoder is not None:
-            return [tuple(o.shape) for o in self._encoder.get_outputs()]
+            return [tuple(o.shape) for o in self._encoder.get_outputs() if o.name not in graphs.DETECTOR_OUTPUTS]
         inputs = {i.name: i for i in self.decoder.get_inputs()}
         return [tuple(inputs[name].shape) for name in graphs.EMBEDDING_NAMES]
 
@@ -240,17 +251,29 @@ class Sam3Model:
         shape = self.embedding_shapes()[0]
         return int(shape[-2]), int(shape[-1])
 
-    def run_encoder(
-        self, pixel_values: np.ndarray, run_options: ort.RunOptions | None = None
-    ) -> tuple[np.ndarray, ...]:
-        """pixel_values [1,3,H,W] float32 -> the three float32 embeddings (cast if the graph is fp16).
+    @property
+    def has_detector_features(self) -> bool:
+        """Whether the encoder also emits the concept detector's features (a unified export)."""
+        return set(graphs.DETECTOR_OUTPUTS) <= {o.name for o in self.encoder.get_outputs()}
 
-        Setting `run_options.terminate = True` from another thread aborts a run in progress (a
-        cancelled request then stops burning the CPU).
+    def run_encoder(
+        self, pixel_values: np.ndarray, run_options: ort.RunOptions | None = None, *, detector_features: bool = False
+    ) -> tuple[np.ndarray, ...]:
+        """pixel_values [1,3,H,W] float32 -> the three float32 embeddings (cast if the graph is fp16), followed
+        by the detector's three feature levels when `detector_features` is set (unified encoders only).
+
+        ONNX Runtime runs the whole graph either way (measured): asking only for the tracker's outputs saves
+        copying the detector's ~111 MB out, not compute. Setting `run_options.terminate = True` from another
+        thread aborts a run in progress (a cancelled request then stops burning the CPU).
         """
         (model_input,) = self.encoder.get_inputs()
         feed = pixel_values.astype(_NUMPY_TYPES.get(model_input.type, np.float32), copy=False)
-        outputs = self.encoder.run(None, {model_input.name: feed}, run_options)
+        wanted = [o.name for o in self.encoder.get_outputs() if o.name not in graphs.DETECTOR_OUTPUTS]
+        if detector_features:
+            if not self.has_detector_features:
+                raise ConceptsNotSupportedError(self.folder)
+            wanted += graphs.DETECTOR_OUTPUTS
+        outputs = self.encoder.run(wanted, {model_input.name: feed}, run_options)
         return tuple(np.asarray(o, dtype=np.float32) for o in outputs)
 
     @property

@@ -7,16 +7,17 @@ more than the decoder itself and most callers want only the best one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
+from sam3_core.concept import DEFAULT_THRESHOLD, ConceptInstance, ConceptModel, DetectorFeatures, Exemplar
 from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.images import ImageInput, ImageLimits, load_image
 from sam3_core.masks import CocoRle
-from sam3_core.model import Sam3Model
+from sam3_core.model import ConceptsNotSupportedError, Sam3Model
 from sam3_core.postprocess import MASK_THRESHOLD, upsample_logits, upsample_logits_to_mask, upsample_logits_to_rle
 from sam3_core.preprocess import pixel_values
 from sam3_core.prompts import Prompt, PromptLimits, build_batches, validate
@@ -62,16 +63,31 @@ def _check_index(index: int, count: int) -> int:
     return index
 
 
-def encode(
-    model: Sam3Model, rgb: np.ndarray, timer: StageTimer | None = None, run_options: ort.RunOptions | None = None
-) -> ImageEmbeddings:
-    """RGB uint8 H x W x 3 -> ImageEmbeddings (float32) for this model."""
+def _run_encoder(
+    model: Sam3Model, rgb: np.ndarray, timer: StageTimer | None, run_options: ort.RunOptions | None, detector: bool
+) -> tuple[np.ndarray, ...]:
     timer = timer or StageTimer()
     with timer.stage("preprocess"):
         inputs = pixel_values(rgb, model.preprocessing)
     with timer.stage("model"):
-        tensors = model.run_encoder(inputs, run_options)
+        return model.run_encoder(inputs, run_options, detector_features=detector)
+
+
+def encode(
+    model: Sam3Model, rgb: np.ndarray, timer: StageTimer | None = None, run_options: ort.RunOptions | None = None
+) -> ImageEmbeddings:
+    """RGB uint8 H x W x 3 -> ImageEmbeddings (float32) for this model."""
+    tensors = _run_encoder(model, rgb, timer, run_options, detector=False)
     return ImageEmbeddings(tensors, (int(rgb.shape[0]), int(rgb.shape[1])), model.model_id)
+
+
+def encode_with_detector(
+    model: Sam3Model, rgb: np.ndarray, timer: StageTimer | None = None, run_options: ort.RunOptions | None = None
+) -> tuple[ImageEmbeddings, DetectorFeatures]:
+    """One run of a unified encoder -> the click embeddings and the concept detector's features."""
+    tensors = _run_encoder(model, rgb, timer, run_options, detector=True)
+    size = (int(rgb.shape[0]), int(rgb.shape[1]))
+    return ImageEmbeddings(tensors[:3], size, model.model_id), DetectorFeatures(tensors[3:], size)
 
 
 def decode(
@@ -106,7 +122,8 @@ def decode(
 
 
 class Predictor:
-    """`set_image` once (the expensive encoder), then `predict` any number of prompts against it."""
+    """`set_image` once (the expensive encoder), then `predict` clicks and boxes, or `predict_concept` phrases
+    and exemplar boxes, any number of times against it. With a unified folder one encode serves both."""
 
     def __init__(
         self,
@@ -114,24 +131,55 @@ class Predictor:
         *,
         image_limits: ImageLimits = ImageLimits(),
         prompt_limits: PromptLimits = PromptLimits(),
+        concepts: ConceptModel | None = None,
     ) -> None:
         self.model = model
         self.image_limits = image_limits
         self.prompt_limits = prompt_limits
+        self._concepts = concepts
         self._embeddings: ImageEmbeddings | None = None
+        self._detector_features: DetectorFeatures | None = None
 
     def set_image(self, image: ImageInput) -> ImageEmbeddings:
-        """Encodes the image (path, bytes, PIL image or array); returns the embeddings, which serialise."""
-        self._embeddings = encode(self.model, load_image(image, self.image_limits))
+        """Encodes the image (path, bytes, PIL image or array); returns the embeddings, which serialise.
+
+        A unified encoder's detector features are kept too, for `predict_concept`, from the same run.
+        """
+        rgb = load_image(image, self.image_limits)
+        if self.model.has_detector_features:
+            self._embeddings, self._detector_features = encode_with_detector(self.model, rgb)
+        else:
+            self._embeddings, self._detector_features = encode(self.model, rgb), None
         return self._embeddings
 
     def set_embeddings(self, embeddings: ImageEmbeddings) -> None:
-        """Reuses embeddings computed earlier (or elsewhere) for the same model."""
+        """Reuses click embeddings computed earlier (or elsewhere) for the same model (clicks only)."""
         if embeddings.model_id != self.model.model_id:
             raise ValueError(
                 f"embeddings are for model {embeddings.model_id}, this predictor runs {self.model.model_id}"
             )
         self._embeddings = embeddings
+        self._detector_features = None
+
+    @property
+    def concepts(self) -> ConceptModel:
+        """The concept sessions, loaded on first use (clicks-only callers never pay for them)."""
+        if self._concepts is None:
+            self._concepts = ConceptModel(self.model.folder, runtime=self.model.runtime)
+        return self._concepts
+
+    def predict_concept(
+        self,
+        text: str | None = None,
+        exemplars: Iterable[Exemplar | tuple[Sequence[float], bool] | Sequence[float]] = (),
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> list[ConceptInstance]:
+        """Every instance of a noun phrase and/or like the exemplar boxes ((x1, y1, x2, y2), positive)."""
+        if self._detector_features is None:
+            if self._embeddings is None or self.model.has_detector_features:
+                raise RuntimeError("call set_image() before predict_concept()")
+            raise ConceptsNotSupportedError(self.model.folder)
+        return self.concepts.predict(self._detector_features, text, exemplars, threshold)
 
     @property
     def embeddings(self) -> ImageEmbeddings:

@@ -65,20 +65,31 @@ def _arrays(image: str) -> dict[str, np.ndarray]:
 
 def load(image: str, case: str) -> Reference:
     entry = index()[image]
-    arrays = _arrays(image)
-    shape = tuple(arrays[f"{case}/masks_shape"])
-    masks = np.unpackbits(arrays[f"{case}/masks_packed"], axis=-1, count=shape[-1]).astype(bool)
+    return from_arrays(image, case, entry, _arrays(image), case, entry["cases"][case])
+
+
+def from_arrays(
+    image: str, case: str, entry: dict, arrays: dict[str, np.ndarray], prefix: str, objects: list[dict]
+) -> Reference:
+    """A Reference from generate.py's layout: `<prefix>/iou_scores`, `.../masks_packed`, ... in `arrays`."""
     return Reference(
         image=image,
         case=case,
         width=entry["width"],
         height=entry["height"],
-        objects=entry["cases"][case],
-        iou_scores=arrays[f"{case}/iou_scores"],
-        object_score_logits=arrays[f"{case}/object_score_logits"],
-        low_res_logits=arrays[f"{case}/low_res_logits"].astype(np.float32),
-        masks=masks.reshape(shape),
+        objects=objects,
+        iou_scores=arrays[f"{prefix}/iou_scores"],
+        object_score_logits=arrays[f"{prefix}/object_score_logits"],
+        low_res_logits=arrays[f"{prefix}/low_res_logits"].astype(np.float32),
+        masks=unpack_masks(arrays, prefix),
     )
+
+
+def unpack_masks(arrays: dict[str, np.ndarray], prefix: str) -> np.ndarray:
+    """The boolean masks stored as `<prefix>/masks_packed` (bits along the last axis) + `<prefix>/masks_shape`."""
+    shape = tuple(arrays[f"{prefix}/masks_shape"])
+    masks = np.unpackbits(arrays[f"{prefix}/masks_packed"], axis=-1, count=shape[-1]).astype(bool)
+    return masks.reshape(shape)
 
 
 def agreement(ours: np.ndarray, theirs: np.ndarray) -> float:

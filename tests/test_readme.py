@@ -71,7 +71,7 @@ def snippets(language: str) -> list[tuple[str, str]]:
 
 def same_output(actual: str, expected: str) -> bool:
     """Equal text, and numbers equal to 1e-4, absolute or relative: ONNX Runtime may differ in the last
-    float bits, which can flip a mask pixel whose logit is within a hair of 0 (one in 191750 here)."""
+    float bits, which can flip a mask pixel whose logit is within a hair of 0 (one in 167193 here)."""
     if NUMBER.sub("#", actual).split() != NUMBER.sub("#", expected).split():
         return False
     pairs = zip(NUMBER.findall(actual), NUMBER.findall(expected), strict=True)

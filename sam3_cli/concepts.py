@@ -1,0 +1,174 @@
+"""`sam3 segment --text PHRASE / --exemplar BOX`: every instance of a concept, in this process.
+
+One label PNG holds every instance: pixel value k is instance k (numbered from 1 in the order printed
+and listed by --json), 0 is background; 8-bit when there are at most 255 instances, else 16-bit. Where
+instances overlap, the pixel goes to the higher-scoring one (each instance's own area is in --json).
+A single file keeps instances and their numbering together, which per-instance files would not.
+Several --text phrases run one after the other on the same encode; exemplar boxes join every phrase (or,
+with no phrase, prompt on their own as transformers does with the text "visual").
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from sam3_cli.errors import CliError
+
+POSITIVE_BOX = (0, 200, 70)
+NEGATIVE_BOX = (230, 30, 30)
+ALPHA = 0.5
+
+
+def add_concept_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("concept prompts (every matching instance; in-process only)")
+    repeatable = (
+        ("--text", "PHRASE", "noun phrase, e.g. 'yellow school bus' (repeatable: one set of instances per phrase)"),
+        ("--exemplar", "X1,Y1,X2,Y2", "box around an example instance (repeatable)"),
+        ("--neg-exemplar", "X1,Y1,X2,Y2", "box around a 'not this' example (repeatable)"),
+    )
+    for flag, metavar, help_text in repeatable:
+        group.add_argument(flag, action="append", default=[], metavar=metavar, help=help_text)
+    group.add_argument("--threshold", type=float, default=0.5, help="keep instances scoring above this (0..1)")
+
+
+def requested(args: argparse.Namespace) -> bool:
+    return bool(args.text or args.exemplar or args.neg_exemplar)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One instance as the command reports it."""
+
+    concept: str
+    instance: Any  # sam3_core.concept.ConceptInstance
+    mask: np.ndarray
+
+
+def label_image(found: list[Found], height: int, width: int) -> np.ndarray:
+    """uint8/uint16 H x W: instance k (1-based) or 0; overlaps go to the higher score."""
+    labels = np.zeros((height, width), np.uint8 if len(found) <= 255 else np.uint16)
+    for k in sorted(range(len(found)), key=lambda k: found[k].instance.score):
+        labels[found[k].mask] = k + 1
+    return labels
+
+
+def palette(count: int) -> np.ndarray:
+    """Distinct colours by golden-angle hue steps (HSV with full saturation and value)."""
+    hues = (np.arange(count) * 0.618033988749895) % 1.0
+    hsv = np.stack([hues * 255, np.full(count, 255), np.full(count, 255)], axis=-1).astype(np.uint8)
+    rgb = Image.fromarray(hsv[None], "HSV").convert("RGB")
+    return np.asarray(rgb)[0]
+
+
+def render(rgb: np.ndarray, labels: np.ndarray, exemplars: list[tuple[tuple[float, ...], bool]]) -> Image.Image:
+    """The image with each instance tinted in its own colour and the exemplar boxes drawn."""
+    count = int(labels.max())
+    colours = np.vstack([np.zeros((1, 3), np.uint8), palette(count)]).astype(np.float32)
+    pixels = rgb.astype(np.float32)
+    inside = labels > 0
+    pixels[inside] = pixels[inside] * (1 - ALPHA) + colours[labels[inside]] * ALPHA
+    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(min(labels.shape) / 200))
+    for box, positive in exemplars:
+        draw.rectangle(box, outline=POSITIVE_BOX if positive else NEGATIVE_BOX, width=width)
+    return image
+
+
+def run(args: argparse.Namespace) -> int:
+    """`sam3 segment` with concept prompts: encode once, one decoder run per phrase, write label PNG + JSON."""
+    from sam3_cli.options import load_model, parse_numbers
+    from sam3_core.concept import ConceptModel
+    from sam3_core.images import load_image
+    from sam3_core.model import ConceptsNotSupportedError
+    from sam3_core.predictor import Predictor
+
+    if args.server or args.encoder_server or args.decoder_server:
+        raise CliError("concept prompts (--text, --exemplar) run in-process for now: drop --server, use --model-dir")
+    if args.point or args.bg_point or args.box:
+        raise CliError("give clicks (--point, --bg-point, --box) or concept prompts (--text, --exemplar), not both")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise CliError(f"--threshold {args.threshold}: give a number from 0 to 1")
+    exemplars = [(parse_numbers(b, 4, "--exemplar"), True) for b in args.exemplar]
+    exemplars += [(parse_numbers(b, 4, "--neg-exemplar"), False) for b in args.neg_exemplar]
+    if args.overlay:
+        from sam3_cli.overlay import overlay_format
+
+        overlay_format(args.overlay)
+    rgb = load_image(args.image)
+    started = time.perf_counter()
+    model = load_model(args)
+    if not model.has_detector_features:  # before the encode: a tracker-only folder cannot answer
+        raise ConceptsNotSupportedError(model.folder)
+    predictor = Predictor(model, concepts=ConceptModel(model.folder, runtime=model.runtime))
+    predictor.set_image(rgb)
+    encoded = time.perf_counter()
+    found: list[Found] = []
+    phrases: list[str | None] = list(args.text) or [None]
+    for phrase in phrases:
+        try:
+            instances = predictor.predict_concept(phrase, exemplars, threshold=args.threshold)
+        except ValueError as error:
+            raise CliError(f"{'--text ' + repr(phrase) if phrase else '--exemplar'}: {error}") from error
+        found += [Found(phrase or "exemplars", i, i.mask()) for i in instances]
+    decoded = time.perf_counter()
+    height, width = rgb.shape[:2]
+    labels = label_image(found, height, width)
+    output = args.output or Path("instances.png")
+    output.write_bytes(to_png_labels(labels))
+    asked = ", ".join(repr(p) for p in phrases if p) or "the exemplars"
+    print(f"{len(found)} instance(s) above {args.threshold} for {asked}")
+    for k, item in enumerate(found, start=1):
+        box = ", ".join(f"{v:.1f}" for v in item.instance.box)
+        print(f"  {k}: {item.concept!r} score {item.instance.score:.4f} box [{box}] area {int(item.mask.sum())}")
+    print(f"Label image written to {output} (pixel value = instance number, 0 = background)")
+    if args.overlay:
+        from sam3_cli.overlay import write_overlay
+
+        write_overlay(args.overlay, render(rgb, labels, exemplars))
+        print(f"Overlay written to {args.overlay}")
+    if args.json:
+        summary = {
+            "image": str(args.image),
+            "width": width,
+            "height": height,
+            "threshold": args.threshold,
+            "output": str(output),
+            "exemplars": [{"box": list(box), "positive": positive} for box, positive in exemplars],
+            "instances": [
+                {
+                    "index": k,
+                    "concept": item.concept,
+                    "score": item.instance.score,
+                    "presence": item.instance.presence,
+                    "box": list(item.instance.box),
+                    "area": int(item.mask.sum()),
+                }
+                for k, item in enumerate(found, start=1)
+            ],
+        }
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"Time: encoder {encoded - started:.2f} s (model load included), {len(phrases)} concept quer"
+        f"{'y' if len(phrases) == 1 else 'ies'} {decoded - encoded:.2f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def to_png_labels(labels: np.ndarray) -> bytes:
+    """The label image as an 8- or 16-bit greyscale PNG (values are instance numbers, not intensities)."""
+    buffer = io.BytesIO()
+    mode = "L" if labels.dtype == np.uint8 else "I;16"
+    Image.fromarray(labels, mode).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()

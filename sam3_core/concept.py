@@ -1,0 +1,186 @@
+"""Concept prompts: a noun phrase and/or exemplar boxes -> every matching instance in the image.
+
+The detector half of SAM3 (transformers' `Sam3Model` is the oracle), on the features a unified vision
+encoder emits next to the tracker's embeddings, so clicks and concepts share one trunk run. Three small
+sessions: the text encoder (its output is cached per phrase: phrases repeat far more than images), the
+exemplar encoder (boxes -> prompt tokens) and the concept decoder (200 queries -> logits, boxes, masks and
+one presence logit). Post-processing is `Sam3Processor.post_process_instance_segmentation`'s: score =
+sigmoid(logit) x sigmoid(presence), kept when above the threshold, in query order, no NMS; masks are
+the sigmoid resized bilinearly to the original size, then > 0.5; boxes are scaled, not clipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from sam3_core.graphs import DETECTOR_OUTPUTS
+from sam3_core.model import ConceptsNotSupportedError, RuntimeOptions
+from sam3_core.resize import upsample_logits
+from sam3_core.tokenizer import TOKENIZER_FILE, ClipTokenizer
+
+TEXT_ENCODER_FILE = "text_encoder.onnx"
+EXEMPLAR_ENCODER_FILE = "exemplar_encoder.onnx"
+CONCEPT_DECODER_FILE = "concept_decoder.onnx"
+CONCEPT_FILES = (TEXT_ENCODER_FILE, EXEMPLAR_ENCODER_FILE, CONCEPT_DECODER_FILE, TOKENIZER_FILE)
+# What Sam3Processor prompts the text encoder with when only exemplar boxes are given.
+BOX_ONLY_TEXT = "visual"
+DEFAULT_THRESHOLD = 0.5
+MASK_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class DetectorFeatures:
+    """The detector's FPN levels for one image ([1, 256, 288, 288], [.., 144, 144], [.., 72, 72])."""
+
+    tensors: tuple[np.ndarray, ...]
+    original_size: tuple[int, int]  # (height, width)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """An example box (x1, y1, x2, y2 in original pixels): positive = "more like this", else "not this"."""
+
+    box: tuple[float, float, float, float]
+    positive: bool = True
+
+    @classmethod
+    def of(cls, value: Exemplar | tuple[Sequence[float], bool] | Sequence[float]) -> Exemplar:
+        """Accepts an Exemplar, a (box, positive) pair, or a bare box (positive)."""
+        if isinstance(value, Exemplar):
+            return value
+        items = list(value)
+        if len(items) == 2 and isinstance(items[1], bool | np.bool_):
+            box, positive = items[0], bool(items[1])
+        else:
+            box, positive = items, True
+        coordinates = tuple(float(v) for v in box)
+        if len(coordinates) != 4 or not all(math.isfinite(v) for v in coordinates):
+            raise ValueError(f"an exemplar box is 4 finite numbers x1, y1, x2, y2; got {box!r}")
+        x1, y1, x2, y2 = coordinates
+        if x2 <= x1 or y2 <= y1:
+            raise ValueError(f"an exemplar box needs x2 > x1 and y2 > y1; got {coordinates}")
+        return cls((x1, y1, x2, y2), positive)
+
+
+@dataclass(frozen=True)
+class ConceptInstance:
+    """One detected instance: the query that found it, its score, its box and (lazily) its mask."""
+
+    query: int  # which of the decoder's queries (the order transformers returns instances in)
+    score: float  # sigmoid(logit) x presence
+    presence: float  # sigmoid(presence logit): is the concept in the image at all (shared by all instances)
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in original pixels, not clipped to the image
+    low_res_probabilities: np.ndarray  # float32 [h, w], sigmoid of the mask logits at the decoder's resolution
+    original_size: tuple[int, int]  # (height, width)
+
+    def mask(self) -> np.ndarray:
+        """Boolean mask at the original size: probabilities resized bilinearly, then > 0.5."""
+        return upsample_logits(self.low_res_probabilities, *self.original_size) > MASK_THRESHOLD
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-x.astype(np.float32))), dtype=np.float32)
+
+
+def has_concept_graphs(folder: Path) -> bool:
+    return all((folder / name).exists() for name in CONCEPT_FILES)
+
+
+class ConceptModel:
+    """The three concept sessions of a model folder and the tokenizer; text features cached per phrase."""
+
+    def __init__(self, folder: str | Path, *, runtime: RuntimeOptions = RuntimeOptions(), cache_phrases: int = 256):
+        self.folder = Path(folder)
+        missing = [name for name in CONCEPT_FILES if not (self.folder / name).exists()]
+        if missing:
+            raise ConceptsNotSupportedError(self.folder, ", ".join(missing))
+        providers = runtime.resolved_providers()
+
+        def session(name: str) -> ort.InferenceSession:
+            return ort.InferenceSession(
+                str(self.folder / name), sess_options=runtime.session_options(), providers=providers
+            )
+
+        self.tokenizer = ClipTokenizer(self.folder)
+        self.text_encoder = session(TEXT_ENCODER_FILE)
+        self.exemplar_encoder = session(EXEMPLAR_ENCODER_FILE)
+        self.decoder = session(CONCEPT_DECODER_FILE)
+        self._phrases: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache_phrases = cache_phrases
+
+    def text_features(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
+        """[1, 32, C] features and the [1, 32] bool mask of a phrase; a least-recently-used cache by phrase."""
+        if phrase in self._phrases:
+            self._phrases.move_to_end(phrase)
+            return self._phrases[phrase]
+        ids, mask = self.tokenizer([phrase])
+        (features,) = self.text_encoder.run(None, {"input_ids": ids, "attention_mask": mask})
+        entry = (np.asarray(features, np.float32), mask.astype(bool))
+        self._phrases[phrase] = entry
+        while len(self._phrases) > self._cache_phrases:
+            self._phrases.popitem(last=False)
+        return entry
+
+    def exemplar_features(self, features: DetectorFeatures, exemplars: Sequence[Exemplar]) -> np.ndarray:
+        """[1, N + 1, C] prompt tokens for N >= 1 boxes, normalised as Sam3Processor does (cx, cy, w, h in [0, 1])."""
+        height, width = features.original_size
+        corners = np.array([e.box for e in exemplars], np.float32).reshape(-1, 2, 2)
+        corners /= np.array([width, height], np.float32)
+        x0, y0, x1, y1 = corners.reshape(-1, 4).T
+        boxes = np.stack([(x0 + x1) / np.float32(2), (y0 + y1) / np.float32(2), x1 - x0, y1 - y0], axis=-1)
+        labels = np.array([[1 if e.positive else 0 for e in exemplars]], np.int64)
+        (tokens,) = self.exemplar_encoder.run(
+            None, {DETECTOR_OUTPUTS[2]: features.tensors[2], "boxes": boxes[None], "labels": labels}
+        )
+        return np.asarray(tokens, np.float32)
+
+    def predict(
+        self,
+        features: DetectorFeatures,
+        text: str | None = None,
+        exemplars: Iterable[Exemplar | tuple[Sequence[float], bool] | Sequence[float]] = (),
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> list[ConceptInstance]:
+        """Every instance scoring above `threshold`, in query order (as transformers returns them)."""
+        boxes = [Exemplar.of(e) for e in exemplars]
+        if text is not None and not text.strip():
+            raise ValueError("the text prompt is empty: give a noun phrase, exemplar boxes, or both")
+        if text is None and not boxes:
+            raise ValueError("a concept prompt needs a text phrase, exemplar boxes, or both")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        prompt, mask = self.text_features(BOX_ONLY_TEXT if text is None else text)
+        if boxes:
+            tokens = self.exemplar_features(features, boxes)
+            prompt = np.concatenate([prompt, tokens], axis=1)
+            mask = np.concatenate([mask, np.ones(tokens.shape[:2], bool)], axis=1)
+        feeds = dict(zip(DETECTOR_OUTPUTS, features.tensors, strict=True))
+        logits, pred_boxes, masks, presence_logits = self.decoder.run(
+            None, {**feeds, "prompt_features": prompt, "prompt_mask": mask}
+        )
+        presence = _sigmoid(presence_logits[0])
+        scores = _sigmoid(logits[0]) * presence
+        height, width = features.original_size
+        scale = np.array([width, height, width, height], np.float32)
+        return [
+            ConceptInstance(
+                query=int(q),
+                score=float(scores[q]),
+                presence=float(presence[0]),
+                box=tuple(float(v) for v in pred_boxes[0, q] * scale),  # type: ignore[arg-type]
+                low_res_probabilities=_sigmoid(masks[0, q]),
+                original_size=features.original_size,
+            )
+            for q in np.flatnonzero(scores > threshold)
+        ]

@@ -1,0 +1,93 @@
+"""`sam3 segment --text / --exemplar`: every instance in one label PNG, listed by --json, coloured by --overlay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import concept_references as refs
+import references
+from sam3_cli.concepts import Found, label_image
+from sam3_cli.main import main
+from test_concept import predictor_for
+
+IMAGE = "landscape.jpg"
+
+
+def test_text_and_exemplars_write_a_label_image_and_the_instances(tmp_path: Path, capsys) -> None:
+    output, summary, overlay = tmp_path / "instances.png", tmp_path / "instances.json", tmp_path / "overlay.png"
+    flags = ["--text", "a dog", "--text", "cat", "--exemplar", "100,100,300,250", "--neg-exemplar=-5,300,200,400"]
+    code = main(
+        [
+            "segment",
+            "-i",
+            str(refs.IMAGES_DIR / IMAGE),
+            *flags,
+            "--threshold",
+            "0.3",
+            "--model-dir",
+            str(refs.MODEL_DIR),
+            "-o",
+            str(output),
+            "--json",
+            str(summary),
+            "--overlay",
+            str(overlay),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    exemplars = [((100, 100, 300, 250), True), ((-5, 300, 200, 400), False)]
+    expected = [("a dog", i) for i in predictor_for(IMAGE).predict_concept("a dog", exemplars, threshold=0.3)]
+    expected += [("cat", i) for i in predictor_for(IMAGE).predict_concept("cat", exemplars, threshold=0.3)]
+    listed = json.loads(summary.read_text())["instances"]
+    assert [(item["index"], item["concept"]) for item in listed] == [(k + 1, c) for k, (c, _) in enumerate(expected)]
+    for item, (_, instance) in zip(listed, expected, strict=True):
+        assert item["score"] == pytest.approx(instance.score) and item["box"] == pytest.approx(list(instance.box))
+        assert item["area"] == int(instance.mask().sum())
+    labels = np.asarray(Image.open(output))
+    assert labels.shape == (480, 640) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= set(range(len(expected) + 1))
+    assert Image.open(overlay).size == (640, 480)
+    out = capsys.readouterr().out
+    assert f"{len(expected)} instance(s) above 0.3" in out
+
+
+def test_overlapping_instances_go_to_the_higher_score() -> None:
+    class Scored:
+        def __init__(self, score: float) -> None:
+            self.score = score
+
+    first, second = np.zeros((2, 3), bool), np.zeros((2, 3), bool)
+    first[:, :2], second[:, 1:] = True, True
+    labels = label_image([Found("a", Scored(0.4), first), Found("b", Scored(0.9), second)], 2, 3)
+    assert labels.tolist() == [[1, 2, 2], [1, 2, 2]]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--text", "dog", "--point", "5,5"], "not both"),
+        (["--text", "dog", "--server", "localhost:1"], "in-process"),
+        (["--exemplar", "1,2,3"], "--exemplar '1,2,3': expected 4 comma-separated numbers"),
+        (["--text", "dog", "--threshold", "2"], "--threshold 2.0"),
+        (["--exemplar", "30,30,10,10"], "x2 > x1"),
+    ],
+)
+def test_bad_concept_flags_are_one_line_errors(flags: list[str], message: str, capsys) -> None:
+    code = main(["segment", "-i", str(refs.IMAGES_DIR / "tiny_17x23.png"), *flags, "--model-dir", str(refs.MODEL_DIR)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_tracker_only_folder_says_it_cannot_do_concepts(capsys) -> None:
+    code = main(
+        ["segment", "-i", str(refs.IMAGES_DIR / IMAGE), "--text", "dog", "--model-dir", str(references.MODEL_DIR)]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "clicks and boxes only" in err and "sam3 models export" in err
