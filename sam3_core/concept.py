@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from sam3_core.graphs import DETECTOR_OUTPUTS
 from sam3_core.model import ConceptsNotSupportedError, RuntimeOptions
-from sam3_core.resize import upsample_logits
+from sam3_core.postprocess import upsample_logits
 from sam3_core.tokenizer import TOKENIZER_FILE, ClipTokenizer
 
 TEXT_ENCODER_FILE = "text_encoder.onnx"
