@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sam3_cli.errors import CliError
+from sam3_cli.errors import UsageError
 
 POSITIVE_BOX = (0, 200, 70)
 NEGATIVE_BOX = (230, 30, 30)
@@ -94,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
     from sam3_core.predictor import Predictor
 
     if args.server or args.encoder_server or args.decoder_server:
-        raise CliError("concept prompts (--text, --exemplar) run in-process for now: drop --server, use --model-dir")
+        raise UsageError("concept prompts (--text, --exemplar) run in-process for now: drop --server, use --model-dir")
     if args.point or args.bg_point or args.box:
-        raise CliError("give clicks (--point, --bg-point, --box) or concept prompts (--text, --exemplar), not both")
+        raise UsageError("give clicks (--point, --bg-point, --box) or concept prompts (--text, --exemplar), not both")
     if not 0.0 <= args.threshold <= 1.0:
-        raise CliError(f"--threshold {args.threshold}: give a number from 0 to 1")
+        raise UsageError(f"--threshold {args.threshold}: give a number from 0 to 1")
     exemplars = [(parse_numbers(b, 4, "--exemplar"), True) for b in args.exemplar]
     exemplars += [(parse_numbers(b, 4, "--neg-exemplar"), False) for b in args.neg_exemplar]
     if args.overlay:
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             instances = predictor.predict_concept(phrase, exemplars, threshold=args.threshold)
         except ValueError as error:
-            raise CliError(f"{'--text ' + repr(phrase) if phrase else '--exemplar'}: {error}") from error
+            raise UsageError(f"{'--text ' + repr(phrase) if phrase else '--exemplar'}: {error}") from error
         found += [Found(phrase or "exemplars", i, i.mask()) for i in instances]
     decoded = time.perf_counter()
     height, width = rgb.shape[:2]
