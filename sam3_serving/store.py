@@ -55,7 +55,7 @@ from sam3_core.embeddings import (
     serialize,
 )
 from sam3_serving.errors import Reason, ServiceError
-from sam3_serving.redis_client import SCHEMES, connect
+from sam3_serving.redis_client import SCHEMES, connect, is_cluster_url
 
 __all__ = ["EmbeddingStore", "HeldLock", "Lookup", "StoreConfig", "StoreUnavailableError", "Waited", "redact_url"]
 
@@ -188,6 +188,7 @@ class EmbeddingStore:
         password = url.password or dict(parse_qsl(url.query)).get("password") or ""
         self._secrets = {secret for secret in (password, unquote(password)) if secret}  # scrubbed from errors
         self._client = connect(config.url, socket_timeout=config.socket_timeout)
+        self._cluster = is_cluster_url(config.url)
         self._release_script = self._client.register_script(_RELEASE_SCRIPT)
         self._renew_script = self._client.register_script(_RENEW_SCRIPT)
 
@@ -316,10 +317,14 @@ class EmbeddingStore:
         blob = serialize(embeddings.astype(self._dtype), image_id)
         key = self.key(image_id)
         try:
-            with self._client.pipeline(transaction=False) as pipe:  # one round trip for both
-                pipe.set(key, blob, ex=self.config.ttl_seconds)
-                pipe.publish(self.replacements_channel, key)
-                pipe.execute()
+            if self._cluster:  # a cluster pipeline refuses PUBLISH (it goes to every node): two round trips
+                self._client.set(key, blob, ex=self.config.ttl_seconds)
+                self._client.publish(self.replacements_channel, key)
+            else:
+                with self._client.pipeline(transaction=False) as pipe:  # one round trip for both
+                    pipe.set(key, blob, ex=self.config.ttl_seconds)
+                    pipe.publish(self.replacements_channel, key)
+                    pipe.execute()
         except _UNAVAILABLE as error:
             raise self._unavailable("SET", error) from error
         return len(blob)

@@ -27,6 +27,7 @@ from service_stack import running
 from test_service_behaviour import new_image
 
 MODEL = "cluster-test-model"
+SHAPES = ((1, 4, 8, 8), (1, 2, 4, 4))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def fresh_cluster() -> Iterator[EmbeddedRedisCluster]:
 
 def embeddings(seed: int) -> ImageEmbeddings:
     rng = np.random.default_rng(seed)
-    tensors = tuple(rng.standard_normal(shape, dtype=np.float32) for shape in ((1, 4, 8, 8), (1, 2, 4, 4)))
+    tensors = tuple(rng.standard_normal(shape, dtype=np.float32) for shape in SHAPES)
     return ImageEmbeddings(tensors, (30 + seed, 40), MODEL)
 
 
@@ -86,7 +87,7 @@ def test_cluster_urls_choose_the_cluster_client(cluster: EmbeddedRedisCluster) -
 
 def test_values_spread_over_every_shard_and_each_lock_shares_its_value_slot(cluster: EmbeddedRedisCluster) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    store = EmbeddingStore(StoreConfig(url=cluster.url, key_prefix=prefix, socket_timeout=1.0), MODEL)
+    store = EmbeddingStore(StoreConfig(url=cluster.url, key_prefix=prefix, socket_timeout=1.0), MODEL, SHAPES)
     ids = image_ids(24)
     for seed, image_id in enumerate(ids):
         assert store.put(image_id, embeddings(seed)) > 0
@@ -106,13 +107,13 @@ def test_values_spread_over_every_shard_and_each_lock_shares_its_value_slot(clus
 
 
 def test_lock_wait_and_release_run_as_one_slot_transactions(cluster: EmbeddedRedisCluster) -> None:
-    store = EmbeddingStore(StoreConfig(url=cluster.url, key_prefix=f"t{uuid.uuid4().hex[:8]}"), MODEL)
+    store = EmbeddingStore(StoreConfig(url=cluster.url, key_prefix=f"t{uuid.uuid4().hex[:8]}"), MODEL, SHAPES)
     image_id = image_ids(1)[0]
     token = store.try_lock(image_id)
     assert token is not None and store.try_lock(image_id) is None
-    assert store.wait_for(image_id, timeout=0.05) is None  # MULTI/EXEC: locked, no value yet, times out
+    assert store.wait_for(image_id, timeout=0.05).outcome == "timeout"  # MULTI/EXEC: locked, no value yet
     store.put(image_id, embeddings(3))
-    assert store.wait_for(image_id, timeout=1.0) == (33, 40)
+    assert store.wait_for(image_id, timeout=1.0) == ((33, 40), "ready")
     store.release(image_id, "not-the-token")  # the compare-and-delete script, in the key's slot
     assert store.try_lock(image_id) is None
     store.release(image_id, token)
@@ -173,7 +174,7 @@ def test_a_master_killed_mid_traffic_costs_its_shard_unavailable_then_fails_over
 
 def test_a_store_on_a_cluster_that_is_down_starts_and_reports_unavailable_without_the_password() -> None:
     url = f"redis+cluster://:s3cret@127.0.0.1:{free_port()}"
-    store = EmbeddingStore(StoreConfig(url=url, socket_timeout=0.5), MODEL)  # a worker starts while it is down
+    store = EmbeddingStore(StoreConfig(url=url, socket_timeout=0.5), MODEL, SHAPES)  # a worker starts while it is down
     assert not store.ping()
     with pytest.raises(StoreUnavailableError) as error:
         store.get(image_ids(1)[0])

@@ -52,7 +52,11 @@ def test_bound_decoder_on_device_tensors_equals_the_plain_session(bound_model: S
 
 def test_the_decoder_caches_device_tensors_and_answers_from_them(bound_model: Sam3Model, redis_url: str) -> None:
     prefix = f"iobind-{uuid.uuid4().hex[:8]}"
-    store = EmbeddingStore(StoreConfig(url=redis_url, key_prefix=prefix, dtype="float16"), bound_model.model_id)
+    store = EmbeddingStore(
+        StoreConfig(url=redis_url, key_prefix=prefix, dtype="float16"),
+        bound_model.model_id,
+        bound_model.embedding_shapes(),
+    )
     servicer = DecoderServicer(bound_model, store, EmbeddingCache(1 << 30))
     rgb = np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     embeddings = encode(bound_model, rgb)
@@ -61,7 +65,7 @@ def test_the_decoder_caches_device_tensors_and_answers_from_them(bound_model: Sa
     request = segment_request(image_id, [ObjectPrompt([[20, 30]])], mask="all", mask_format="bits")
     try:
         first = servicer.Segment(request, None)
-        cached = servicer.cache.get(image_id)
+        cached = servicer.cache.get(store.key(image_id))
         assert cached is not None and all(isinstance(t, DeviceTensor) for t in cached.tensors)
         second = servicer.Segment(request, None)  # bound straight from the cache
     finally:

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client import REGISTRY
 
+import references
 from decoder_service.budget import ResponseLimits, check_request
 from decoder_service.servicer import DecoderSettings
 from encoder_service.servicer import EncoderSettings
@@ -37,7 +38,8 @@ from sam3_serving.errors import ServiceError
 from sam3_serving.redis_server import free_port
 from sam3_serving.server import ServerConfig
 from sam3_serving.slots import BATCH, INTERACTIVE, PrioritySlots, QueueFull
-from service_stack import running, serve_subprocess
+from sam3_serving.worker_process import WorkerProcess
+from service_stack import running
 
 SEGMENT = "/sam3.v1.DecoderService/Segment"
 ENCODE = "/sam3.v1.EncoderService/Encode"
@@ -78,9 +80,12 @@ def served() -> Iterator[Served]:
     """One real `sam3 serve` for the fault tests; its log must never show a traceback."""
     metrics_port = free_port()
     flags = ("--stream-idle-seconds", str(IDLE_SECONDS), "--metrics-port", str(metrics_port), "--log-level", "WARNING")
-    with serve_subprocess(*flags) as (process, target):
-        yield Served(process, target, metrics_port)
-    output = process.stdout.read()
+    worker = WorkerProcess("serve", "--model-dir", str(references.MODEL_DIR), *flags, start_timeout=60)
+    try:
+        yield Served(worker.process, worker.target, metrics_port)
+    finally:
+        worker.stop(timeout=20)
+    output = worker.output()
     assert "Traceback" not in output, output[-4000:]
 
 
@@ -142,7 +147,7 @@ def test_idle_streams_cannot_starve_health_or_unary_calls(served: Served) -> Non
             latencies.append(time.perf_counter() - started)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         assert max(latencies) < 1.0, latencies
-        assert code_of(lambda: stub.Segment(decoder_pb2.SegmentRequest(image_id="0" * 64), timeout=2))[0] == "NOT_FOUND"
+        assert code_of(lambda: stub.Segment(unknown_image_click(), timeout=2))[0] == "NOT_FOUND"
         assert stub.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=2).model_id
         outcomes = Counter()
         started = time.perf_counter()
@@ -197,7 +202,9 @@ def test_unread_stream_is_held_back_by_flow_control(served: Served) -> None:
         nonlocal pushed
         for _ in range(150):
             pushed += 1
-            yield decoder_pb2.SegmentRequest(image_id="0" * 64, request_id="x" * MIB)  # 1 MiB, echoed back
+            request = unknown_image_click()
+            request.request_id = "x" * MIB  # 1 MiB, echoed back
+            yield request
 
     before = peak = rss_mb(served.pid)
     with served.channel() as channel:
@@ -219,12 +226,13 @@ def test_unread_stream_is_held_back_by_flow_control(served: Served) -> None:
 def test_oversized_answers_are_refused_before_any_work(served: Served) -> None:
     with Client(served.target) as client:
         image_id = client.encode(png(6000, 5000)).image_id  # 30 megapixels
-    point = decoder_pb2.Point(x=3000, y=2500)
+    point = decoder_pb2.Point(x=3000, y=2500, label=decoder_pb2.POINT_LABEL_FOREGROUND)
     every_mask = {"selection": decoder_pb2.MASK_SELECTION_ALL}
+    best_mask = {"selection": decoder_pb2.MASK_SELECTION_BEST}
     cases = [  # (request, the limit it hits)
         (dict(objects=12, mask_format=decoder_pb2.MASK_FORMAT_PACKED_BITS, **every_mask), "max_message_bytes"),
         (dict(objects=32, mask_format=decoder_pb2.MASK_FORMAT_RLE, **every_mask), "max_mask_megapixels"),
-        (dict(objects=32, mask_format=decoder_pb2.MASK_FORMAT_PNG), "max_mask_megapixels"),
+        (dict(objects=32, mask_format=decoder_pb2.MASK_FORMAT_PNG, **best_mask), "max_mask_megapixels"),
     ]
     refused_before = served.counter("Segment", "RESOURCE_EXHAUSTED")
     before = rss_mb(served.pid)
@@ -241,7 +249,7 @@ def test_oversized_answers_are_refused_before_any_work(served: Served) -> None:
         # What the limits allow still works, and one call holds about one full-size mask at a time.
         objects = [decoder_pb2.ObjectPrompt(points=[point])] * 4
         allowed = decoder_pb2.SegmentRequest(
-            image_id=image_id, objects=objects, mask_format=decoder_pb2.MASK_FORMAT_RLE
+            image_id=image_id, objects=objects, mask_format=decoder_pb2.MASK_FORMAT_RLE, **best_mask
         )
         assert len(stub.Segment(allowed, timeout=60).objects) == 4
     assert rss_mb(served.pid) - before < 400
@@ -316,9 +324,20 @@ def test_response_over_the_send_limit_is_logged_and_counted_as_the_client_saw_it
 
 # --- 4. malformed protobuf bodies -------------------------------------------------------------------------
 
-VALID_SEGMENT = decoder_pb2.SegmentRequest(
-    image_id="a" * 64, objects=[decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=1, y=2)])]
-).SerializeToString()
+
+def unknown_image_click() -> decoder_pb2.SegmentRequest:
+    """A valid Segment request for an image nobody encoded: NOT_FOUND."""
+    return decoder_pb2.SegmentRequest(
+        image_id="0" * 64,
+        objects=[
+            decoder_pb2.ObjectPrompt(points=[decoder_pb2.Point(x=1, y=2, label=decoder_pb2.POINT_LABEL_FOREGROUND)])
+        ],
+        selection=decoder_pb2.MASK_SELECTION_BEST,
+        mask_format=decoder_pb2.MASK_FORMAT_RLE,
+    )
+
+
+VALID_SEGMENT = unknown_image_click().SerializeToString()
 MALFORMED = {
     "garbage": b"\xff\xff\xff\xff\x0f\x01",
     "invalid_utf8": b"\x0a\x04\xff\xfe\xfd\xfc",  # image_id (field 1, a string) that is not UTF-8
