@@ -11,6 +11,7 @@ the sigmoid resized bilinearly to the original size, then > 0.5; boxes are scale
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.graphs import DETECTOR_OUTPUTS
 from sam3_core.model import ConceptsNotSupportedError, RuntimeOptions
 from sam3_core.postprocess import upsample_logits
@@ -45,6 +47,22 @@ class DetectorFeatures:
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
+
+    def as_embeddings(self, model_id: str) -> ImageEmbeddings:
+        """The same tensors as a serialisable ImageEmbeddings value (how the services store them)."""
+        return ImageEmbeddings(self.tensors, self.original_size, model_id)
+
+    @classmethod
+    def from_embeddings(cls, value: ImageEmbeddings) -> DetectorFeatures:
+        return cls(tuple(np.asarray(t, np.float32) for t in value.tensors), value.original_size)
+
+
+@dataclass(frozen=True)
+class TextFeatures:
+    """The text encoder's output for one phrase: [1, 32, C] float32 features and the [1, 32] bool mask."""
+
+    features: np.ndarray
+    mask: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -89,8 +107,22 @@ class ConceptInstance:
         return upsample_logits(self.low_res_probabilities, *self.original_size) > MASK_THRESHOLD
 
 
+@dataclass(frozen=True)
+class ConceptAnswer:
+    """What one concept query found: the instances above the threshold and the presence score, which
+    says how sure the model is that the concept is in the image at all (also when nothing passed)."""
+
+    instances: list[ConceptInstance]
+    presence: float
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-x.astype(np.float32))), dtype=np.float32)
+
+
+def prompt_phrase(text: str | None) -> str:
+    """What the text encoder is run on for a concept: its phrase, or Sam3Processor's "visual" for boxes only."""
+    return BOX_ONLY_TEXT if text is None else text
 
 
 def has_concept_graphs(folder: Path) -> bool:
@@ -116,18 +148,33 @@ class ConceptModel:
         self.text_encoder = session(TEXT_ENCODER_FILE)
         self.exemplar_encoder = session(EXEMPLAR_ENCODER_FILE)
         self.decoder = session(CONCEPT_DECODER_FILE)
-        self._phrases: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._phrases: OrderedDict[str, TextFeatures] = OrderedDict()
         self._cache_phrases = cache_phrases
 
-    def text_features(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
-        """[1, 32, C] features and the [1, 32] bool mask of a phrase; a least-recently-used cache by phrase."""
+    @property
+    def detector_shapes(self) -> list[tuple[int | str, ...]]:
+        """The detector features' shapes the concept decoder takes (what a stored value must have)."""
+        inputs = {i.name: i for i in self.decoder.get_inputs()}
+        return [tuple(inputs[name].shape) for name in DETECTOR_OUTPUTS]
+
+    def text_key(self, phrase: str) -> str:
+        """A name for the phrase's text features: the sha256 of its token ids, so phrases the tokenizer
+        reads alike ("Dog ", "dog") share one entry and different ones never do."""
+        ids, _ = self.tokenizer([phrase])
+        return hashlib.sha256(np.ascontiguousarray(ids, np.int64).tobytes()).hexdigest()
+
+    def encode_text(self, phrase: str) -> TextFeatures:
+        """Runs the text encoder on one phrase (no cache)."""
+        ids, mask = self.tokenizer([phrase])
+        (features,) = self.text_encoder.run(None, {"input_ids": ids, "attention_mask": mask})
+        return TextFeatures(np.asarray(features, np.float32), mask.astype(bool))
+
+    def text_features(self, phrase: str) -> TextFeatures:
+        """The phrase's text features from a least-recently-used cache by phrase, else the text encoder."""
         if phrase in self._phrases:
             self._phrases.move_to_end(phrase)
             return self._phrases[phrase]
-        ids, mask = self.tokenizer([phrase])
-        (features,) = self.text_encoder.run(None, {"input_ids": ids, "attention_mask": mask})
-        entry = (np.asarray(features, np.float32), mask.astype(bool))
-        self._phrases[phrase] = entry
+        entry = self._phrases[phrase] = self.encode_text(phrase)
         while len(self._phrases) > self._cache_phrases:
             self._phrases.popitem(last=False)
         return entry
@@ -151,8 +198,26 @@ class ConceptModel:
         text: str | None = None,
         exemplars: Iterable[Exemplar | tuple[Sequence[float], bool] | Sequence[float]] = (),
         threshold: float = DEFAULT_THRESHOLD,
+        *,
+        text_features: TextFeatures | None = None,
     ) -> list[ConceptInstance]:
         """Every instance scoring above `threshold`, in query order (as transformers returns them)."""
+        return self.detect(features, text, exemplars, threshold, text_features=text_features).instances
+
+    def detect(
+        self,
+        features: DetectorFeatures,
+        text: str | None = None,
+        exemplars: Iterable[Exemplar | tuple[Sequence[float], bool] | Sequence[float]] = (),
+        threshold: float = DEFAULT_THRESHOLD,
+        *,
+        text_features: TextFeatures | None = None,
+    ) -> ConceptAnswer:
+        """`predict`, with the presence score kept even when no instance passes the threshold.
+
+        `text_features`: the phrase's features when the caller keeps its own cache (the services do,
+        in Redis); else `text_features(text)`.
+        """
         boxes = [Exemplar.of(e) for e in exemplars]
         if text is not None and not text.strip():
             raise ValueError("the text prompt is empty: give a noun phrase, exemplar boxes, or both")
@@ -160,7 +225,9 @@ class ConceptModel:
             raise ValueError("a concept prompt needs a text phrase, exemplar boxes, or both")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
-        prompt, mask = self.text_features(BOX_ONLY_TEXT if text is None else text)
+        if text_features is None:
+            text_features = self.text_features(prompt_phrase(text))
+        prompt, mask = text_features.features, text_features.mask
         if boxes:
             tokens = self.exemplar_features(features, boxes)
             prompt = np.concatenate([prompt, tokens], axis=1)
@@ -173,7 +240,7 @@ class ConceptModel:
         scores = _sigmoid(logits[0]) * presence
         height, width = features.original_size
         scale = np.array([width, height, width, height], np.float32)
-        return [
+        instances = [
             ConceptInstance(
                 query=int(q),
                 score=float(scores[q]),
@@ -184,3 +251,4 @@ class ConceptModel:
             )
             for q in np.flatnonzero(scores > threshold)
         ]
+        return ConceptAnswer(instances, float(presence[0]))

@@ -545,6 +545,11 @@ def validate(model: nn.Module, out_dir: Path, image_size: int) -> dict[str, floa
     return errors
 
 
+def source_of(checkpoint: Path | None, config: str, seed: int) -> dict[str, Any]:
+    """What the manifest records about where the weights came from."""
+    return {"checkpoint": str(checkpoint)} if checkpoint else {"random_init": True, "config": config, "seed": seed}
+
+
 def run(
     *,
     out_dir: Path,
@@ -557,9 +562,7 @@ def run(
 ) -> dict[str, Any]:
     """The `sam3 export` command: build, export, optionally quantize and validate. Returns a summary."""
     started = time.perf_counter()
-    source: dict[str, Any] = (
-        {"checkpoint": str(checkpoint)} if checkpoint else {"random_init": True, "config": config, "seed": seed}
-    )
+    source = source_of(checkpoint, config, seed)
     log(f"building Sam3TrackerModel ({source})")
     model = build_model(checkpoint=checkpoint, config=config, seed=seed)
     image_size = int(model.config.vision_config.backbone_config.image_size)

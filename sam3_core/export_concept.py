@@ -471,9 +471,7 @@ def run(
 ) -> dict[str, Any]:
     """`sam3 models export`: one folder for clicks and concepts. Returns a summary (seconds, errors)."""
     started = time.perf_counter()
-    source: dict[str, Any] = (
-        {"checkpoint": str(checkpoint)} if checkpoint else {"random_init": True, "config": config, "seed": seed}
-    )
+    source = export.source_of(checkpoint, config, seed)
     log(f"building Sam3VideoModel ({source})")
     video = build_video_model(checkpoint=checkpoint, config=config, seed=seed)
     tracker = tracker_model(video)

@@ -6,6 +6,7 @@ The SDK holds the inverses (sam3_client.masks): only clients read masks back.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,3 +71,18 @@ def rle_area_and_box(rle: CocoRle) -> tuple[int, tuple[int, int, int, int]]:
 def to_packed_bits(mask: np.ndarray) -> bytes:
     """The whole mask row-major as one bit string, most significant bit first (np.packbits), no row padding."""
     return np.packbits(np.asarray(mask, dtype=bool).reshape(-1)).tobytes()
+
+
+def label_image(masks: Sequence[np.ndarray], scores: Sequence[float], height: int, width: int) -> np.ndarray:
+    """uint8 (uint16 beyond 255 masks) H x W: pixel = k + 1 for masks[k], 0 = none; overlaps go to the higher score."""
+    labels = np.zeros((height, width), np.uint8 if len(masks) <= 255 else np.uint16)
+    for k in sorted(range(len(masks)), key=lambda k: scores[k]):
+        labels[masks[k]] = k + 1
+    return labels
+
+
+def to_label_png(labels: np.ndarray) -> bytes:
+    """A label image as an 8- or 16-bit greyscale PNG (values are instance numbers, not intensities)."""
+    buffer = io.BytesIO()
+    Image.fromarray(labels, "L" if labels.dtype == np.uint8 else "I;16").save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()

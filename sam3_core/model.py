@@ -251,6 +251,10 @@ class Sam3Model:
         shape = self.embedding_shapes()[0]
         return int(shape[-2]), int(shape[-1])
 
+    def detector_shapes(self) -> list[tuple[int | str, ...]]:
+        """Shapes of the concept detector's features a unified encoder emits (empty for tracker-only)."""
+        return [tuple(o.shape) for o in self.encoder.get_outputs() if o.name in graphs.DETECTOR_OUTPUTS]
+
     @property
     def has_detector_features(self) -> bool:
         """Whether the encoder also emits the concept detector's features (a unified export)."""

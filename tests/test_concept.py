@@ -92,7 +92,7 @@ def test_text_features_are_cached_per_phrase() -> None:
     model.text_features("red car")  # evicts "a dog", the least recently used
     again = model.text_features("a dog")
     assert again is not first
-    np.testing.assert_array_equal(again[0], first[0])
+    np.testing.assert_array_equal(again.features, first.features)
 
 
 def test_clicks_and_concepts_share_one_encode() -> None:
