@@ -9,6 +9,7 @@ waits on anything but Redis.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,20 @@ import numpy as np
 
 from decoder_service.budget import ResponseBudget, ResponseLimits, check_request
 from decoder_service.cache import LOCAL, EmbeddingCache, Loaded
+from decoder_service.concepts import (
+    Concept,
+    ConceptLimits,
+    ConceptPlan,
+    ConceptSlots,
+    TextFeatureCache,
+    check_budget,
+    check_exemplars_inside,
+)
+from decoder_service.concepts import plan as concept_plan
 from sam3_client import wire
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc
 from sam3_core import masks as mask_codecs
+from sam3_core.concept import ConceptModel, DetectorFeatures, has_concept_graphs
 from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.graphs import MASKS_PER_OBJECT
 from sam3_core.model import Sam3Model
@@ -31,7 +43,7 @@ from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
 from sam3_serving.server import tenant_of
-from sam3_serving.store import EmbeddingStore
+from sam3_serving.store import DETECTOR_KIND, EmbeddingStore
 from sam3_serving.streams import ReadAhead, StreamLimits
 
 WORKER = "decoder"
@@ -43,6 +55,7 @@ class DecoderSettings:
     cache_bytes: int = 1024 * 1024 * 1024  # local embedding LRU: ~50 images at float32
     responses: ResponseLimits = ResponseLimits()
     streams: StreamLimits = StreamLimits()
+    concepts: ConceptLimits = ConceptLimits()
 
 
 @dataclass(frozen=True)
@@ -115,39 +128,68 @@ def selected_indices(plan: Plan, prediction: ObjectPrediction) -> list[int]:
     return [prediction.best_index]
 
 
+def empty_mask(index: int, score: float, fmt: int, size: tuple[int, int]) -> decoder_pb2.Mask:
+    """A Mask with everything but the pixels: what MASK_FORMAT_NONE returns."""
+    height, width = size
+    return decoder_pb2.Mask(
+        index=index,
+        iou_score=score,
+        format=fmt,  # type: ignore[arg-type]
+        width=width,
+        height=height,
+        bbox=decoder_pb2.BoundingBox(),  # present even when empty, as the contract promises
+    )
+
+
+def fill_mask(message: decoder_pb2.Mask, mask: np.ndarray, timer: StageTimer) -> None:
+    """The pixels of a boolean H x W mask into `message`, in its format, with area and box."""
+    height, width = mask.shape
+    with timer.stage("encode_mask"):
+        if message.format == decoder_pb2.MASK_FORMAT_RLE:
+            rle = mask_codecs.to_coco_rle(mask)
+            message.rle.CopyFrom(decoder_pb2.RleMask(counts=rle.counts, height=height, width=width))
+        elif message.format == decoder_pb2.MASK_FORMAT_PACKED_BITS:
+            message.data = mask_codecs.to_packed_bits(mask)
+        else:
+            message.data = mask_codecs.to_png(mask)
+        x, y, w, h = mask_codecs.bounding_box(mask)
+        message.area = int(np.count_nonzero(mask))
+        message.bbox.CopyFrom(decoder_pb2.BoundingBox(x=x, y=y, width=w, height=h))
+
+
 def mask_message(
     prediction: ObjectPrediction, index: int, fmt: int, timer: StageTimer, budget: ResponseBudget
 ) -> decoder_pb2.Mask:
     """One mask on the wire. RLE comes straight from the logits (no H x W mask for smooth masks); with
     MASK_FORMAT_NONE nothing at full size is computed at all."""
-    height, width = prediction.original_size
-    message = decoder_pb2.Mask(
-        index=index,
-        iou_score=float(prediction.iou_scores[index]),
-        format=fmt,
-        width=width,
-        height=height,
-        bbox=decoder_pb2.BoundingBox(),  # present even when empty, as the contract promises
-    )
+    message = empty_mask(index, float(prediction.iou_scores[index]), fmt, prediction.original_size)
     if fmt == decoder_pb2.MASK_FORMAT_NONE:
         return message
     if fmt == decoder_pb2.MASK_FORMAT_RLE:
+        height, width = prediction.original_size
         with timer.stage("postprocess"):
             rle = prediction.mask_rle(index)
             area, (x, y, w, h) = mask_codecs.rle_area_and_box(rle)
         with timer.stage("encode_mask"):
             message.rle.CopyFrom(decoder_pb2.RleMask(counts=rle.counts, height=height, width=width))
+        message.area = area
+        message.bbox.CopyFrom(decoder_pb2.BoundingBox(x=x, y=y, width=w, height=h))
     else:
         with timer.stage("postprocess"):
             mask = prediction.mask(index)
-            area, (x, y, w, h) = int(np.count_nonzero(mask)), mask_codecs.bounding_box(mask)
-        with timer.stage("encode_mask"):
-            packed = fmt == decoder_pb2.MASK_FORMAT_PACKED_BITS
-            message.data = mask_codecs.to_packed_bits(mask) if packed else mask_codecs.to_png(mask)
+        fill_mask(message, mask, timer)
     budget.spend(message.ByteSize())
-    message.area = area
-    message.bbox.CopyFrom(decoder_pb2.BoundingBox(x=x, y=y, width=w, height=h))
     return message
+
+
+def not_encoded(image_id: str, model_id: str, what: str = "embeddings") -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.NOT_FOUND,
+        f"no {what} for image {image_id} under model {model_id}; call Encode first",
+        Reason.EMBEDDING_NOT_FOUND,
+        image_id=image_id,
+        model_id=model_id,
+    )
 
 
 def object_result(
@@ -190,6 +232,11 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         self.store = store
         self.cache = cache
         self.settings = settings
+        self.serves_concepts = has_concept_graphs(model.folder)
+        self._concepts: ConceptModel | None = None  # loaded on the first concept query (clicks never pay)
+        self._concepts_lock = threading.Lock()
+        self._concept_slots = ConceptSlots(settings.concepts.max_concurrent)
+        self._text_cache = TextFeatureCache(settings.concepts.text_cache_entries)
 
     def GetModelInfo(
         self, request: common_pb2.GetModelInfoRequest, context: grpc.ServicerContext
@@ -215,6 +262,104 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         return decoder_pb2.PrefetchResponse(
             already_cached=outcome == LOCAL, timings=common_pb2.Timings(milliseconds=timer.milliseconds)
         )
+
+    def SegmentConcept(
+        self, request: decoder_pb2.SegmentConceptRequest, context: grpc.ServicerContext
+    ) -> decoder_pb2.SegmentConceptResponse:
+        """Every instance of each concept, on the detector features the encoder stored with the embeddings."""
+        if not self.serves_concepts:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model folder {self.model.folder.name} serves clicks and boxes only: concept prompts need a folder "
+                "exported with `sam3 models export` (text_encoder.onnx, exemplar_encoder.onnx, concept_decoder.onnx)",
+                Reason.CONCEPTS_NOT_SUPPORTED,
+                model_id=self.model.model_id,
+            )
+        timer = StageTimer()
+        with timer.stage("total"):
+            checked = concept_plan(request, self.settings.concepts)
+            store = self.store.for_tenant(tenant_of(context))
+            concepts = self._concept_model()
+            features = self._detector_features(store, concepts, request.image_id, timer)
+            check_exemplars_inside(checked, features.original_size)
+            check_budget(checked, features.original_size, self.settings.responses)
+            budget = ResponseBudget(self.settings.responses)
+            with self._concept_slots.taken():
+                results = [
+                    self._concept_result(concepts, store, features, checked, concept, timer, budget)
+                    for concept in checked.concepts
+                ]
+        return decoder_pb2.SegmentConceptResponse(
+            concepts=results, **self._answered(request, features.original_size, timer)
+        )
+
+    def _concept_model(self) -> ConceptModel:
+        with self._concepts_lock:
+            if self._concepts is None:
+                self._concepts = ConceptModel(self.model.folder, runtime=self.model.runtime)
+            return self._concepts
+
+    def _detector_features(
+        self, store: EmbeddingStore, concepts: ConceptModel, image_id: str, timer: StageTimer
+    ) -> DetectorFeatures:
+        """The image's detector features: local cache, else the store (NOT_FOUND: Encode first)."""
+        detector_store = store.for_kind(DETECTOR_KIND, concepts.detector_shapes)
+
+        def load() -> Loaded:
+            lookup = detector_store.get(image_id)
+            if lookup.embeddings is None:
+                return None, lookup.outcome
+            return lookup.embeddings.astype(np.float32), "redis"
+
+        with timer.stage("fetch"):
+            value, outcome = self.cache.get_or_load(detector_store.key(image_id), load)
+        metrics.CONCEPT_LOOKUPS.labels(kind="features", result=outcome).inc()
+        if value is None:
+            raise not_encoded(
+                image_id, self.model.model_id, "concept features (an encoder with concepts on stores them)"
+            )
+        return DetectorFeatures.from_embeddings(value)
+
+    def _concept_result(
+        self,
+        concepts: ConceptModel,
+        store: EmbeddingStore,
+        features: DetectorFeatures,
+        checked: ConceptPlan,
+        concept: Concept,
+        timer: StageTimer,
+        budget: ResponseBudget,
+    ) -> decoder_pb2.ConceptResult:
+        with timer.stage("text"):
+            text = self._text_cache.get(concepts, store, concept.text)
+        with timer.stage("concept_decoder"):
+            answer = concepts.detect(features, concept.text, concept.exemplars, checked.threshold, text_features=text)
+        metrics.MODEL_RUNS.labels(WORKER).inc()
+        found = answer.instances
+        if len(found) > checked.max_instances:  # the best ones, still in query order
+            best = {id(i) for i in sorted(found, key=lambda i: i.score, reverse=True)[: checked.max_instances]}
+            found = [instance for instance in found if id(instance) in best]
+        result = decoder_pb2.ConceptResult(text=concept.text or "", presence=answer.presence)
+        masks = []
+        for index, instance in enumerate(found):
+            x1, y1, x2, y2 = instance.box
+            message = decoder_pb2.ConceptInstance(score=instance.score, box=decoder_pb2.Box(x1=x1, y1=y1, x2=x2, y2=y2))
+            message.mask.CopyFrom(empty_mask(index, instance.score, checked.mask_format, features.original_size))
+            if checked.computes_masks:
+                with timer.stage("postprocess"):
+                    masks.append(instance.mask())
+                if checked.mask_format != decoder_pb2.MASK_FORMAT_NONE:
+                    fill_mask(message.mask, masks[-1], timer)
+            budget.spend(message.ByteSize())
+            result.instances.append(message)
+        if checked.label_image:
+            with timer.stage("encode_mask"):
+                height, width = features.original_size
+                result.label_png = mask_codecs.to_label_png(
+                    mask_codecs.label_image(masks, [i.score for i in found], height, width)
+                )
+            budget.spend(len(result.label_png))
+        return result
 
     def SegmentStream(
         self, request_iterator: Iterator[decoder_pb2.SegmentRequest], context: grpc.ServicerContext
@@ -253,17 +398,20 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                 raise invalid_prompt(error) from error
             budget = ResponseBudget(limits)
             objects = [object_result(request, checked, p, timer, budget) for p in predictions]
+        return decoder_pb2.SegmentResponse(objects=objects, **self._answered(request, embeddings.original_size, timer))
+
+    def _answered(self, request: Any, size: tuple[int, int], timer: StageTimer) -> dict[str, Any]:
+        """The fields every answer about an image carries; records the call's stages in the metrics."""
         metrics.observe_stages(WORKER, timer.milliseconds)
-        height, width = embeddings.original_size
-        return decoder_pb2.SegmentResponse(
-            objects=objects,
-            width=width,
-            height=height,
-            model_id=self.model.model_id,
-            timings=common_pb2.Timings(milliseconds=timer.milliseconds),
-            request_id=request.request_id,
-            image_id=request.image_id,
-        )
+        height, width = size
+        return {
+            "width": width,
+            "height": height,
+            "model_id": self.model.model_id,
+            "timings": common_pb2.Timings(milliseconds=timer.milliseconds),
+            "request_id": request.request_id,
+            "image_id": request.image_id,
+        }
 
     def _embeddings(self, store: EmbeddingStore, image_id: str, timer: StageTimer) -> tuple[ImageEmbeddings, str]:
         """(embeddings, where from: LOCAL or "redis"): the local cache, else Redis, converted once to what the
@@ -282,11 +430,5 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             embeddings, outcome = self.cache.get_or_load(store.key(image_id), load)
         metrics.CACHE_LOOKUPS.labels(outcome).inc()
         if embeddings is None:
-            raise ServiceError(
-                grpc.StatusCode.NOT_FOUND,
-                f"no embeddings for image {image_id} under model {self.model.model_id}; call Encode first",
-                Reason.EMBEDDING_NOT_FOUND,
-                image_id=image_id,
-                model_id=self.model.model_id,
-            )
+            raise not_encoded(image_id, self.model.model_id)
         return embeddings, outcome

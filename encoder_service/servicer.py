@@ -31,14 +31,14 @@ from sam3_client import wire
 from sam3_client.proto import common_pb2, encoder_pb2, encoder_pb2_grpc
 from sam3_core.images import ImageError, ImageLimits, image_pixels, open_image
 from sam3_core.model import Sam3Model
-from sam3_core.predictor import encode
+from sam3_core.predictor import encode, encode_with_detector
 from sam3_core.timing import StageTimer
 from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
 from sam3_serving.server import tenant_of
 from sam3_serving.slots import BATCH, INTERACTIVE, PrioritySlots, QueueFull
-from sam3_serving.store import EmbeddingStore
+from sam3_serving.store import DETECTOR_KIND, EmbeddingStore
 from sam3_serving.streams import ReadAhead, StreamLimits
 
 WORKER = "encoder"
@@ -55,6 +55,9 @@ class EncoderSettings:
     single_flight_timeout: float = 120.0  # how long to wait for another worker's encode of the same image
     image_limits: ImageLimits = ImageLimits()
     streams: StreamLimits = StreamLimits()
+    # With a unified model folder, also store the concept detector's features (from the same encoder
+    # run) so decoders can answer SegmentConcept; off: a click-only fleet stores today's bytes only.
+    concepts: bool = True
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
@@ -65,6 +68,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         self.store = store
         self.settings = settings
         self._slots = PrioritySlots(settings.max_concurrent, settings.max_queued)
+        self.concepts = settings.concepts and model.has_detector_features
+        self._detector_shapes = model.detector_shapes() if self.concepts else []
         self._encode_seconds = 0.0  # recent model time (moving average): what a waiter must leave itself
 
     def Encode(self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext) -> encoder_pb2.EncodeResponse:
@@ -129,7 +134,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     ) -> tuple[tuple[int, int], bool]:
         """((height, width), cached): the stored value's size, or the size of the image this call encoded."""
         store = self.store.for_tenant(tenant_of(context))
-        if not request.force and (size := store.peek_size(image_id)) is not None:
+        if not request.force and (size := self._stored_size(store, image_id)) is not None:
             return size, True
         lock = store.lock(image_id)
         if lock is None and not request.force:
@@ -139,12 +144,22 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             lock = store.lock(image_id)
         try:
             # Another worker may have stored it and let go of the lock between our peek and our lock.
-            if lock is not None and not request.force and (size := store.peek_size(image_id)):
+            if lock is not None and not request.force and (size := self._stored_size(store, image_id)):
                 return size, True
             return self._run_model(image, store, image_id, context, timer, priority), False
         finally:
             if lock is not None:
                 lock.release()  # never raises: a lock that cannot be released expires by itself
+
+    def _stored_size(self, store: EmbeddingStore, image_id: str) -> tuple[int, int] | None:
+        """The stored value's (height, width) when everything this worker would write is stored."""
+        size = store.peek_size(image_id)
+        if size is not None and self.concepts and self._detector_store(store).peek_size(image_id) is None:
+            return None  # encoded by a click-only encoder, or its features evicted: encode again, once
+        return size
+
+    def _detector_store(self, store: EmbeddingStore) -> EmbeddingStore:
+        return store.for_kind(DETECTOR_KIND, self._detector_shapes)
 
     def _wait_for_other_worker(
         self, store: EmbeddingStore, image_id: str, context: grpc.ServicerContext, timer: StageTimer
@@ -214,7 +229,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 )
             model_started = time.perf_counter()
             try:
-                embeddings = encode(self.model, rgb, timer, run_options)
+                if self.concepts:
+                    embeddings, detector = encode_with_detector(self.model, rgb, timer, run_options)
+                else:
+                    embeddings, detector = encode(self.model, rgb, timer, run_options), None
             except Exception as error:
                 if not context.is_active():  # terminated because the call was cancelled or expired
                     raise ServiceError(
@@ -228,6 +246,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                     grpc.StatusCode.CANCELLED, "call ended during the encode; nothing stored", Reason.CANCELLED
                 )
             with timer.stage("store_write"):
+                if detector is not None:  # first: the tracker's value is what waiters and `cached` look for
+                    self._detector_store(store).put(image_id, detector.as_embeddings(self.model.model_id))
                 store.put(image_id, embeddings)
             return embeddings.original_size
         finally:

@@ -139,6 +139,14 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
             default=120.0,
             help="seconds to wait for another worker already encoding the same image",
         )
+        option(
+            encoder,
+            "--concepts",
+            choices=("on", "off"),
+            default="on",
+            help="with a model folder that serves concepts, also store each image's concept features (about 5x "
+            "the click embeddings) so decoders can answer SegmentConcept; off: clicks only, today's bytes",
+        )
     if DECODER in roles:
         decoder = parser.add_argument_group("decoder")
         option(decoder, "--cache-mb", type=whole_number(0), default=1024, help="local embedding cache budget, MiB")
@@ -150,6 +158,14 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
             type=whole_number(1),
             default=512,
             help="full-size mask pixels one Segment may compute (objects x masks x image); more get RESOURCE_EXHAUSTED",
+        )
+        option(decoder, "--max-concepts", type=whole_number(1), default=8, help="concepts per SegmentConcept request")
+        option(
+            decoder,
+            "--max-concurrent-concepts",
+            type=whole_number(1),
+            default=1,
+            help="concept queries at once (each takes seconds on a CPU); more get RESOURCE_EXHAUSTED at once",
         )
 
 
@@ -239,9 +255,11 @@ def role_settings(args: argparse.Namespace, roles: set[str]) -> dict[str, Any]:
             single_flight_timeout=args.single_flight_timeout,
             image_limits=ImageLimits(max_pixels=args.max_image_pixels),
             streams=streams,
+            concepts=args.concepts == "on",
         )
     if DECODER in roles:
         from decoder_service.budget import ResponseLimits
+        from decoder_service.concepts import ConceptLimits
         from decoder_service.servicer import DecoderSettings
         from sam3_core.prompts import PromptLimits
 
@@ -252,6 +270,7 @@ def role_settings(args: argparse.Namespace, roles: set[str]) -> dict[str, Any]:
                 max_response_bytes=args.max_message_mb * MIB, max_mask_pixels=args.max_mask_megapixels * 1_000_000
             ),
             streams=streams,
+            concepts=ConceptLimits(max_concepts=args.max_concepts, max_concurrent=args.max_concurrent_concepts),
         )
     return settings
 

@@ -13,6 +13,10 @@ HTTP endpoint (`start_metrics_server`, or ServerConfig.metrics_port) exports the
 |                                |           |                       | servicers report (hash, model, fetch, ...).    |
 | sam3_embedding_lookups_total   | counter   | result                | Decoder embedding lookups: local (in-process   |
 |                                |           |                       | LRU), redis, miss, corrupt (failed checks).    |
+| sam3_concept_lookups_total     | counter   | kind, result          | Concept inputs by where they came from: kind   |
+|                                |           |                       | "features" (an image's detector features:      |
+|                                |           |                       | local, redis, miss, corrupt) or "text" (a      |
+|                                |           |                       | phrase's features: local, redis, encoded).     |
 | sam3_single_flight_waits_total | counter   | outcome               | Encoder waits for another replica's encode of  |
 |                                |           |                       | the same image: ready, timeout, holder_failed. |
 | sam3_model_runs_total          | counter   | worker                | Model invocations (vision encoder or mask      |
@@ -37,6 +41,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 
 __all__ = [
     "CACHE_LOOKUPS",
+    "CONCEPT_LOOKUPS",
     "ENCODE_QUEUE_SECONDS",
     "IN_FLIGHT",
     "LOCAL_CACHE_BYTES",
@@ -78,6 +83,11 @@ CACHE_LOOKUPS = Counter(
     "Embedding lookups by where the embedding was found: local, redis, miss, corrupt.",
     ["result"],
 )
+CONCEPT_LOOKUPS = Counter(
+    "sam3_concept_lookups_total",
+    "Concept inputs by kind (features: an image's detector features; text: a phrase's) and where they came from.",
+    ["kind", "result"],
+)
 SINGLE_FLIGHT_WAITS = Counter(
     "sam3_single_flight_waits_total",
     "Waits for another replica's encode of the same image, by outcome: ready, timeout, holder_failed.",
@@ -103,6 +113,10 @@ LOCAL_CACHE_EVICTIONS = Counter(
 # Pre-create the known label values so dashboards and rate() see zeros instead of absent series.
 for _result in ("local", "redis", "miss", "corrupt"):
     CACHE_LOOKUPS.labels(result=_result)
+for _result in ("local", "redis", "miss", "corrupt"):
+    CONCEPT_LOOKUPS.labels(kind="features", result=_result)
+for _result in ("local", "redis", "encoded"):
+    CONCEPT_LOOKUPS.labels(kind="text", result=_result)
 for _outcome in ("ready", "timeout", "holder_failed"):
     SINGLE_FLIGHT_WAITS.labels(outcome=_outcome)
 

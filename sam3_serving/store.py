@@ -57,9 +57,23 @@ from sam3_core.embeddings import (
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.redis_client import SCHEMES, connect, is_cluster_url
 
-__all__ = ["EmbeddingStore", "HeldLock", "Lookup", "StoreConfig", "StoreUnavailableError", "Waited", "redact_url"]
+__all__ = [
+    "DETECTOR_KIND",
+    "TEXT_KIND",
+    "EmbeddingStore",
+    "HeldLock",
+    "Lookup",
+    "StoreConfig",
+    "StoreUnavailableError",
+    "Waited",
+    "redact_url",
+]
 
 log = logging.getLogger(__name__)
+# Value kinds besides the tracker's embeddings ("emb"): the concept detector's features per image, and
+# text features per phrase (keyed by the sha256 of the phrase's token ids instead of an image id).
+DETECTOR_KIND = "det"
+TEXT_KIND = "txt"
 
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 _BACKOFF_START = 0.010
@@ -183,6 +197,7 @@ class EmbeddingStore:
         self.model_id = model_id
         self.shapes = tuple(tuple(shape) for shape in shapes)
         self.tenant: str | None = None
+        self.kind = "emb"
         self._dtype = _DTYPES[config.dtype]
         url = urlsplit(config.url)
         password = url.password or dict(parse_qsl(url.query)).get("password") or ""
@@ -208,6 +223,17 @@ class EmbeddingStore:
         scoped.tenant = tenant
         return scoped
 
+    def for_kind(self, kind: str, shapes: Sequence[ExpectedShape], dtype: str | None = None) -> EmbeddingStore:
+        """Another kind of per-image value of this model (e.g. "det", the concept detector's features)
+        under its own keys, checked against its own shapes; same client, same per-image encode lock."""
+        if not re.fullmatch(r"[a-z]{1,8}", kind):
+            raise ValueError(f"value kinds are 1-8 lowercase letters, got {kind!r}")
+        scoped = copy.copy(self)
+        scoped.kind = kind
+        scoped.shapes = tuple(tuple(shape) for shape in shapes)
+        scoped._dtype = _DTYPES[dtype or self.config.dtype]
+        return scoped
+
     # -- keys ---------------------------------------------------------------------------------------------
 
     def _namespace(self) -> str:
@@ -225,7 +251,7 @@ class EmbeddingStore:
         It names the value format's version, so during a rolling upgrade old and new workers miss
         each other's values (and re-encode) instead of deleting them as unreadable, back and forth.
         """
-        return f"{self._namespace()}emb:v{FORMAT_VERSION}:{self._tag(image_id)}"
+        return f"{self._namespace()}{self.kind}:v{FORMAT_VERSION}:{self._tag(image_id)}"
 
     def lock_key(self, image_id: str) -> str:
         """The encode lock's key, in the same cluster slot as the value."""

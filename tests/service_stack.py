@@ -35,10 +35,16 @@ class Stack:
 
 @contextmanager
 def running(
-    redis_url: str, prefix: str, roles: set[str] = frozenset({ENCODER, DECODER}), **settings: Any
+    redis_url: str,
+    prefix: str,
+    roles: set[str] = frozenset({ENCODER, DECODER}),
+    *,
+    model: Sam3Model | None = None,
+    **settings: Any,
 ) -> Iterator[Stack]:
-    """A worker serving `roles` on a free port, stopped afterwards (`server=` / `store=`: config overrides)."""
-    model = shared_model()
+    """A worker serving `roles` on a free port, stopped afterwards (`server=` / `store=`: config overrides;
+    `model`: another model than the tiny tracker-only one)."""
+    model = model or shared_model()
     store = EmbeddingStore(
         StoreConfig(url=redis_url, key_prefix=prefix, socket_timeout=1.0, **settings.pop("store", {})),
         model.model_id,

@@ -47,6 +47,7 @@ class Reason(enum.StrEnum):
     UNAUTHENTICATED = "UNAUTHENTICATED"  # UNAUTHENTICATED: missing or wrong bearer token.
     CANCELLED = "CANCELLED"  # CANCELLED: the call ended mid-encode; nothing was stored.
     UNIMPLEMENTED = "UNIMPLEMENTED"  # UNIMPLEMENTED: this worker does not serve that service.
+    CONCEPTS_NOT_SUPPORTED = "CONCEPTS_NOT_SUPPORTED"  # FAILED_PRECONDITION: the model serves clicks only.
     INTERNAL = "INTERNAL"  # INTERNAL: a bug in the worker (logged there); retrying will not help.
 
     @classmethod

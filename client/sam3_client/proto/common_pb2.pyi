@@ -135,6 +135,8 @@ class ErrorInfo(_message.Message):
       UNAUTHENTICATED      UNAUTHENTICATED     missing or wrong "authorization: Bearer <token>" metadata.
       CANCELLED            CANCELLED           the call was cancelled or expired mid-encode; nothing was stored.
       UNIMPLEMENTED        UNIMPLEMENTED       this worker does not serve that service (e.g. an encoder-only worker).
+      CONCEPTS_NOT_SUPPORTED FAILED_PRECONDITION the model folder serves clicks and boxes only (no concept
+                                               graphs): export one with `sam3 models export`.
       INTERNAL             INTERNAL            a bug in the worker, logged there; retrying will not help.
     Statuses made by the gRPC library itself (an unknown method, a message over the size limit, an
     expired deadline) carry no details.

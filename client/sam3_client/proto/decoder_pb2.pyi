@@ -124,6 +124,30 @@ POINT_LABEL_BACKGROUND: PointLabel.ValueType  # 2
 """A click off the object ("exclude this")."""
 Global___PointLabel: _TypeAlias = PointLabel  # noqa: Y015
 
+class _ExemplarLabel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExemplarLabelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExemplarLabel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXEMPLAR_LABEL_UNSPECIFIED: _ExemplarLabel.ValueType  # 0
+    """Not set: refused with INVALID_ARGUMENT (field "concepts[i].exemplars[j].label")."""
+    EXEMPLAR_LABEL_POSITIVE: _ExemplarLabel.ValueType  # 1
+    """"More like this": the box holds an instance of the concept."""
+    EXEMPLAR_LABEL_NEGATIVE: _ExemplarLabel.ValueType  # 2
+    """"Not this": the box holds something the concept must not match."""
+
+class ExemplarLabel(_ExemplarLabel, metaclass=_ExemplarLabelEnumTypeWrapper):
+    """Whether an exemplar box shows the concept or a counter-example."""
+
+EXEMPLAR_LABEL_UNSPECIFIED: ExemplarLabel.ValueType  # 0
+"""Not set: refused with INVALID_ARGUMENT (field "concepts[i].exemplars[j].label")."""
+EXEMPLAR_LABEL_POSITIVE: ExemplarLabel.ValueType  # 1
+""""More like this": the box holds an instance of the concept."""
+EXEMPLAR_LABEL_NEGATIVE: ExemplarLabel.ValueType  # 2
+""""Not this": the box holds something the concept must not match."""
+Global___ExemplarLabel: _TypeAlias = ExemplarLabel  # noqa: Y015
+
 @_typing.final
 class Point(_message.Message):
     """One click."""
@@ -599,3 +623,247 @@ class SegmentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SegmentResponse: _TypeAlias = SegmentResponse  # noqa: Y015
+
+@_typing.final
+class Exemplar(_message.Message):
+    """An example box for a concept, in pixels of the EXIF-oriented original image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOX_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    label: Global___ExemplarLabel.ValueType
+    """Positive or negative example."""
+    @_builtins.property
+    def box(self) -> Global___Box:
+        """The box (x2 > x1, y2 > y1)."""
+
+    def __init__(
+        self,
+        *,
+        box: Global___Box | None = ...,
+        label: Global___ExemplarLabel.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["box", b"box"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "label", b"label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Exemplar: _TypeAlias = Exemplar  # noqa: Y015
+
+@_typing.final
+class ConceptPrompt(_message.Message):
+    """One concept: a noun phrase, exemplar boxes, or both."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    EXEMPLARS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """A short noun phrase such as "yellow school bus" (at most 256 characters); empty when the
+    concept is given by exemplar boxes only.
+    """
+    @_builtins.property
+    def exemplars(self) -> _containers.RepeatedCompositeFieldContainer[Global___Exemplar]:
+        """Example boxes; at least one when `text` is empty."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        exemplars: _abc.Iterable[Global___Exemplar] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exemplars", b"exemplars", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConceptPrompt: _TypeAlias = ConceptPrompt  # noqa: Y015
+
+@_typing.final
+class SegmentConceptRequest(_message.Message):
+    """Find every instance of each concept on a stored image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    CONCEPTS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    MASK_FORMAT_FIELD_NUMBER: _builtins.int
+    LABEL_IMAGE_FIELD_NUMBER: _builtins.int
+    MAX_INSTANCES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    """The image id EncoderService.Encode returned (lowercase hex sha256 of the image bytes)."""
+    threshold: _builtins.float
+    """Keep instances whose score (sigmoid(logit) x presence) is strictly above this, in [0, 1].
+    Required: an unset threshold is refused (field "threshold"); SAM3's usual value is 0.5.
+    """
+    mask_format: Global___MaskFormat.ValueType
+    """How each instance's mask is encoded (MASK_FORMAT_NONE: scores and boxes only)."""
+    label_image: _builtins.bool
+    """Also return, per concept, one label PNG: pixel value k = instance k (1-based, in response
+    order), 0 = background; where instances overlap the higher score wins. 8-bit when there are at
+    most 255 instances, else 16-bit.
+    """
+    max_instances: _builtins.int
+    """Keep at most this many instances per concept, the highest scores; unset: all of them (the
+    model has 200 queries). Counted against the worker's mask budget before anything runs.
+    """
+    request_id: _builtins.str
+    """Echoed in the response."""
+    @_builtins.property
+    def concepts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConceptPrompt]:
+        """One or more concepts, each answered independently (one concept decoder run each)."""
+
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+        concepts: _abc.Iterable[Global___ConceptPrompt] | None = ...,
+        threshold: _builtins.float | None = ...,
+        mask_format: Global___MaskFormat.ValueType = ...,
+        label_image: _builtins.bool = ...,
+        max_instances: _builtins.int | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances", "_threshold", b"_threshold", "max_instances", b"max_instances", "threshold", b"threshold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances", "_threshold", b"_threshold", "concepts", b"concepts", "image_id", b"image_id", "label_image", b"label_image", "mask_format", b"mask_format", "max_instances", b"max_instances", "request_id", b"request_id", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_instances: _TypeAlias = _typing.Literal["max_instances"]  # noqa: Y015
+    _WhichOneofArgType__max_instances: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances"]  # noqa: Y015
+    _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
+    _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_instances) -> _WhichOneofReturnType__max_instances | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
+
+Global___SegmentConceptRequest: _TypeAlias = SegmentConceptRequest  # noqa: Y015
+
+@_typing.final
+class ConceptInstance(_message.Message):
+    """One instance of a concept."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORE_FIELD_NUMBER: _builtins.int
+    BOX_FIELD_NUMBER: _builtins.int
+    MASK_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    """sigmoid(logit) x presence, in [0, 1]."""
+    @_builtins.property
+    def box(self) -> Global___Box:
+        """The model's box, x1 y1 x2 y2 in original pixels (not clipped to the image)."""
+
+    @_builtins.property
+    def mask(self) -> Global___Mask:
+        """The mask in the requested format; `iou_score` holds the instance's score and `index` its
+        position in `ConceptResult.instances`.
+        """
+
+    def __init__(
+        self,
+        *,
+        score: _builtins.float = ...,
+        box: Global___Box | None = ...,
+        mask: Global___Mask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "mask", b"mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "mask", b"mask", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConceptInstance: _TypeAlias = ConceptInstance  # noqa: Y015
+
+@_typing.final
+class ConceptResult(_message.Message):
+    """The answer for one concept."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    PRESENCE_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    LABEL_PNG_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The concept's phrase as sent (empty for exemplars only)."""
+    presence: _builtins.float
+    """sigmoid(presence logit): how sure the model is that the concept is in the image at all."""
+    label_png: _builtins.bytes
+    """The label image when `label_image` was asked for (see SegmentConceptRequest.label_image)."""
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConceptInstance]:
+        """The instances above the threshold, in the model's query order (as transformers returns them)."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        presence: _builtins.float = ...,
+        instances: _abc.Iterable[Global___ConceptInstance] | None = ...,
+        label_png: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "label_png", b"label_png", "presence", b"presence", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConceptResult: _TypeAlias = ConceptResult  # noqa: Y015
+
+@_typing.final
+class SegmentConceptResponse(_message.Message):
+    """Instances of every concept of a SegmentConceptRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONCEPTS_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    TIMINGS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    width: _builtins.int
+    """Original image width in pixels (after EXIF orientation)."""
+    height: _builtins.int
+    """Original image height in pixels (after EXIF orientation)."""
+    model_id: _builtins.str
+    """The model that produced the features (equal to the encoder's)."""
+    request_id: _builtins.str
+    """The request's request_id."""
+    image_id: _builtins.str
+    """The request's image_id."""
+    @_builtins.property
+    def concepts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConceptResult]:
+        """One result per concept, in request order."""
+
+    @_builtins.property
+    def timings(self) -> _common_pb2.Timings:
+        """Server-side stages in milliseconds: "fetch", "text" (text features: local, store or encoded),
+        "exemplars", "concept_decoder", "postprocess", "encode_mask", "total".
+        """
+
+    def __init__(
+        self,
+        *,
+        concepts: _abc.Iterable[Global___ConceptResult] | None = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        model_id: _builtins.str = ...,
+        timings: _common_pb2.Timings | None = ...,
+        request_id: _builtins.str = ...,
+        image_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timings", b"timings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concepts", b"concepts", "height", b"height", "image_id", b"image_id", "model_id", b"model_id", "request_id", b"request_id", "timings", b"timings", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentConceptResponse: _TypeAlias = SegmentConceptResponse  # noqa: Y015

@@ -59,6 +59,11 @@ class DecoderServiceStub:
                 request_serializer=sam3_dot_v1_dot_decoder__pb2.PrefetchRequest.SerializeToString,
                 response_deserializer=sam3_dot_v1_dot_decoder__pb2.PrefetchResponse.FromString,
                 _registered_method=True)
+        self.SegmentConcept = channel.unary_unary(
+                '/sam3.v1.DecoderService/SegmentConcept',
+                request_serializer=sam3_dot_v1_dot_decoder__pb2.SegmentConceptRequest.SerializeToString,
+                response_deserializer=sam3_dot_v1_dot_decoder__pb2.SegmentConceptResponse.FromString,
+                _registered_method=True)
 
 
 class DecoderServiceServicer:
@@ -107,6 +112,19 @@ class DecoderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SegmentConcept(self, request, context):
+        """Every instance of one or more concepts (a noun phrase and/or exemplar boxes) on a stored image,
+        from the same single encode that serves Segment. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with
+        the field named; checked before anything is fetched), FAILED_PRECONDITION (CONCEPTS_NOT_SUPPORTED:
+        the worker's model folder serves clicks and boxes only), NOT_FOUND (EMBEDDING_NOT_FOUND: call
+        EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the masks the request
+        could return are over a limit, decided before the concept decoder runs; OVERLOADED: every concept
+        slot is busy, retry with backoff), UNAVAILABLE (STORE_UNAVAILABLE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecoderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +147,11 @@ def add_DecoderServiceServicer_to_server(servicer, server):
                     servicer.Prefetch,
                     request_deserializer=sam3_dot_v1_dot_decoder__pb2.PrefetchRequest.FromString,
                     response_serializer=sam3_dot_v1_dot_decoder__pb2.PrefetchResponse.SerializeToString,
+            ),
+            'SegmentConcept': grpc.unary_unary_rpc_method_handler(
+                    servicer.SegmentConcept,
+                    request_deserializer=sam3_dot_v1_dot_decoder__pb2.SegmentConceptRequest.FromString,
+                    response_serializer=sam3_dot_v1_dot_decoder__pb2.SegmentConceptResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -242,6 +265,33 @@ class DecoderService:
             '/sam3.v1.DecoderService/Prefetch',
             sam3_dot_v1_dot_decoder__pb2.PrefetchRequest.SerializeToString,
             sam3_dot_v1_dot_decoder__pb2.PrefetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SegmentConcept(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sam3.v1.DecoderService/SegmentConcept',
+            sam3_dot_v1_dot_decoder__pb2.SegmentConceptRequest.SerializeToString,
+            sam3_dot_v1_dot_decoder__pb2.SegmentConceptResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,15 @@ class DecoderServiceStub:
     SDK sends on both) and it warms the replica that will serve them. Errors: INVALID_ARGUMENT
     (INVALID_PROMPT, field image_id), NOT_FOUND (EMBEDDING_NOT_FOUND), UNAVAILABLE (STORE_UNAVAILABLE).
     """
+    SegmentConcept: _grpc.UnaryUnaryMultiCallable[_decoder_pb2.SegmentConceptRequest, _decoder_pb2.SegmentConceptResponse]
+    """Every instance of one or more concepts (a noun phrase and/or exemplar boxes) on a stored image,
+    from the same single encode that serves Segment. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with
+    the field named; checked before anything is fetched), FAILED_PRECONDITION (CONCEPTS_NOT_SUPPORTED:
+    the worker's model folder serves clicks and boxes only), NOT_FOUND (EMBEDDING_NOT_FOUND: call
+    EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the masks the request
+    could return are over a limit, decided before the concept decoder runs; OVERLOADED: every concept
+    slot is busy, retry with backoff), UNAVAILABLE (STORE_UNAVAILABLE).
+    """
 
 @_typing.type_check_only
 class DecoderServiceAsyncStub(DecoderServiceStub):
@@ -97,6 +106,15 @@ class DecoderServiceAsyncStub(DecoderServiceStub):
     click, e.g. right after Encode. Route it like the clicks (the `sam3-image-id` request header the
     SDK sends on both) and it warms the replica that will serve them. Errors: INVALID_ARGUMENT
     (INVALID_PROMPT, field image_id), NOT_FOUND (EMBEDDING_NOT_FOUND), UNAVAILABLE (STORE_UNAVAILABLE).
+    """
+    SegmentConcept: _aio.UnaryUnaryMultiCallable[_decoder_pb2.SegmentConceptRequest, _decoder_pb2.SegmentConceptResponse]  # type: ignore[assignment]
+    """Every instance of one or more concepts (a noun phrase and/or exemplar boxes) on a stored image,
+    from the same single encode that serves Segment. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with
+    the field named; checked before anything is fetched), FAILED_PRECONDITION (CONCEPTS_NOT_SUPPORTED:
+    the worker's model folder serves clicks and boxes only), NOT_FOUND (EMBEDDING_NOT_FOUND: call
+    EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the masks the request
+    could return are over a limit, decided before the concept decoder runs; OVERLOADED: every concept
+    slot is busy, retry with backoff), UNAVAILABLE (STORE_UNAVAILABLE).
     """
 
 class DecoderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -150,6 +168,21 @@ class DecoderServiceServicer(metaclass=_abc_1.ABCMeta):
         click, e.g. right after Encode. Route it like the clicks (the `sam3-image-id` request header the
         SDK sends on both) and it warms the replica that will serve them. Errors: INVALID_ARGUMENT
         (INVALID_PROMPT, field image_id), NOT_FOUND (EMBEDDING_NOT_FOUND), UNAVAILABLE (STORE_UNAVAILABLE).
+        """
+
+    @_abc_1.abstractmethod
+    def SegmentConcept(
+        self,
+        request: _decoder_pb2.SegmentConceptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_decoder_pb2.SegmentConceptResponse, _abc.Awaitable[_decoder_pb2.SegmentConceptResponse]]:
+        """Every instance of one or more concepts (a noun phrase and/or exemplar boxes) on a stored image,
+        from the same single encode that serves Segment. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with
+        the field named; checked before anything is fetched), FAILED_PRECONDITION (CONCEPTS_NOT_SUPPORTED:
+        the worker's model folder serves clicks and boxes only), NOT_FOUND (EMBEDDING_NOT_FOUND: call
+        EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the masks the request
+        could return are over a limit, decided before the concept decoder runs; OVERLOADED: every concept
+        slot is busy, retry with backoff), UNAVAILABLE (STORE_UNAVAILABLE).
         """
 
 def add_DecoderServiceServicer_to_server(servicer: DecoderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,269 @@
+"""Concept prompts through the services: SegmentConcept on the unified tiny folder, real gRPC, real Redis.
+
+Every query costs seconds on a CPU (the concept decoder's pixel decoder keeps SAM3's real sizes), so each
+test asks only what it must: the oracle cases of one image, each case in another mask format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from functools import cache
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+import concept_references as refs
+import references
+from decoder_service.budget import ResponseLimits
+from decoder_service.concepts import ConceptSlots
+from decoder_service.servicer import DecoderSettings
+from sam3_cli.main import main
+from sam3_cli.workers import DECODER, ENCODER
+from sam3_client import AsyncClient, Client, Reason, Sam3Error
+from sam3_client.proto import decoder_pb2, decoder_pb2_grpc
+from sam3_core.model import Sam3Model
+from sam3_serving.errors import ServiceError
+from sam3_serving.store import DETECTOR_KIND
+from service_stack import Stack, running
+from test_service_behaviour import new_image
+
+IMAGE = "landscape.jpg"
+FORMATS = ("rle", "png", "bits", "none")
+
+
+@cache
+def unified_model() -> Sam3Model:
+    return Sam3Model(refs.MODEL_DIR)
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def model_runs(worker: str) -> float:
+    return counter("sam3_model_runs_total", worker=worker)
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url: str) -> Iterator[Stack]:
+    with running(redis_url, f"concept-{uuid.uuid4().hex[:8]}", model=unified_model()) as started:
+        yield started
+
+
+def image_bytes(name: str = IMAGE) -> bytes:
+    return (refs.IMAGES_DIR / name).read_bytes()
+
+
+def assert_matches(answer, reference: refs.ConceptReference, mask_format: str) -> None:
+    """The oracle's bar: same instances, scores within 1e-4, boxes within 0.5 px, masks >= 99.9 %."""
+    assert len(answer.instances) == len(reference.scores), reference.id
+    assert abs(answer.presence - reference.presence) <= refs.SCORE_TOLERANCE
+    expected = zip(reference.scores, reference.boxes, reference.masks, strict=True)
+    for instance, (score, box, mask) in zip(answer.instances, expected, strict=True):
+        assert abs(instance.score - score) <= refs.SCORE_TOLERANCE
+        np.testing.assert_allclose(instance.box, box, atol=refs.BOX_TOLERANCE_PIXELS)
+        if mask_format == "none":
+            assert instance.mask is None and instance.area == 0
+        else:
+            assert instance.encoded.format == mask_format
+            assert references.agreement(instance.mask, mask) >= refs.MIN_MASK_AGREEMENT
+            assert instance.area == int(instance.mask.sum())
+
+
+def test_every_oracle_case_of_an_image_matches_through_the_services_in_every_format(stack: Stack) -> None:
+    with Client(stack.target) as client:
+        for n, case in enumerate(refs.index()[IMAGE]["cases"]):
+            mask_format = FORMATS[n % len(FORMATS)]
+            reference_set = refs.load(IMAGE, case)
+            for reference in reference_set:
+                query = reference.query
+                result = client.segment_concept(
+                    image_bytes(),
+                    query.get("text"),
+                    exemplars=[(tuple(box), positive) for box, positive in reference.exemplars],
+                    threshold=query["threshold"],
+                    mask_format=mask_format,
+                    label_image=(n == 0),
+                )
+                (answer,) = result.concepts
+                assert_matches(answer, reference, mask_format)
+                assert (result.width, result.height) == (reference.width, reference.height)
+                if n == 0:  # the label image: instance k where its mask is, higher score on overlaps
+                    labels = answer.label_image
+                    assert labels is not None and labels.shape == (reference.height, reference.width)
+                    assert set(np.unique(labels)) <= set(range(len(answer.instances) + 1))
+                    for k, instance in enumerate(answer.instances, start=1):
+                        assert np.all(instance.mask[labels == k])
+
+
+def test_one_encode_serves_clicks_and_phrases_across_workers_and_a_phrase_is_encoded_once(redis_url: str) -> None:
+    """An encoder, two decoders, one Redis: the image is encoded once; the phrase's text features are
+    computed once and read from the store by the other replica."""
+    prefix = f"mixed-{uuid.uuid4().hex[:8]}"
+    data = new_image(seed=71)
+    encodes_before = model_runs("encoder")
+    text_encoded = counter("sam3_concept_lookups_total", kind="text", result="encoded")
+    text_from_store = counter("sam3_concept_lookups_total", kind="text", result="redis")
+    model = unified_model()
+    with (
+        running(redis_url, prefix, {ENCODER}, model=model) as encoder,
+        running(redis_url, prefix, {DECODER}, model=model) as first,
+        running(redis_url, prefix, {DECODER}, model=model) as second,
+    ):
+        with Client(encoder_target=encoder.target, decoder_target=first.target) as client:
+            click = client.segment(data, points=[[30, 40]])
+            assert click.encoded is not None and not click.encoded.cached
+            found = client.segment_concept(click.image_id, "a dog", threshold=0.0, max_instances=2, mask_format="none")
+            assert found.encoded is None and len(found.instances) == 2  # the click's encode served it
+        with Client(encoder_target=encoder.target, decoder_target=second.target) as client:
+            again = asyncio.run(_async_concept(encoder.target, second.target, click.image_id))
+            assert again.encoded is None and len(again.instances) == 2
+            assert [i.score for i in again.instances] == pytest.approx([i.score for i in found.instances], abs=1e-6)
+            assert client.segment(click.image_id, points=[[5, 5]]).encoded is None
+    assert model_runs("encoder") - encodes_before == 1
+    assert counter("sam3_concept_lookups_total", kind="text", result="encoded") - text_encoded == 1
+    assert counter("sam3_concept_lookups_total", kind="text", result="redis") - text_from_store == 1
+
+
+async def _async_concept(encoder_target: str, decoder_target: str, image_id: str):
+    async with AsyncClient(encoder_target=encoder_target, decoder_target=decoder_target) as client:
+        return await client.segment_concept(image_id, "a dog", threshold=0.0, max_instances=2, mask_format="none")
+
+
+def test_an_image_encoded_without_concept_features_is_encoded_again_once(stack: Stack) -> None:
+    data = new_image(seed=72)
+    with Client(stack.target) as client:
+        image_id = client.encode(data).image_id
+        detector = stack.store.for_kind(DETECTOR_KIND, [])
+        detector.delete(image_id)  # evicted by Redis, or stored by a click-only encoder
+        result = client.segment_concept(data, "cat", threshold=1.0, mask_format="none")
+        assert result.encoded is not None and not result.encoded.cached
+        assert result.concepts[0].instances == [] and 0.0 <= result.concepts[0].presence <= 1.0
+        with pytest.raises(Sam3Error) as failure:  # only the id of an image nobody encoded: NOT_FOUND, say so
+            client.segment_concept("0" * 64, "cat")
+        assert failure.value.code == grpc.StatusCode.NOT_FOUND and "pass the image itself" in failure.value.message
+
+
+def concept_request(**fields) -> decoder_pb2.SegmentConceptRequest:
+    request = decoder_pb2.SegmentConceptRequest(
+        image_id="0" * 64,
+        concepts=[decoder_pb2.ConceptPrompt(text="a dog")],
+        threshold=0.5,
+        mask_format=decoder_pb2.MASK_FORMAT_RLE,
+    )
+    for name, value in fields.items():
+        if value is None:
+            request.ClearField(name)
+        elif name == "concepts":
+            del request.concepts[:]
+            request.concepts.extend(value)
+        else:
+            setattr(request, name, value)
+    return request
+
+
+def box(x1: float, y1: float, x2: float, y2: float) -> decoder_pb2.Box:
+    return decoder_pb2.Box(x1=x1, y1=y1, x2=x2, y2=y2)
+
+
+POSITIVE = decoder_pb2.EXEMPLAR_LABEL_POSITIVE
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"image_id": "../etc"}, "image_id"),
+        ({"concepts": []}, "concepts"),
+        ({"concepts": [decoder_pb2.ConceptPrompt()] * 9}, "concepts"),
+        ({"concepts": [decoder_pb2.ConceptPrompt()]}, "concepts[0]"),
+        ({"concepts": [decoder_pb2.ConceptPrompt(text="   ")]}, "concepts[0].text"),
+        ({"concepts": [decoder_pb2.ConceptPrompt(text="x" * 300)]}, "concepts[0].text"),
+        (
+            {"concepts": [decoder_pb2.ConceptPrompt(exemplars=[decoder_pb2.Exemplar(box=box(1, 1, 5, 5))])]},
+            "concepts[0].exemplars[0].label",
+        ),
+        (
+            {
+                "concepts": [
+                    decoder_pb2.ConceptPrompt(exemplars=[decoder_pb2.Exemplar(box=box(5, 1, 1, 5), label=POSITIVE)])
+                ]
+            },
+            "concepts[0].exemplars[0].box",
+        ),
+        (
+            {"concepts": [decoder_pb2.ConceptPrompt(exemplars=[decoder_pb2.Exemplar(label=POSITIVE)])]},
+            "concepts[0].exemplars[0].box",
+        ),
+        ({"threshold": None}, "threshold"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"threshold": float("nan")}, "threshold"),
+        ({"mask_format": 0}, "mask_format"),
+        ({"mask_format": 42}, "mask_format"),
+    ],
+)
+def test_bad_concept_requests_are_invalid_argument_naming_the_field_before_any_fetch(
+    stack: Stack, fields: dict, field: str
+) -> None:
+    with grpc.insecure_channel(stack.target) as channel, pytest.raises(grpc.RpcError) as failure:
+        decoder_pb2_grpc.DecoderServiceStub(channel).SegmentConcept(concept_request(**fields), timeout=10)
+    error = Sam3Error.from_rpc(failure.value)
+    assert (error.code, error.reason, error.metadata.get("field")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.INVALID_PROMPT,
+        field,
+    )
+
+
+def test_a_tracker_only_worker_says_it_cannot_do_concepts(redis_url: str) -> None:
+    with (
+        running(redis_url, f"tracker-{uuid.uuid4().hex[:8]}") as tracker_only,
+        Client(tracker_only.target) as client,
+        pytest.raises(Sam3Error) as failure,
+    ):
+        client.segment_concept(image_bytes("tiny_17x23.png"), "a dog")
+    assert failure.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert failure.value.reason == Reason.CONCEPTS_NOT_SUPPORTED and "sam3 models export" in failure.value.message
+
+
+def test_a_query_that_could_return_too_many_masks_is_refused_before_the_decoder_runs(redis_url: str) -> None:
+    limits = ResponseLimits(max_mask_pixels=640 * 480 * 10)  # ten full-size masks of the test image
+    settings = {"decoder": DecoderSettings(responses=limits)}
+    with (
+        running(redis_url, f"budget-{uuid.uuid4().hex[:8]}", model=unified_model(), **settings) as small,
+        Client(small.target) as client,
+    ):
+        image_id = client.encode(image_bytes()).image_id
+        runs = model_runs("decoder")
+        with pytest.raises(Sam3Error) as failure:
+            client.segment_concept(image_id, ["a dog", "cat"], max_instances=6)  # 12 possible masks
+        assert failure.value.reason == Reason.RESPONSE_TOO_LARGE
+        assert failure.value.metadata["limit"] == "max_mask_megapixels"
+        assert model_runs("decoder") == runs  # refused before the concept decoder ran
+        # Fewer possible instances fit.
+        assert client.segment_concept(image_id, "a dog", max_instances=10, threshold=0.0).instances
+
+
+def test_concept_slots_refuse_at_once_when_every_slot_is_busy() -> None:
+    slots = ConceptSlots(1)
+    with slots.taken(), pytest.raises(ServiceError) as failure, slots.taken():
+        pass
+    assert failure.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and failure.value.reason == Reason.OVERLOADED
+    with slots.taken():  # released again
+        pass
+
+
+def test_the_cli_finds_concepts_through_the_service(stack: Stack, tmp_path, capsys) -> None:
+    output = tmp_path / "instances.png"
+    code = main(
+        [
+            *("segment", "-i", str(refs.IMAGES_DIR / IMAGE), "--text", "a dog", "--threshold", "0.3"),
+            *("--server", stack.target, "-o", str(output)),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0 and output.exists()
+    assert "instance(s) above 0.3 for 'a dog'" in printed
