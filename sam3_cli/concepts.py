@@ -1,4 +1,5 @@
-"""`sam3 segment --text PHRASE / --exemplar BOX`: every instance of a concept, in this process.
+"""`sam3 segment --text PHRASE / --exemplar BOX`: every instance of a concept, in this process or through
+a running service (--server: SegmentConcept, on the same stored encode as clicks).
 
 One label PNG holds every instance: pixel value k is instance k (numbered from 1 in the order printed
 and listed by --json), 0 is background; 8-bit when there are at most 255 instances, else 16-bit. Where
@@ -11,10 +12,10 @@ with no phrase, prompt on their own as transformers does with the text "visual")
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sam3_cli.errors import UsageError
+from sam3_cli.errors import CliError, UsageError, explain, first_unreachable, targets_of
 
 POSITIVE_BOX = (0, 200, 70)
 NEGATIVE_BOX = (230, 30, 30)
@@ -30,7 +31,7 @@ ALPHA = 0.5
 
 
 def add_concept_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("concept prompts (every matching instance; in-process only)")
+    group = parser.add_argument_group("concept prompts (every matching instance)")
     repeatable = (
         ("--text", "PHRASE", "noun phrase, e.g. 'yellow school bus' (repeatable: one set of instances per phrase)"),
         ("--exemplar", "X1,Y1,X2,Y2", "box around an example instance (repeatable)"),
@@ -47,19 +48,13 @@ def requested(args: argparse.Namespace) -> bool:
 
 @dataclass(frozen=True)
 class Found:
-    """One instance as the command reports it."""
+    """One instance as the command reports it, from either mode."""
 
     concept: str
-    instance: Any  # sam3_core.concept.ConceptInstance
+    score: float
+    presence: float
+    box: tuple[float, ...]
     mask: np.ndarray
-
-
-def label_image(found: list[Found], height: int, width: int) -> np.ndarray:
-    """uint8/uint16 H x W: instance k (1-based) or 0; overlaps go to the higher score."""
-    labels = np.zeros((height, width), np.uint8 if len(found) <= 255 else np.uint16)
-    for k in sorted(range(len(found)), key=lambda k: found[k].instance.score):
-        labels[found[k].mask] = k + 1
-    return labels
 
 
 def palette(count: int) -> np.ndarray:
@@ -85,52 +80,40 @@ def render(rgb: np.ndarray, labels: np.ndarray, exemplars: list[tuple[tuple[floa
     return image
 
 
-def run(args: argparse.Namespace) -> int:
-    """`sam3 segment` with concept prompts: encode once, one decoder run per phrase, write label PNG + JSON."""
-    from sam3_cli.options import load_model, parse_numbers
-    from sam3_core.concept import ConceptModel
-    from sam3_core.images import load_image
-    from sam3_core.model import ConceptsNotSupportedError
-    from sam3_core.predictor import Predictor
+def run(args: argparse.Namespace, data: bytes, rgb: np.ndarray, remote: bool) -> int:
+    """`sam3 segment` with concept prompts: one encode, one concept query per phrase; label PNG + JSON."""
+    from sam3_cli.options import parse_numbers
+    from sam3_core.masks import label_image, to_label_png
 
-    if args.server or args.encoder_server or args.decoder_server:
-        raise UsageError("concept prompts (--text, --exemplar) run in-process for now: drop --server, use --model-dir")
     if args.point or args.bg_point or args.box:
         raise UsageError("give clicks (--point, --bg-point, --box) or concept prompts (--text, --exemplar), not both")
     if not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold {args.threshold}: give a number from 0 to 1")
     exemplars = [(parse_numbers(b, 4, "--exemplar"), True) for b in args.exemplar]
     exemplars += [(parse_numbers(b, 4, "--neg-exemplar"), False) for b in args.neg_exemplar]
+    for (x1, y1, x2, y2), positive in exemplars:
+        if x2 <= x1 or y2 <= y1:
+            flag = "--exemplar" if positive else "--neg-exemplar"
+            raise UsageError(f"{flag} {x1:g},{y1:g},{x2:g},{y2:g}: an exemplar box needs x2 > x1 and y2 > y1")
     if args.overlay:
         from sam3_cli.overlay import overlay_format
 
         overlay_format(args.overlay)
-    rgb = load_image(args.image)
-    started = time.perf_counter()
-    model = load_model(args)
-    if not model.has_detector_features:  # before the encode: a tracker-only folder cannot answer
-        raise ConceptsNotSupportedError(model.folder)
-    predictor = Predictor(model, concepts=ConceptModel(model.folder, runtime=model.runtime))
-    predictor.set_image(rgb)
-    encoded = time.perf_counter()
-    found: list[Found] = []
     phrases: list[str | None] = list(args.text) or [None]
-    for phrase in phrases:
-        try:
-            instances = predictor.predict_concept(phrase, exemplars, threshold=args.threshold)
-        except ValueError as error:
-            raise UsageError(f"{'--text ' + repr(phrase) if phrase else '--exemplar'}: {error}") from error
-        found += [Found(phrase or "exemplars", i, i.mask()) for i in instances]
-    decoded = time.perf_counter()
+    started = time.perf_counter()
+    if remote:
+        found, timings = _found_remote(args, data, phrases, exemplars)
+    else:
+        found, timings = _found_in_process(args, rgb, phrases, exemplars)
     height, width = rgb.shape[:2]
-    labels = label_image(found, height, width)
+    labels = label_image([f.mask for f in found], [f.score for f in found], height, width)
     output = args.output or Path("instances.png")
-    output.write_bytes(to_png_labels(labels))
+    output.write_bytes(to_label_png(labels))
     asked = ", ".join(repr(p) for p in phrases if p) or "the exemplars"
     print(f"{len(found)} instance(s) above {args.threshold} for {asked}")
     for k, item in enumerate(found, start=1):
-        box = ", ".join(f"{v:.1f}" for v in item.instance.box)
-        print(f"  {k}: {item.concept!r} score {item.instance.score:.4f} box [{box}] area {int(item.mask.sum())}")
+        box = ", ".join(f"{v:.1f}" for v in item.box)
+        print(f"  {k}: {item.concept!r} score {item.score:.4f} box [{box}] area {int(item.mask.sum())}")
     print(f"Label image written to {output} (pixel value = instance number, 0 = background)")
     if args.overlay:
         from sam3_cli.overlay import write_overlay
@@ -142,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             "image": str(args.image),
             "width": width,
             "height": height,
+            "mode": "server" if remote else "in-process",
             "threshold": args.threshold,
             "output": str(output),
             "exemplars": [{"box": list(box), "positive": positive} for box, positive in exemplars],
@@ -149,26 +133,76 @@ def run(args: argparse.Namespace) -> int:
                 {
                     "index": k,
                     "concept": item.concept,
-                    "score": item.instance.score,
-                    "presence": item.instance.presence,
-                    "box": list(item.instance.box),
+                    "score": item.score,
+                    "presence": item.presence,
+                    "box": list(item.box),
                     "area": int(item.mask.sum()),
                 }
                 for k, item in enumerate(found, start=1)
             ],
         }
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    print(
-        f"Time: encoder {encoded - started:.2f} s (model load included), {len(phrases)} concept quer"
-        f"{'y' if len(phrases) == 1 else 'ies'} {decoded - encoded:.2f} s",
-        file=sys.stderr,
-    )
+    print(f"Time: {timings}, total {time.perf_counter() - started:.2f} s", file=sys.stderr)
     return 0
 
 
-def to_png_labels(labels: np.ndarray) -> bytes:
-    """The label image as an 8- or 16-bit greyscale PNG (values are instance numbers, not intensities)."""
-    buffer = io.BytesIO()
-    mode = "L" if labels.dtype == np.uint8 else "I;16"
-    Image.fromarray(labels, mode).save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
+def _found_in_process(
+    args: argparse.Namespace, rgb: np.ndarray, phrases: Sequence[str | None], exemplars: list[Any]
+) -> tuple[list[Found], str]:
+    from sam3_cli.options import load_model
+    from sam3_core.concept import ConceptModel
+    from sam3_core.model import ConceptsNotSupportedError
+    from sam3_core.predictor import Predictor
+
+    started = time.perf_counter()
+    model = load_model(args, hint_server=True)
+    if not model.has_detector_features:  # before the encode: a tracker-only folder cannot answer
+        raise ConceptsNotSupportedError(model.folder)
+    predictor = Predictor(model, concepts=ConceptModel(model.folder, runtime=model.runtime))
+    predictor.set_image(rgb)
+    encoded = time.perf_counter()
+    found: list[Found] = []
+    for phrase in phrases:
+        try:
+            instances = predictor.predict_concept(phrase, exemplars, threshold=args.threshold)
+        except ValueError as error:
+            raise UsageError(f"{'--text ' + repr(phrase) if phrase else '--exemplar'}: {error}") from error
+        found += [Found(phrase or "exemplars", i.score, i.presence, i.box, i.mask()) for i in instances]
+    queries = f"{len(phrases)} concept quer{'y' if len(phrases) == 1 else 'ies'}"
+    return (
+        found,
+        f"encoder {encoded - started:.2f} s (model load included), {queries} {time.perf_counter() - encoded:.2f} s",
+    )
+
+
+def _found_remote(
+    args: argparse.Namespace, data: bytes, phrases: Sequence[str | None], exemplars: list[Any]
+) -> tuple[list[Found], str]:
+    import grpc
+
+    from sam3_cli.options import channel_settings, tls_options
+    from sam3_client import Client, Sam3Error
+
+    settings = channel_settings(args, retry_attempts=3)
+    targets = targets_of(args.server, args.encoder_server, args.decoder_server)
+    texts = [p for p in phrases if p is not None]
+    with Client(
+        args.server, encoder_target=args.encoder_server, decoder_target=args.decoder_server, settings=settings
+    ) as client:
+        try:
+            result = client.segment_concept(
+                data, texts or None, exemplars=exemplars, threshold=args.threshold, timeout=args.timeout
+            )
+        except Sam3Error as error:
+            target = targets[0]
+            if error.code == grpc.StatusCode.UNAVAILABLE and len(targets) > 1:
+                target = first_unreachable(targets, **tls_options(args)) or target
+            raise CliError(explain(error, target, timeout=args.timeout)) from error
+    found = [
+        Found(answer.text or "exemplars", i.score, answer.presence, i.box, i.mask)
+        for answer in result.concepts
+        for i in answer.instances
+        if i.mask is not None
+    ]
+    encoded = "" if result.encoded is None else f"encode {result.encoded.timings.get('total', 0):.0f} ms, "
+    return found, encoded + f"concepts server-side {result.timings.get('total', 0):.0f} ms"

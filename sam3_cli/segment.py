@@ -279,7 +279,11 @@ def run(args: argparse.Namespace) -> int:
     from sam3_core.prompts import PromptError, validate
 
     if concepts.requested(args):
-        return concepts.run(args)
+        remote = bool(args.server or args.encoder_server or args.decoder_server)
+        if remote:
+            check_targets(args)
+        data, rgb = read_image(args.image)
+        return concepts.run(args, data, rgb, remote)
     prompt, flag_for = _prompt_from_flags(args)
     output, kind = output_settings(args)
     if args.overlay:

@@ -11,8 +11,8 @@ from PIL import Image
 
 import concept_references as refs
 import references
-from sam3_cli.concepts import Found, label_image
 from sam3_cli.main import main
+from sam3_core.masks import label_image
 from test_concept import predictor_for
 
 IMAGE = "landscape.jpg"
@@ -57,21 +57,18 @@ def test_text_and_exemplars_write_a_label_image_and_the_instances(tmp_path: Path
 
 
 def test_overlapping_instances_go_to_the_higher_score() -> None:
-    class Scored:
-        def __init__(self, score: float) -> None:
-            self.score = score
-
     first, second = np.zeros((2, 3), bool), np.zeros((2, 3), bool)
     first[:, :2], second[:, 1:] = True, True
-    labels = label_image([Found("a", Scored(0.4), first), Found("b", Scored(0.9), second)], 2, 3)
-    assert labels.tolist() == [[1, 2, 2], [1, 2, 2]]
+    assert label_image([first, second], [0.4, 0.9], 2, 3).tolist() == [[1, 2, 2], [1, 2, 2]]
+    assert label_image([first, second], [0.9, 0.4], 2, 3).tolist() == [[1, 1, 2], [1, 1, 2]]
+    assert label_image([first] * 300, [0.5] * 300, 2, 3).dtype == np.uint16
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--text", "dog", "--point", "5,5"], "not both"),
-        (["--text", "dog", "--server", "localhost:1"], "in-process"),
+        (["--text", "dog", "--server", "no-port"], "--server no-port: give HOST:PORT"),
         (["--exemplar", "1,2,3"], "--exemplar '1,2,3': expected 4 comma-separated numbers"),
         (["--text", "dog", "--threshold", "2"], "--threshold 2.0"),
         (["--exemplar", "30,30,10,10"], "x2 > x1"),

@@ -4,6 +4,7 @@
     with Client("localhost:50051") as sam3:
         result = sam3.segment("photo.jpg", points=[[500, 375]])
         mask = result.mask          # numpy bool, H x W at the photo's size
+        buses = sam3.segment_concept("photo.jpg", "yellow school bus").instances
 
 `AsyncClient` has the same methods for asyncio. Transport options (TLS, token, retries,
 wait_for_ready, message size) are `ChannelSettings`; default deadlines per method are `Deadlines`;
@@ -11,7 +12,17 @@ every failure is a `Sam3Error` carrying the gRPC status code and the server's re
 """
 
 from sam3_client._channel import ChannelSettings, Deadlines
-from sam3_client._convert import EncodeResult, Mask, ModelInfo, ObjectPrompt, ObjectResult, SegmentResult
+from sam3_client._convert import (
+    ConceptAnswer,
+    ConceptResult,
+    EncodeResult,
+    Instance,
+    Mask,
+    ModelInfo,
+    ObjectPrompt,
+    ObjectResult,
+    SegmentResult,
+)
 from sam3_client.async_client import AsyncClient
 from sam3_client.client import Client
 from sam3_client.errors import Reason, Sam3Error
@@ -20,8 +31,11 @@ __all__ = [
     "AsyncClient",
     "ChannelSettings",
     "Client",
+    "ConceptAnswer",
+    "ConceptResult",
     "Deadlines",
     "EncodeResult",
+    "Instance",
     "Mask",
     "ModelInfo",
     "ObjectPrompt",

@@ -43,11 +43,12 @@ class Deadlines:
 
     encode: float = 300.0  # a full-size fp32 encode takes tens of seconds on a CPU
     segment: float = 10.0
+    concept: float = 120.0  # a concept query runs a large decoder: seconds per phrase on a CPU
     info: float = 5.0
     stream: float = 3600.0  # a whole encode_many / segment_stream session
 
     def __post_init__(self) -> None:
-        for name in ("encode", "segment", "info", "stream"):
+        for name in ("encode", "segment", "concept", "info", "stream"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Deadlines.{name} must be a positive number of seconds")
 
@@ -163,7 +164,7 @@ class Call:
 
 
 # The calls about one image: routed to the image's replica, and labelled for proxies that hash on it.
-_ROUTED = {"segment": "Segment", "prefetch": "Prefetch"}
+_ROUTED = {"segment": "Segment", "prefetch": "Prefetch", "segment_concept": "SegmentConcept"}
 
 
 def _try_next_replica(error: grpc.RpcError) -> bool:
@@ -222,6 +223,7 @@ class Connection:
             "encode_batch": self.encoder.EncodeBatch,
             "segment_stream": self.decoder.SegmentStream,
             "prefetch": self.decoder.Prefetch,
+            "segment_concept": self.decoder.SegmentConcept,
         }[name]
 
     def invoke(self, call: Call) -> Any:

@@ -14,7 +14,7 @@ import itertools
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypedDict, TypeVar, Unpack, cast
 
@@ -158,6 +158,101 @@ class ModelInfo:
     no_memory_embedding: str
 
 
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the (EXIF-oriented) image
+
+
+@dataclass(frozen=True)
+class ConceptQuery:
+    """One concept: a noun phrase, example boxes, or both. An exemplar is a box (positive: "more like
+    this") or a (box, positive) pair; `negative=` boxes mean "not this"."""
+
+    text: str | None = None
+    exemplars: Sequence[Box | tuple[Box, bool]] = ()
+
+    def pairs(self) -> list[tuple[Box, bool]]:
+        """Every exemplar as (box, positive)."""
+        pairs = []
+        for exemplar in self.exemplars:
+            if len(exemplar) == 2 and isinstance(exemplar[1], bool):
+                box, positive = exemplar
+            else:
+                box, positive = exemplar, True
+            coordinates = tuple(float(v) for v in box)
+            if len(coordinates) != 4:
+                raise ValueError(f"an exemplar box is x1, y1, x2, y2; got {box!r}")
+            pairs.append((coordinates, bool(positive)))
+        return pairs
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance of a concept: its score, the model's box, and its mask as it arrived."""
+
+    score: float  # sigmoid(logit) x presence
+    box: Box  # the model's box, in original pixels (not clipped to the image)
+    area: int  # mask pixels (0 with mask_format="none")
+    encoded: Mask = field(repr=False, compare=False)
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """Boolean H x W at the original size (None with mask_format="none")."""
+        return self.encoded.mask
+
+    @property
+    def rle(self) -> dict[str, Any] | None:
+        return self.encoded.rle
+
+
+@dataclass(frozen=True)
+class ConceptAnswer:
+    """Every instance of one concept, in the model's query order."""
+
+    text: str | None
+    presence: float  # how sure the model is that the concept is in the image at all
+    instances: list[Instance]
+    label_png: bytes = field(default=b"", repr=False)  # with label_image=True: pixel k = instances[k - 1]
+
+    @property
+    def label_image(self) -> np.ndarray | None:
+        """The label image as an array (uint8, or uint16 beyond 255 instances), when it was asked for."""
+        return masks.decode_label_png(self.label_png) if self.label_png else None
+
+
+@dataclass(frozen=True)
+class ConceptResult:
+    """The answers of one segment_concept call, one per concept, in request order."""
+
+    image_id: str
+    width: int
+    height: int
+    concepts: list[ConceptAnswer]
+    model_id: str
+    timings: dict[str, float] = field(default_factory=dict)  # server-side milliseconds per stage
+    encoded: EncodeResult | None = None  # set when the call had to Encode the image first
+
+    @property
+    def instances(self) -> list[Instance]:
+        """The first concept's instances: the answer of a one-concept call."""
+        return self.concepts[0].instances if self.concepts else []
+
+
+class ConceptOptions(TypedDict, total=False):
+    """Keyword options of segment_concept (all optional).
+
+    threshold: keep instances scoring above this, in [0, 1] (default 0.5, SAM3's usual).
+    mask_format: "rle" (default), "png", "bits" or "none" (scores and boxes only).
+    label_image: also return one label PNG per concept (ConceptAnswer.label_image).
+    max_instances: keep at most this many instances per concept, the best scores (default: all).
+    timeout: seconds for the whole call, encode included; default: the client's Deadlines.
+    """
+
+    threshold: float
+    mask_format: str
+    label_image: bool
+    max_instances: int | None
+    timeout: float | None
+
+
 class SegmentOptions(TypedDict, total=False):
     """Keyword options of segment, segment_objects and segment_stream (all optional).
 
@@ -299,14 +394,78 @@ def segment_request(
     return request
 
 
+def concept_queries(
+    text: str | Sequence[str] | None, exemplars: Sequence[Any], negative: Sequence[Box]
+) -> list[ConceptQuery]:
+    """segment_concept's arguments as concepts: one per phrase, each with every exemplar; or one of
+    exemplars only when no phrase is given."""
+    boxes = [*exemplars, *((tuple(box), False) for box in negative)]
+    phrases = [text] if isinstance(text, str) else list(text or [])
+    if not phrases and not boxes:
+        raise ValueError("give text (a phrase or a list of phrases), exemplars, or both")
+    return [ConceptQuery(phrase, boxes) for phrase in phrases] if phrases else [ConceptQuery(None, boxes)]
+
+
+def concept_request(
+    image_id: str, concepts: Sequence[ConceptQuery], **options: Unpack[ConceptOptions]
+) -> decoder_pb2.SegmentConceptRequest:
+    """The SegmentConceptRequest for `concepts` with ConceptOptions (`timeout` is not sent)."""
+    unknown = set(options) - ConceptOptions.__optional_keys__
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}: use {sorted(ConceptOptions.__optional_keys__)}")
+    mask_format = options.get("mask_format", "rle")
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format {mask_format!r}: choose one of {sorted(MASK_FORMATS)}")
+    request = decoder_pb2.SegmentConceptRequest(
+        image_id=image_id,
+        threshold=options.get("threshold", 0.5),
+        mask_format=MASK_FORMATS[mask_format],
+        label_image=options.get("label_image", False),
+    )
+    if options.get("max_instances") is not None:
+        request.max_instances = int(options["max_instances"])  # type: ignore[arg-type]
+    for concept in concepts:
+        message = request.concepts.add(text=concept.text or "")
+        for (x1, y1, x2, y2), positive in concept.pairs():
+            label = decoder_pb2.EXEMPLAR_LABEL_POSITIVE if positive else decoder_pb2.EXEMPLAR_LABEL_NEGATIVE
+            message.exemplars.add(box=decoder_pb2.Box(x1=x1, y1=y1, x2=x2, y2=y2), label=label)
+    return request
+
+
+def _mask(m: decoder_pb2.Mask) -> Mask:
+    return Mask(m.index, m.iou_score, (m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height), m.area, m)
+
+
+def concept_result(response: decoder_pb2.SegmentConceptResponse, encoded: EncodeResult | None = None) -> ConceptResult:
+    answers = [
+        ConceptAnswer(
+            concept.text or None,
+            concept.presence,
+            [
+                Instance(i.score, (i.box.x1, i.box.y1, i.box.x2, i.box.y2), i.mask.area, _mask(i.mask))
+                for i in concept.instances
+            ],
+            concept.label_png,
+        )
+        for concept in response.concepts
+    ]
+    return ConceptResult(
+        response.image_id,
+        response.width,
+        response.height,
+        answers,
+        response.model_id,
+        dict(response.timings.milliseconds),
+        encoded,
+    )
+
+
 def _object_result(obj: decoder_pb2.ObjectResult) -> ObjectResult:
     logits = None
     if obj.HasField("low_res_logits"):
         shape = (obj.low_res_logits.count, obj.low_res_logits.height, obj.low_res_logits.width)
         logits = np.frombuffer(obj.low_res_logits.data, "<f4").reshape(shape)
-    masks = [
-        Mask(m.index, m.iou_score, (m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height), m.area, m) for m in obj.masks
-    ]
+    masks = [_mask(m) for m in obj.masks]
     return ObjectResult(masks, list(obj.iou_scores), obj.best_index, obj.presence_probability, logits)
 
 
@@ -466,11 +625,29 @@ def segment_flow(
     image: Any, objects: Sequence[ObjectPrompt], deadlines: Deadlines, **options: Unpack[SegmentOptions]
 ) -> Flow[SegmentResult]:
     """Segment; on NOT_FOUND with the image at hand, Encode it and Segment again (one user call)."""
-    budget = Budget(options.get("timeout"))
     payload = image_payload(image)
     request = segment_request(payload.image_id, objects, **options)
+    call = Call("segment", request, deadlines.segment)
+    response, encoded = yield from _encode_on_miss(payload, call, deadlines, Budget(options.get("timeout")))
+    return segment_result(response, encoded)
+
+
+def concept_flow(
+    image: Any, concepts: Sequence[ConceptQuery], deadlines: Deadlines, **options: Unpack[ConceptOptions]
+) -> Flow[ConceptResult]:
+    """SegmentConcept; on NOT_FOUND with the image at hand, Encode it and ask again (one user call)."""
+    payload = image_payload(image)
+    call = Call("segment_concept", concept_request(payload.image_id, concepts, **options), deadlines.concept)
+    response, encoded = yield from _encode_on_miss(payload, call, deadlines, Budget(options.get("timeout")))
+    return concept_result(response, encoded)
+
+
+def _encode_on_miss(
+    payload: ImagePayload, call: Call, deadlines: Deadlines, budget: Budget
+) -> Generator[Call, Any, tuple[Any, EncodeResult | None]]:
+    """`call`'s response; if the image is not stored and we have its bytes, Encode it and call again."""
     try:
-        return segment_result((yield Call("segment", request, budget.left(deadlines.segment))))
+        return (yield replace(call, timeout=budget.left(call.timeout))), None
     except Sam3Error as error:
         if not error.is_not_encoded:
             raise
@@ -481,7 +658,7 @@ def segment_flow(
             ) from None
     encoded = encode_result((yield Call("encode", encode_request(payload), budget.left(deadlines.encode))))
     try:
-        response = yield Call("segment", request, budget.left(deadlines.segment))
+        return (yield replace(call, timeout=budget.left(call.timeout))), encoded
     except Sam3Error as error:
         if not error.is_not_encoded:
             raise
@@ -489,7 +666,6 @@ def segment_flow(
             f"the encoder stored image {payload.image_id} under model {encoded.model_id}, yet the decoder cannot "
             f"find it: do both workers share the Redis store, key prefix and model? ({error.message})"
         ) from None
-    return segment_result(response, encoded)
 
 
 def info_flow(deadlines: Deadlines, timeout: float | None) -> Flow[ModelInfo]:

@@ -12,6 +12,9 @@ from grpc import aio
 from sam3_client import _convert
 from sam3_client._channel import Call, ClientBase
 from sam3_client._convert import (
+    Box,
+    ConceptOptions,
+    ConceptResult,
     EncodeResult,
     Feed,
     Flow,
@@ -84,6 +87,19 @@ class AsyncClient(ClientBase):
     ) -> SegmentResult:
         """Several objects on one image in one call (see `Client.segment_objects`)."""
         return await self._run(_convert.segment_flow(image, objects, self.deadlines, **options))
+
+    async def segment_concept(
+        self,
+        image: Any,
+        text: str | Sequence[str] | None = None,
+        *,
+        exemplars: Sequence[Any] = (),
+        negative: Sequence[Box] = (),
+        **options: Unpack[ConceptOptions],
+    ) -> ConceptResult:
+        """Every instance of a concept (see `Client.segment_concept`)."""
+        concepts = _convert.concept_queries(text, exemplars, negative)
+        return await self._run(_convert.concept_flow(image, concepts, self.deadlines, **options))
 
     async def encode_many(
         self, images: Iterable[Any] | AsyncIterable[Any], *, force: bool = False, timeout: float | None = None

@@ -12,6 +12,9 @@ import grpc
 from sam3_client import _convert
 from sam3_client._channel import Call, ClientBase
 from sam3_client._convert import (
+    Box,
+    ConceptOptions,
+    ConceptResult,
     EncodeResult,
     Feed,
     Flow,
@@ -97,6 +100,25 @@ class Client(ClientBase):
     ) -> SegmentResult:
         """Several objects on one image in one call: `result.objects` follows the order of `objects`."""
         return self._run(_convert.segment_flow(image, objects, self.deadlines, **options))
+
+    def segment_concept(
+        self,
+        image: Any,
+        text: str | Sequence[str] | None = None,
+        *,
+        exemplars: Sequence[Any] = (),
+        negative: Sequence[Box] = (),
+        **options: Unpack[ConceptOptions],
+    ) -> ConceptResult:
+        """Every instance of a concept: a noun phrase ("yellow school bus"), example boxes, or both.
+
+        `text` may be a list: one answer per phrase (`result.concepts`), each using every exemplar.
+        `exemplars` are boxes (x1, y1, x2, y2) of instances, or (box, positive) pairs; `negative` boxes
+        mean "not this". The image is encoded on demand, as in `segment`. Options: `threshold` (0.5),
+        `mask_format` ("rle"), `label_image`, `max_instances`, `timeout` (see ConceptOptions).
+        """
+        concepts = _convert.concept_queries(text, exemplars, negative)
+        return self._run(_convert.concept_flow(image, concepts, self.deadlines, **options))
 
     def encode_many(
         self, images: Iterable[Any], *, force: bool = False, timeout: float | None = None

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["decode_packed_bits", "decode_png", "decode_rle", "encode_rle"]
+__all__ = ["decode_label_png", "decode_packed_bits", "decode_png", "decode_rle", "encode_rle"]
 
 
 def decode_rle(counts: Sequence[int], height: int, width: int) -> np.ndarray:
@@ -42,6 +42,14 @@ def decode_png(data: bytes) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 127
+
+
+def decode_label_png(data: bytes) -> np.ndarray:
+    """A label PNG (8- or 16-bit greyscale): pixel value k = instance k, 0 = background."""
+    from PIL import Image
+
+    labels = np.asarray(Image.open(io.BytesIO(data)))
+    return labels.astype(np.uint8 if labels.max(initial=0) <= 255 and labels.dtype.itemsize == 1 else np.uint16)
 
 
 def decode_packed_bits(data: bytes, height: int, width: int) -> np.ndarray:
