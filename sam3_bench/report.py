@@ -215,6 +215,11 @@ def markdown(results: dict[str, Any]) -> str:
                     f"| {routing} | {row['click_hit_rate']:.1%} | {_fmt(row['first_click_ms'])} "
                     f"| {_fmt(row['later_clicks_ms'])} |"
                 )
+    concepts = results.get("concepts") or {}
+    if concepts and "skipped" not in concepts:
+        from sam3_bench.concepts import markdown as concept_markdown
+
+        lines += concept_markdown(concepts)
     lines += ["", f"Total benchmark time: {results.get('seconds')} s.", ""]
     return "\n".join(lines)
 

@@ -79,6 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead of the benchmark: MINUTES of 16 clients mixing encode and segment on one `sam3 serve` "
         "(tiny model unless --model-dir), reporting codes, p50/p99 and the worker's RSS over time",
     )
+    parser.add_argument(
+        "--concepts-only",
+        action="store_true",
+        help="only the concept column (needs a folder that serves concepts, e.g. tests/fixtures/model-tiny-concept)",
+    )
     fleet = parser.add_argument_group("fleet mode")
     fleet.add_argument(
         "--fleet",
@@ -363,6 +368,28 @@ class Bench:
                 serve.stop()
                 fetcher.stop()
 
+    def concepts(self) -> None:
+        """The concept column, when the model folder serves concepts (a `sam3 models export` folder)."""
+        from sam3_bench.concepts import measure
+        from sam3_core.concept import has_concept_graphs
+        from sam3_serving.redis_server import start_embedded_redis
+
+        if not has_concept_graphs(self.model_dir):
+            self.results["concepts"] = {"skipped": f"{self.model_dir} serves clicks only"}
+            return
+        variant = self._fastest_variant()
+        self.log(f"concepts: serve + a fetching decoder ({variant})")
+        with start_embedded_redis(maxmemory="4gb") as redis_server:
+            serve = self._spawn("serve", variant, redis_server.url)
+            fetcher = self._spawn("decoder", variant, redis_server.url)
+            try:
+                repeats = 1 if self.quick else 3
+                image = self.images["1920x1080"]
+                self.results["concepts"] = measure(serve.target, fetcher.target, redis_server.url, image, repeats)
+            finally:
+                serve.stop()
+                fetcher.stop()
+
     def fleet(self) -> None:
         from sam3_bench.fleet import run_fleet
 
@@ -472,11 +499,14 @@ def run(args: argparse.Namespace) -> int:
         bench = Bench(args, Path(workdir))
         if args.fleet:
             bench.fleet()
+        elif args.concepts_only:
+            bench.concepts()
         else:
             bench.encoders()
             bench.transformers()
             bench.decoder_and_predictor()
             bench.services()
+            bench.concepts()
         results = bench.results
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["ratios"] = report.ratios(results)

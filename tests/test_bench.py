@@ -52,3 +52,14 @@ def test_fleet_mode_measures_the_click_hit_rate_of_each_routing(tmp_path: Path) 
     assert fleet["round_robin"]["click_hit_rate"] <= fleet["affinity"]["click_hit_rate"]
     assert report["ratios"]["fleet_click_hit_rate_affinity_prefetch"] == 1.0
     assert "round_robin" in (tmp_path / "report.md").read_text()
+
+
+def test_the_concept_column_measures_queries_and_bytes_per_image(tmp_path: Path) -> None:
+    folder = str(Path(__file__).parent / "fixtures" / "model-tiny-concept")
+    code = main(["bench", "--quick", "--concepts-only", "--model-dir", folder, "--out", str(tmp_path)])
+    assert code == 0
+    concepts = json.loads((tmp_path / "report.json").read_text())["concepts"]
+    assert set(concepts["bytes_per_image"]) == {"emb", "det"} and concepts["bytes_per_image"]["det"] > 0
+    assert concepts["first_query_on_a_replica_ms"]["fetch"]["p50"] > 0
+    assert concepts["cached_image_and_phrase_ms"]["concept_decoder"]["p50"] > 0
+    assert "## Concept prompts through the services" in (tmp_path / "report.md").read_text()
