@@ -279,7 +279,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         with timer.stage("total"):
             checked = concept_plan(request, self.settings.concepts)
             store = self.store.for_tenant(tenant_of(context))
-            concepts = self._concept_model()
+            with timer.stage("load"):  # the concept sessions, on a worker's first concept query only
+                concepts = self._concept_model()
             features = self._detector_features(store, concepts, request.image_id, timer)
             check_exemplars_inside(checked, features.original_size)
             check_budget(checked, features.original_size, self.settings.responses)

@@ -845,8 +845,9 @@ class SegmentConceptResponse(_message.Message):
 
     @_builtins.property
     def timings(self) -> _common_pb2.Timings:
-        """Server-side stages in milliseconds: "fetch", "text" (text features: local, store or encoded),
-        "exemplars", "concept_decoder", "postprocess", "encode_mask", "total".
+        """Server-side stages in milliseconds: "load" (the concept sessions, on a worker's first concept
+        query), "fetch", "text" (text features: local, store or encoded), "concept_decoder" (exemplar
+        boxes included), "postprocess", "encode_mask", "total".
         """
 
     def __init__(
