@@ -2,6 +2,7 @@
 
     python -m sam3_bench.child ort_encoder '{"model_dir": ..., "variant": ..., ...}'
     python -m sam3_bench.child transformers '{"model_dir": ..., ...}'
+    python -m sam3_bench.child transformers_concepts '{"model_dir": ..., "image": ..., ...}'
 
 Prints one JSON line with the results.
 """
@@ -100,7 +101,50 @@ def transformers(
     return result
 
 
-TASKS = {"ort_encoder": ort_encoder, "transformers": transformers}
+def transformers_concepts(model_dir: str, image: str, phrase: str, runs: int) -> dict:
+    """What a transformers user runs for a phrase: Sam3Processor + Sam3Model (eager) +
+    post_process_instance_segmentation, on vision features computed once (as our decoders keep them)."""
+    import torch
+    from PIL import Image
+    from transformers import CLIPTokenizer, Sam3ImageProcessor, Sam3Processor
+
+    from sam3_core import export_concept
+
+    source = json.loads((Path(model_dir) / "manifest.json").read_text())["source"]
+    checkpoint = Path(source["checkpoint"]) if "checkpoint" in source else None
+    video = export_concept.build_video_model(
+        checkpoint=checkpoint, config=source.get("config", "full"), seed=source.get("seed", 0)
+    )
+    detector = video.detector_model.eval()
+    del video
+    processor = Sam3Processor(image_processor=Sam3ImageProcessor(), tokenizer=CLIPTokenizer.from_pretrained(model_dir))
+    torch.set_grad_enabled(False)
+    picture = Image.open(image).convert("RGB")
+    started = time.perf_counter()
+    inputs = processor(images=picture, return_tensors="pt")
+    vision = detector.get_vision_features(inputs["pixel_values"])
+    vision_ms = (time.perf_counter() - started) * 1000
+    samples, found = [], 0
+    for _ in range(runs + 1):
+        started = time.perf_counter()
+        text = processor(text=phrase, return_tensors="pt")
+        outputs = detector(vision_embeds=vision, input_ids=text["input_ids"], attention_mask=text["attention_mask"])
+        (result,) = processor.post_process_instance_segmentation(
+            outputs, threshold=0.5, mask_threshold=0.5, target_sizes=[picture.size[::-1]]
+        )
+        samples.append((time.perf_counter() - started) * 1000)
+        found = len(result["scores"])
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "vision_features_ms": round(vision_ms, 1),
+        "query_ms": Stats.of(samples[1:]).as_dict(),  # text encoder + detector + post-processing
+        "instances": found,
+        "peak_rss_gb": round(peak_rss_gb(), 3),
+    }
+
+
+TASKS = {"ort_encoder": ort_encoder, "transformers": transformers, "transformers_concepts": transformers_concepts}
 
 if __name__ == "__main__":
     task, arguments = sys.argv[1], json.loads(sys.argv[2])

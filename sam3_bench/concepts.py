@@ -86,4 +86,16 @@ def markdown(concepts: dict[str, Any]) -> list[str]:
         row = concepts.get(key, {})
         cells = [f"{row[stage]['p50']:.1f}" if stage in row else "" for stage in STAGES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    eager = concepts.get("transformers") or {}
+    if "query_ms" in eager:
+        ours = concepts["cached_image_new_phrase_ms"]["total"]["p50"]
+        theirs = eager["query_ms"]["p50"]
+        lines += [
+            "",
+            f"transformers eager on the same weights (Sam3Processor + Sam3Model + post_process_instance_segmentation, "
+            f"vision features computed once: {eager['vision_features_ms']:.0f} ms): {theirs:.0f} ms per query with "
+            f"a new phrase, against {ours:.0f} ms through the service (x{theirs / ours:.2f}).",
+        ]
+    elif eager:
+        lines += ["", f"transformers eager: {eager.get('skipped')}"]
     return lines

@@ -370,7 +370,7 @@ class Bench:
 
     def concepts(self) -> None:
         """The concept column, when the model folder serves concepts (a `sam3 models export` folder)."""
-        from sam3_bench.concepts import measure
+        from sam3_bench.concepts import PHRASE, measure
         from sam3_core.concept import has_concept_graphs
         from sam3_serving.redis_server import start_embedded_redis
 
@@ -389,6 +389,12 @@ class Bench:
             finally:
                 serve.stop()
                 fetcher.stop()
+        self.log("concepts: transformers eager on the same weights, in a fresh process")
+        self.results["concepts"]["transformers"] = run_child(
+            "transformers_concepts",
+            {"model_dir": str(self.model_dir), "image": str(image), "phrase": PHRASE, "runs": repeats},
+            python=self.args.transformers_python,
+        )
 
     def fleet(self) -> None:
         from sam3_bench.fleet import run_fleet
