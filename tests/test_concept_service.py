@@ -1,7 +1,7 @@
 """Concept prompts through the services: SegmentConcept on the unified tiny folder, real gRPC, real Redis.
 
-Every query costs seconds on a CPU (the concept decoder's pixel decoder keeps SAM3's real sizes), so each
-test asks only what it must: the oracle cases of one image, each case in another mask format.
+Every query costs a second or more on a CPU (the concept decoder keeps SAM3's real feature sizes), so each
+test asks only what it must; the oracle cases run once each, every one in the next mask format.
 """
 
 from __future__ import annotations
@@ -74,20 +74,24 @@ def assert_matches(answer, reference: refs.ConceptReference, mask_format: str) -
             assert instance.area == int(instance.mask.sum())
 
 
-def test_every_oracle_case_of_an_image_matches_through_the_services_in_every_format(stack: Stack) -> None:
+@pytest.mark.parametrize("image", list(refs.index()))
+def test_every_oracle_case_matches_through_the_services_in_every_format(stack: Stack, image: str) -> None:
+    """Each (image, case) in the next mask format (so every image and every format are seen), with the
+    label image on the first case of each image."""
+    offset = list(refs.index()).index(image)
     with Client(stack.target) as client:
-        for n, case in enumerate(refs.index()[IMAGE]["cases"]):
-            mask_format = FORMATS[n % len(FORMATS)]
-            reference_set = refs.load(IMAGE, case)
-            for reference in reference_set:
+        for n, case in enumerate(refs.index()[image]["cases"]):
+            mask_format = FORMATS[(offset + n) % len(FORMATS)]
+            for reference in refs.load(image, case):
                 query = reference.query
                 result = client.segment_concept(
-                    image_bytes(),
+                    image_bytes(image),
                     query.get("text"),
                     exemplars=[(tuple(box), positive) for box, positive in reference.exemplars],
                     threshold=query["threshold"],
                     mask_format=mask_format,
                     label_image=(n == 0),
+                    max_instances=16,  # the references keep 1 to 3; the 12 MP image needs a cap to fit the budget
                 )
                 (answer,) = result.concepts
                 assert_matches(answer, reference, mask_format)
@@ -97,7 +101,8 @@ def test_every_oracle_case_of_an_image_matches_through_the_services_in_every_for
                     assert labels is not None and labels.shape == (reference.height, reference.width)
                     assert set(np.unique(labels)) <= set(range(len(answer.instances) + 1))
                     for k, instance in enumerate(answer.instances, start=1):
-                        assert np.all(instance.mask[labels == k])
+                        if mask_format != "none":
+                            assert np.all(instance.mask[labels == k])
 
 
 def test_one_encode_serves_clicks_and_phrases_across_workers_and_a_phrase_is_encoded_once(redis_url: str) -> None:
