@@ -65,6 +65,7 @@ class ConceptPlan:
     mask_format: int
     label_image: bool
     max_instances: int
+    capped: bool  # max_instances was given: the worst case is known before the concept decoder runs
 
     @property
     def computes_masks(self) -> bool:
@@ -93,7 +94,8 @@ def plan(request: decoder_pb2.SegmentConceptRequest, limits: ConceptLimits) -> C
             grpc.StatusCode.INVALID_ARGUMENT, str(error), Reason.INVALID_PROMPT, field=error.field
         ) from error
     cap = min(request.max_instances, MODEL_QUERIES) if request.HasField("max_instances") else MODEL_QUERIES
-    return ConceptPlan(concepts, float(request.threshold), request.mask_format, request.label_image, cap)
+    capped = request.HasField("max_instances")
+    return ConceptPlan(concepts, float(request.threshold), request.mask_format, request.label_image, cap, capped)
 
 
 def _concept(field: str, concept: decoder_pb2.ConceptPrompt, limits: ConceptLimits) -> Concept:
@@ -136,8 +138,11 @@ def check_exemplars_inside(plan: ConceptPlan, size: tuple[int, int]) -> None:
 
 
 def check_budget(plan: ConceptPlan, size: tuple[int, int], limits: ResponseLimits) -> None:
-    """Refuse, before the concept decoder runs, a request whose worst case is over the mask limits:
-    every concept returning `max_instances` full-size masks (packed bits have a fixed size too)."""
+    """With `max_instances` given, refuse before the concept decoder runs a request whose worst case is over
+    the mask limits: every concept returning `max_instances` full-size masks (packed bits have a fixed size
+    too). Without it, `MaskWork` refuses as soon as the instances found are known, before any mask."""
+    if not plan.capped:
+        return
     height, width = size
     masks = len(plan.concepts) * plan.max_instances
     fixed = masks * -(-height * width // 8) if plan.mask_format == decoder_pb2.MASK_FORMAT_PACKED_BITS else 0
@@ -156,6 +161,26 @@ def check_budget(plan: ConceptPlan, size: tuple[int, int], limits: ResponseLimit
             "concepts, or mask_format NONE for scores and boxes only",
             "max_mask_megapixels",
         )
+
+
+class MaskWork:
+    """Full-size masks one request will compute, counted concept by concept as the instances are found,
+    and refused before the first mask over the limits (pixels to compute; bytes of packed bits)."""
+
+    def __init__(self, size: tuple[int, int], limits: ResponseLimits) -> None:
+        self.pixels = size[0] * size[1]
+        self.limits = limits
+        self.masks = 0
+
+    def add(self, masks: int) -> None:
+        self.masks += masks
+        if self.masks * self.pixels > self.limits.max_mask_pixels:
+            _too_large(
+                f"the concepts found {self.masks} instances, {self.masks * self.pixels / 1e6:.0f} megapixels of "
+                f"masks to compute, over the limit of {self.limits.max_mask_pixels / 1e6:.0f} "
+                "(--max-mask-megapixels): set max_instances, raise the threshold, or use mask_format NONE",
+                "max_mask_megapixels",
+            )
 
 
 def _too_large(message: str, limit: str) -> None:
@@ -230,7 +255,7 @@ class TextFeatureCache:
         features = concepts.encode_text(phrase)
         value = ImageEmbeddings((features.features, features.mask.astype(np.float32)), _TEXT_SIZE, text_store.model_id)
         with suppress(StoreUnavailableError):
-            text_store.put(text_id, value)
+            text_store.put(text_id, value, announce=False)  # content-addressed: never rewritten
         return features, "encoded"
 
 

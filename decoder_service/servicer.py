@@ -24,6 +24,7 @@ from decoder_service.concepts import (
     ConceptLimits,
     ConceptPlan,
     ConceptSlots,
+    MaskWork,
     TextFeatureCache,
     check_budget,
     check_exemplars_inside,
@@ -279,15 +280,17 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         with timer.stage("total"):
             checked = concept_plan(request, self.settings.concepts)
             store = self.store.for_tenant(tenant_of(context))
-            with timer.stage("load"):  # the concept sessions, on a worker's first concept query only
-                concepts = self._concept_model()
-            features = self._detector_features(store, concepts, request.image_id, timer)
-            check_exemplars_inside(checked, features.original_size)
-            check_budget(checked, features.original_size, self.settings.responses)
-            budget = ResponseBudget(self.settings.responses)
+            # The slot first: a refused query must not fetch (and cache) 56-112 MB of features either.
             with self._concept_slots.taken():
+                with timer.stage("load"):  # the concept sessions, on a worker's first concept query only
+                    concepts = self._concept_model()
+                features = self._detector_features(store, concepts, request.image_id, timer)
+                check_exemplars_inside(checked, features.original_size)
+                check_budget(checked, features.original_size, self.settings.responses)
+                budget = ResponseBudget(self.settings.responses)
+                work = MaskWork(features.original_size, self.settings.responses)
                 results = [
-                    self._concept_result(concepts, store, features, checked, concept, timer, budget)
+                    self._concept_result(concepts, store, features, checked, concept, timer, budget, work)
                     for concept in checked.concepts
                 ]
         return decoder_pb2.SegmentConceptResponse(
@@ -330,6 +333,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         concept: Concept,
         timer: StageTimer,
         budget: ResponseBudget,
+        work: MaskWork,
     ) -> decoder_pb2.ConceptResult:
         with timer.stage("text"):
             text = self._text_cache.get(concepts, store, concept.text)
@@ -340,17 +344,21 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         if len(found) > checked.max_instances:  # the best ones, still in query order
             best = {id(i) for i in sorted(found, key=lambda i: i.score, reverse=True)[: checked.max_instances]}
             found = [instance for instance in found if id(instance) in best]
+        if checked.computes_masks:  # before any mask: their number is only known now
+            work.add(len(found))
         result = decoder_pb2.ConceptResult(text=concept.text or "", presence=answer.presence)
-        masks = []
+        masks = []  # kept only for the label image; otherwise one full-size mask at a time
         for index, instance in enumerate(found):
             x1, y1, x2, y2 = instance.box
             message = decoder_pb2.ConceptInstance(score=instance.score, box=decoder_pb2.Box(x1=x1, y1=y1, x2=x2, y2=y2))
             message.mask.CopyFrom(empty_mask(index, instance.score, checked.mask_format, features.original_size))
             if checked.computes_masks:
                 with timer.stage("postprocess"):
-                    masks.append(instance.mask())
+                    mask = instance.mask()
                 if checked.mask_format != decoder_pb2.MASK_FORMAT_NONE:
-                    fill_mask(message.mask, masks[-1], timer)
+                    fill_mask(message.mask, mask, timer)
+                if checked.label_image:
+                    masks.append(mask)
             budget.spend(message.ByteSize())
             result.instances.append(message)
         if checked.label_image:

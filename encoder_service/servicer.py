@@ -169,8 +169,11 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         timeout = self.settings.single_flight_timeout
         if remaining is not None:
             timeout = min(timeout, remaining)
+        # Watch the value the holder writes last: with concepts the detector features (the click value may
+        # be there already, from a click-only encoder, while the holder re-encodes for the features).
+        watched = self._detector_store(store) if self.concepts else store
         with timer.stage("single_flight_wait"):
-            waited = store.wait_for(image_id, timeout, cancelled=lambda: not context.is_active())
+            waited = watched.wait_for(image_id, timeout, cancelled=lambda: not context.is_active())
         if waited.outcome == "cancelled" or not context.is_active():
             raise ServiceError(
                 grpc.StatusCode.CANCELLED, "call ended while waiting for another worker's encode", Reason.CANCELLED
@@ -246,9 +249,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                     grpc.StatusCode.CANCELLED, "call ended during the encode; nothing stored", Reason.CANCELLED
                 )
             with timer.stage("store_write"):
-                if detector is not None:  # first: the tracker's value is what waiters and `cached` look for
-                    self._detector_store(store).put(image_id, detector.as_embeddings(self.model.model_id))
                 store.put(image_id, embeddings)
+                if detector is not None:  # last: what concept-serving waiters watch (see _wait_for_other_worker)
+                    self._detector_store(store).put(image_id, detector.as_embeddings(self.model.model_id))
             return embeddings.original_size
         finally:
             self._slots.release()

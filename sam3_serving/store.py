@@ -332,7 +332,7 @@ class EmbeddingStore:
         log.warning("deleting the stored value of %s: %s", image_id, why, extra={"tenant": self.tenant})
         self.delete(image_id)
 
-    def put(self, image_id: str, embeddings: ImageEmbeddings) -> int:
+    def put(self, image_id: str, embeddings: ImageEmbeddings, *, announce: bool = True) -> int:
         """Store the embeddings at the configured dtype, with the TTL, and announce the write to decoders.
 
         Returns the bytes written. The announcement is best effort: a decoder that misses it (it was
@@ -343,7 +343,9 @@ class EmbeddingStore:
         blob = serialize(embeddings.astype(self._dtype), image_id)
         key = self.key(image_id)
         try:
-            if self._cluster:  # a cluster pipeline refuses PUBLISH (it goes to every node): two round trips
+            if not announce:  # a value that is never rewritten (text features): no decoder needs to hear of it
+                self._client.set(key, blob, ex=self.config.ttl_seconds)
+            elif self._cluster:  # a cluster pipeline refuses PUBLISH (it goes to every node): two round trips
                 self._client.set(key, blob, ex=self.config.ttl_seconds)
                 self._client.publish(self.replacements_channel, key)
             else:

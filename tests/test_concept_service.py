@@ -91,7 +91,6 @@ def test_every_oracle_case_matches_through_the_services_in_every_format(stack: S
                     threshold=query["threshold"],
                     mask_format=mask_format,
                     label_image=(n == 0),
-                    max_instances=16,  # the references keep 1 to 3; the 12 MP image needs a cap to fit the budget
                 )
                 (answer,) = result.concepts
                 assert_matches(answer, reference, mask_format)
@@ -250,6 +249,22 @@ def test_a_query_that_could_return_too_many_masks_is_refused_before_the_decoder_
         assert model_runs("decoder") == runs  # refused before the concept decoder ran
         # Fewer possible instances fit.
         assert client.segment_concept(image_id, "a dog", max_instances=10, threshold=0.0).instances
+
+
+def test_without_max_instances_the_instances_found_are_budgeted_before_any_mask(redis_url: str) -> None:
+    limits = ResponseLimits(max_mask_pixels=640 * 480 * 10)  # ten full-size masks of the test image
+    with (
+        running(
+            redis_url, f"found-{uuid.uuid4().hex[:8]}", model=unified_model(), decoder=DecoderSettings(responses=limits)
+        ) as small,
+        Client(small.target) as client,
+    ):
+        image_id = client.encode(image_bytes()).image_id
+        with pytest.raises(Sam3Error) as failure:  # threshold 0: all 200 queries are instances
+            client.segment_concept(image_id, "a dog", threshold=0.0)
+        assert failure.value.reason == Reason.RESPONSE_TOO_LARGE and "found 200 instances" in failure.value.message
+        # What a real query finds (a handful) fits, on any image size the budget allows per mask.
+        assert client.segment_concept(image_id, "a dog", threshold=0.5).concepts[0].presence >= 0.0
 
 
 def test_concept_slots_refuse_at_once_when_every_slot_is_busy() -> None:

@@ -4,7 +4,7 @@ Retries are gRPC's own (service config): only UNAVAILABLE is retried, with expon
 because every other code means the same request would fail again, except RESOURCE_EXHAUSTED /
 OVERLOADED ("busy now"), which the clients retry themselves within the deadline (_busy).
 `dns:///host:port` targets with several addresses are balanced per call with round_robin (gRPC
-balances connections, not calls), except the calls about one image (Segment, Prefetch), which go to
+balances connections, not calls), except the calls about one image (Segment, Prefetch, SegmentConcept), which go to
 the replica that owns it by consistent hashing (`_affinity`, `ChannelSettings.affinity`) so that
 replica's cache keeps hitting.
 

@@ -173,7 +173,7 @@ class ConceptQuery:
         """Every exemplar as (box, positive)."""
         pairs = []
         for exemplar in self.exemplars:
-            if len(exemplar) == 2 and isinstance(exemplar[1], bool):
+            if len(exemplar) == 2 and isinstance(exemplar[1], bool | np.bool_):
                 box, positive = exemplar
             else:
                 box, positive = exemplar, True
@@ -416,14 +416,19 @@ def concept_request(
     mask_format = options.get("mask_format", "rle")
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format {mask_format!r}: choose one of {sorted(MASK_FORMATS)}")
+    threshold, max_instances = options.get("threshold", 0.5), options.get("max_instances")
+    if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold {threshold!r}: give a score in [0, 1] (SAM3's usual: 0.5)")
+    if max_instances is not None and (not isinstance(max_instances, int) or max_instances < 0):
+        raise ValueError(f"max_instances {max_instances!r}: give a whole number >= 0, or None for all")
     request = decoder_pb2.SegmentConceptRequest(
         image_id=image_id,
-        threshold=options.get("threshold", 0.5),
+        threshold=threshold,
         mask_format=MASK_FORMATS[mask_format],
         label_image=options.get("label_image", False),
     )
-    if options.get("max_instances") is not None:
-        request.max_instances = int(options["max_instances"])  # type: ignore[arg-type]
+    if max_instances is not None:
+        request.max_instances = max_instances
     for concept in concepts:
         message = request.concepts.add(text=concept.text or "")
         for (x1, y1, x2, y2), positive in concept.pairs():
@@ -662,6 +667,12 @@ def _encode_on_miss(
     except Sam3Error as error:
         if not error.is_not_encoded:
             raise
+        if call.method == "segment_concept":
+            raise error.with_message(
+                f"the encoder stored image {payload.image_id} under model {encoded.model_id}, yet the decoder finds "
+                "no concept features for it: the encoders must store them (a folder from `sam3 models export` and "
+                f"--concepts on), and share the Redis store and key prefix with the decoders ({error.message})"
+            ) from None
         raise error.with_message(
             f"the encoder stored image {payload.image_id} under model {encoded.model_id}, yet the decoder cannot "
             f"find it: do both workers share the Redis store, key prefix and model? ({error.message})"

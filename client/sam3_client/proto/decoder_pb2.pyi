@@ -636,7 +636,7 @@ class Exemplar(_message.Message):
     """Positive or negative example."""
     @_builtins.property
     def box(self) -> Global___Box:
-        """The box (x2 > x1, y2 > y1)."""
+        """The box: x2 > x1, y2 > y1, within the image (0 <= x <= width, 0 <= y <= height)."""
 
     def __init__(
         self,
@@ -710,7 +710,9 @@ class SegmentConceptRequest(_message.Message):
     """
     max_instances: _builtins.int
     """Keep at most this many instances per concept, the highest scores; unset: all of them (the
-    model has 200 queries). Counted against the worker's mask budget before anything runs.
+    model has 200 queries). When set, the worst case (concepts x max_instances full-size masks) is
+    checked against the worker's mask budget before the concept decoder runs; unset, the instances
+    found are, before any mask is computed.
     """
     request_id: _builtins.str
     """Echoed in the response."""

@@ -115,10 +115,12 @@ class DecoderServiceServicer:
     def SegmentConcept(self, request, context):
         """Every instance of one or more concepts (a noun phrase and/or exemplar boxes) on a stored image,
         from the same single encode that serves Segment. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with
-        the field named; checked before anything is fetched), FAILED_PRECONDITION (CONCEPTS_NOT_SUPPORTED:
+        the field named; checked before anything is fetched, except that exemplar boxes lie within the
+        image, which needs its size), FAILED_PRECONDITION (CONCEPTS_NOT_SUPPORTED:
         the worker's model folder serves clicks and boxes only), NOT_FOUND (EMBEDDING_NOT_FOUND: call
         EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the masks the request
-        could return are over a limit, decided before the concept decoder runs; OVERLOADED: every concept
+        could return are over a limit, decided before the concept decoder runs when max_instances is set,
+        else before the first mask once the instances are known; OVERLOADED: every concept
         slot is busy, retry with backoff), UNAVAILABLE (STORE_UNAVAILABLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

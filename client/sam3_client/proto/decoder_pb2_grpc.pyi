@@ -69,10 +69,12 @@ class DecoderServiceStub:
     SegmentConcept: _grpc.UnaryUnaryMultiCallable[_decoder_pb2.SegmentConceptRequest, _decoder_pb2.SegmentConceptResponse]
     """Every instance of one or more concepts (a noun phrase and/or exemplar boxes) on a stored image,
     from the same single encode that serves Segment. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with
-    the field named; checked before anything is fetched), FAILED_PRECONDITION (CONCEPTS_NOT_SUPPORTED:
+    the field named; checked before anything is fetched, except that exemplar boxes lie within the
+    image, which needs its size), FAILED_PRECONDITION (CONCEPTS_NOT_SUPPORTED:
     the worker's model folder serves clicks and boxes only), NOT_FOUND (EMBEDDING_NOT_FOUND: call
     EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the masks the request
-    could return are over a limit, decided before the concept decoder runs; OVERLOADED: every concept
+    could return are over a limit, decided before the concept decoder runs when max_instances is set,
+    else before the first mask once the instances are known; OVERLOADED: every concept
     slot is busy, retry with backoff), UNAVAILABLE (STORE_UNAVAILABLE).
     """
 
@@ -110,10 +112,12 @@ class DecoderServiceAsyncStub(DecoderServiceStub):
     SegmentConcept: _aio.UnaryUnaryMultiCallable[_decoder_pb2.SegmentConceptRequest, _decoder_pb2.SegmentConceptResponse]  # type: ignore[assignment]
     """Every instance of one or more concepts (a noun phrase and/or exemplar boxes) on a stored image,
     from the same single encode that serves Segment. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with
-    the field named; checked before anything is fetched), FAILED_PRECONDITION (CONCEPTS_NOT_SUPPORTED:
+    the field named; checked before anything is fetched, except that exemplar boxes lie within the
+    image, which needs its size), FAILED_PRECONDITION (CONCEPTS_NOT_SUPPORTED:
     the worker's model folder serves clicks and boxes only), NOT_FOUND (EMBEDDING_NOT_FOUND: call
     EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the masks the request
-    could return are over a limit, decided before the concept decoder runs; OVERLOADED: every concept
+    could return are over a limit, decided before the concept decoder runs when max_instances is set,
+    else before the first mask once the instances are known; OVERLOADED: every concept
     slot is busy, retry with backoff), UNAVAILABLE (STORE_UNAVAILABLE).
     """
 
@@ -178,10 +182,12 @@ class DecoderServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_decoder_pb2.SegmentConceptResponse, _abc.Awaitable[_decoder_pb2.SegmentConceptResponse]]:
         """Every instance of one or more concepts (a noun phrase and/or exemplar boxes) on a stored image,
         from the same single encode that serves Segment. Errors: INVALID_ARGUMENT (INVALID_PROMPT, with
-        the field named; checked before anything is fetched), FAILED_PRECONDITION (CONCEPTS_NOT_SUPPORTED:
+        the field named; checked before anything is fetched, except that exemplar boxes lie within the
+        image, which needs its size), FAILED_PRECONDITION (CONCEPTS_NOT_SUPPORTED:
         the worker's model folder serves clicks and boxes only), NOT_FOUND (EMBEDDING_NOT_FOUND: call
         EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the masks the request
-        could return are over a limit, decided before the concept decoder runs; OVERLOADED: every concept
+        could return are over a limit, decided before the concept decoder runs when max_instances is set,
+        else before the first mask once the instances are known; OVERLOADED: every concept
         slot is busy, retry with backoff), UNAVAILABLE (STORE_UNAVAILABLE).
         """
 
