@@ -10,7 +10,7 @@ waits on anything but Redis.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,15 +308,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
     ) -> DetectorFeatures:
         """The image's detector features: local cache, else the store (NOT_FOUND: Encode first)."""
         detector_store = store.for_kind(DETECTOR_KIND, concepts.detector_shapes)
-
-        def load() -> Loaded:
-            lookup = detector_store.get(image_id)
-            if lookup.embeddings is None:
-                return None, lookup.outcome
-            return lookup.embeddings.astype(np.float32), "redis"
-
-        with timer.stage("fetch"):
-            value, outcome = self.cache.get_or_load(detector_store.key(image_id), load)
+        value, outcome = self._cached(detector_store, image_id, lambda stored: stored.astype(np.float32), timer)
         metrics.CONCEPT_LOOKUPS.labels(kind="features", result=outcome).inc()
         if value is None:
             raise not_encoded(
@@ -422,21 +414,32 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             "image_id": request.image_id,
         }
 
+    def _cached(
+        self,
+        store: EmbeddingStore,
+        image_id: str,
+        convert: Callable[[ImageEmbeddings], ImageEmbeddings],
+        timer: StageTimer,
+    ) -> Loaded:
+        """A stored value through the local cache, keyed by its store key (tenants and kinds never share an
+        entry), converted once on its way in; (None, why) when the store has none."""
+
+        def load() -> Loaded:
+            lookup = store.get(image_id)
+            if lookup.embeddings is None:
+                return None, lookup.outcome
+            return convert(lookup.embeddings), "redis"
+
+        with timer.stage("fetch"):
+            return self.cache.get_or_load(store.key(image_id), load)
+
     def _embeddings(self, store: EmbeddingStore, image_id: str, timer: StageTimer) -> tuple[ImageEmbeddings, str]:
         """(embeddings, where from: LOCAL or "redis"): the local cache, else Redis, converted once to what the
         decoder takes (float32; on its device with I/O binding). NOT_FOUND tells the client to Encode.
 
         The local cache is keyed by the value's store key, so tenants never share a local copy either.
         """
-
-        def load() -> Loaded:
-            lookup = store.get(image_id)
-            if lookup.embeddings is None:
-                return None, lookup.outcome
-            return self.model.decoder_embeddings(lookup.embeddings), "redis"
-
-        with timer.stage("fetch"):
-            embeddings, outcome = self.cache.get_or_load(store.key(image_id), load)
+        embeddings, outcome = self._cached(store, image_id, self.model.decoder_embeddings, timer)
         metrics.CACHE_LOOKUPS.labels(outcome).inc()
         if embeddings is None:
             raise not_encoded(image_id, self.model.model_id)
