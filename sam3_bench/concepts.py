@@ -14,9 +14,6 @@ from typing import Any
 from sam3_bench.measure import Stats
 
 PHRASE = "a dog"
-# Random weights score every query alike: threshold 0 with a cap keeps a fixed number of instances, so
-# the mask stages are measured too (real weights find the instances a phrase has).
-INSTANCES = {"threshold": 0.0, "max_instances": 4}
 STAGES = ("load", "fetch", "text", "concept_decoder", "postprocess", "encode_mask", "total")
 
 
@@ -26,6 +23,12 @@ def _stages(results: list[Any]) -> dict[str, Any]:
         for stage in STAGES
         if any(stage in r.timings for r in results)
     }
+
+
+def _query(client: Any, image_id: str, phrase: str, mask_format: str = "rle") -> Any:
+    """One concept query. Random weights score every query alike: threshold 0 with a cap keeps a fixed
+    number of instances, so the mask stages are measured too (real weights find what a phrase has)."""
+    return client.segment_concept(image_id, phrase, threshold=0.0, max_instances=4, mask_format=mask_format)
 
 
 def measure(serve_target: str, fetcher_target: str, redis_url: str, image: Path, repeats: int) -> dict[str, Any]:
@@ -45,18 +48,14 @@ def measure(serve_target: str, fetcher_target: str, redis_url: str, image: Path,
             kind = key.decode().split(":v", 1)[0].rsplit(":", 1)[-1]
             sizes[kind] = int(store.strlen(key))  # type: ignore[arg-type]
         rows["bytes_per_image"] = sizes
-        first = fetching.segment_concept(encoded.image_id, PHRASE, **INSTANCES)  # from Redis, phrase encoded
+        first = _query(fetching, encoded.image_id, PHRASE)  # features from Redis, phrase encoded
         rows["first_query_on_a_replica_ms"] = _stages([first])
         rows["instances"] = len(first.instances)
-        cached = [fetching.segment_concept(encoded.image_id, PHRASE, **INSTANCES) for _ in range(repeats)]
+        cached = [_query(fetching, encoded.image_id, PHRASE) for _ in range(repeats)]
         rows["cached_image_and_phrase_ms"] = _stages(cached)
-        new_phrases = [
-            fetching.segment_concept(encoded.image_id, f"{PHRASE} number {k}", **INSTANCES) for k in range(repeats)
-        ]
+        new_phrases = [_query(fetching, encoded.image_id, f"{PHRASE} number {k}") for k in range(repeats)]
         rows["cached_image_new_phrase_ms"] = _stages(new_phrases)
-        no_masks = [
-            fetching.segment_concept(encoded.image_id, PHRASE, mask_format="none", **INSTANCES) for _ in range(repeats)
-        ]
+        no_masks = [_query(fetching, encoded.image_id, PHRASE, mask_format="none") for _ in range(repeats)]
         rows["cached_image_and_phrase_no_masks_ms"] = _stages(no_masks)
     return rows
 
