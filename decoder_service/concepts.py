@@ -13,7 +13,6 @@ slots (`ConceptSlots`): on a CPU one query costs seconds, so they may never hold
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -24,11 +23,11 @@ import grpc
 import numpy as np
 
 from decoder_service.budget import ResponseLimits
-from sam3_client import wire
+from decoder_service.fields import check_image_id, invalid_prompt, require_enum
 from sam3_client.proto import decoder_pb2
 from sam3_core.concept import ConceptModel, Exemplar, TextFeatures, prompt_phrase
 from sam3_core.embeddings import ImageEmbeddings
-from sam3_core.prompts import PromptError
+from sam3_core.prompts import PromptError, check_box, check_box_inside
 from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.store import TEXT_KIND, EmbeddingStore, StoreUnavailableError
@@ -64,8 +63,11 @@ class ConceptPlan:
     threshold: float
     mask_format: int
     label_image: bool
-    max_instances: int
-    capped: bool  # max_instances was given: the worst case is known before the concept decoder runs
+    max_instances: int | None  # None: every instance found (the model has MODEL_QUERIES)
+
+    @property
+    def instances_cap(self) -> int:
+        return MODEL_QUERIES if self.max_instances is None else min(self.max_instances, MODEL_QUERIES)
 
     @property
     def computes_masks(self) -> bool:
@@ -75,8 +77,7 @@ class ConceptPlan:
 def plan(request: decoder_pb2.SegmentConceptRequest, limits: ConceptLimits) -> ConceptPlan:
     """Everything that can be wrong with a request without its image; INVALID_PROMPT naming the field."""
     try:
-        if not wire.is_image_id(request.image_id):
-            raise PromptError("image_id", "expected the 64 lowercase hex digits of the image's sha256")
+        check_image_id(request.image_id)
         if not request.concepts:
             raise PromptError("concepts", "give at least one concept (a phrase and/or exemplar boxes)")
         if len(request.concepts) > limits.max_concepts:
@@ -86,16 +87,11 @@ def plan(request: decoder_pb2.SegmentConceptRequest, limits: ConceptLimits) -> C
             raise PromptError("threshold", "not set; send a score threshold in [0, 1] (SAM3's usual: 0.5)")
         if not 0.0 <= request.threshold <= 1.0:  # NaN fails too
             raise PromptError("threshold", f"{request.threshold} is not within [0, 1]")
-        if request.mask_format == 0 or request.mask_format not in decoder_pb2.MaskFormat.values():
-            choices = ", ".join(name for name, number in decoder_pb2.MaskFormat.items() if number)
-            raise PromptError("mask_format", f"not set or unknown ({request.mask_format}); send one of {choices}")
+        require_enum("mask_format", decoder_pb2.MaskFormat, request.mask_format)
     except PromptError as error:
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, str(error), Reason.INVALID_PROMPT, field=error.field
-        ) from error
-    cap = min(request.max_instances, MODEL_QUERIES) if request.HasField("max_instances") else MODEL_QUERIES
-    capped = request.HasField("max_instances")
-    return ConceptPlan(concepts, float(request.threshold), request.mask_format, request.label_image, cap, capped)
+        raise invalid_prompt(error) from error
+    max_instances = request.max_instances if request.HasField("max_instances") else None
+    return ConceptPlan(concepts, float(request.threshold), request.mask_format, request.label_image, max_instances)
 
 
 def _concept(field: str, concept: decoder_pb2.ConceptPrompt, limits: ConceptLimits) -> Concept:
@@ -111,40 +107,33 @@ def _concept(field: str, concept: decoder_pb2.ConceptPrompt, limits: ConceptLimi
     exemplars = []
     for j, exemplar in enumerate(concept.exemplars):
         where = f"{field}.exemplars[{j}]"
-        if exemplar.label not in (decoder_pb2.EXEMPLAR_LABEL_POSITIVE, decoder_pb2.EXEMPLAR_LABEL_NEGATIVE):
-            raise PromptError(f"{where}.label", f"not set or unknown ({exemplar.label}); send POSITIVE or NEGATIVE")
+        require_enum(f"{where}.label", decoder_pb2.ExemplarLabel, exemplar.label)
         if not exemplar.HasField("box"):
             raise PromptError(f"{where}.box", "missing")
         box = (exemplar.box.x1, exemplar.box.y1, exemplar.box.x2, exemplar.box.y2)
-        if not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1]:
-            raise PromptError(f"{where}.box", f"{box} is not a box: need finite x2 > x1 and y2 > y1")
+        check_box(f"{where}.box", box)
         exemplars.append(Exemplar(box, exemplar.label == decoder_pb2.EXEMPLAR_LABEL_POSITIVE))
     return Concept(text, tuple(exemplars))
 
 
 def check_exemplars_inside(plan: ConceptPlan, size: tuple[int, int]) -> None:
     """Exemplar boxes within the image (known only once its features are fetched)."""
-    height, width = size
-    for i, concept in enumerate(plan.concepts):
-        for j, exemplar in enumerate(concept.exemplars):
-            x1, y1, x2, y2 = exemplar.box
-            if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-                raise ServiceError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"concepts[{i}].exemplars[{j}].box: {exemplar.box} is outside the {width}x{height} image",
-                    Reason.INVALID_PROMPT,
-                    field=f"concepts[{i}].exemplars[{j}].box",
-                )
+    try:
+        for i, concept in enumerate(plan.concepts):
+            for j, exemplar in enumerate(concept.exemplars):
+                check_box_inside(f"concepts[{i}].exemplars[{j}].box", exemplar.box, size)
+    except PromptError as error:
+        raise invalid_prompt(error) from error
 
 
 def check_budget(plan: ConceptPlan, size: tuple[int, int], limits: ResponseLimits) -> None:
     """With `max_instances` given, refuse before the concept decoder runs a request whose worst case is over
     the mask limits: every concept returning `max_instances` full-size masks (packed bits have a fixed size
     too). Without it, `MaskWork` refuses as soon as the instances found are known, before any mask."""
-    if not plan.capped:
+    if plan.max_instances is None:
         return
     height, width = size
-    masks = len(plan.concepts) * plan.max_instances
+    masks = len(plan.concepts) * plan.instances_cap
     fixed = masks * -(-height * width // 8) if plan.mask_format == decoder_pb2.MASK_FORMAT_PACKED_BITS else 0
     if fixed > limits.max_response_bytes:
         _too_large(

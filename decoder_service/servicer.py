@@ -30,6 +30,7 @@ from decoder_service.concepts import (
     check_exemplars_inside,
 )
 from decoder_service.concepts import plan as concept_plan
+from decoder_service.fields import check_image_id, enum_problem, invalid_prompt, require_enum
 from sam3_client import wire
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc
 from sam3_core import masks as mask_codecs
@@ -77,9 +78,7 @@ def plan(request: decoder_pb2.SegmentRequest, limits: PromptLimits) -> Plan:
     try:
         check_image_id(request.image_id)
         for field, enum in (("selection", decoder_pb2.MaskSelection), ("mask_format", decoder_pb2.MaskFormat)):
-            value = getattr(request, field)
-            if value == 0 or value not in enum.values():  # unset, or from a newer (or broken) client: never a default
-                raise PromptError(field, _enum_problem(enum, value))
+            require_enum(field, enum, getattr(request, field))
         if request.selection == decoder_pb2.MASK_SELECTION_INDEX and not 0 <= request.mask_index < MASKS_PER_OBJECT:
             raise PromptError("mask_index", f"{request.mask_index} is not a mask index (0..{MASKS_PER_OBJECT - 1})")
         prompts = to_prompts(request)
@@ -87,15 +86,6 @@ def plan(request: decoder_pb2.SegmentRequest, limits: PromptLimits) -> Plan:
     except PromptError as error:
         raise invalid_prompt(error) from error
     return Plan(prompts, request.mask_format, request.selection, request.mask_index)
-
-
-def check_image_id(image_id: str) -> None:
-    if not wire.is_image_id(image_id):
-        raise PromptError("image_id", "expected the 64 lowercase hex digits of the image's sha256")
-
-
-def invalid_prompt(error: PromptError) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error), Reason.INVALID_PROMPT, field=error.field)
 
 
 def to_prompts(request: decoder_pb2.SegmentRequest) -> list[Prompt]:
@@ -106,19 +96,11 @@ def to_prompts(request: decoder_pb2.SegmentRequest) -> list[Prompt]:
         for j, point in enumerate(obj.points):
             label = wire.label_from_wire(point.label)
             if label is None:
-                raise PromptError(f"objects[{i}].points[{j}].label", _enum_problem(decoder_pb2.PointLabel, point.label))
+                raise PromptError(f"objects[{i}].points[{j}].label", enum_problem(decoder_pb2.PointLabel, point.label))
             labels.append(label)
         box = (obj.box.x1, obj.box.y1, obj.box.x2, obj.box.y2) if obj.HasField("box") else None
         prompts.append(Prompt(tuple((p.x, p.y) for p in obj.points), tuple(labels), box))
     return prompts
-
-
-def _enum_problem(enum: Any, value: int) -> str:
-    """Why an enum value is refused: never set (the zero value), or unknown to this server."""
-    choices = ", ".join(name for name, number in enum.items() if number != 0)
-    if value == 0:
-        return f"not set (an enum name your library did not know also arrives as 0); send one of {choices}"
-    return f"unknown value {value}; send one of {choices}"
 
 
 def selected_indices(plan: Plan, prediction: ObjectPrediction) -> list[int]:
@@ -333,8 +315,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             answer = concepts.detect(features, concept.text, concept.exemplars, checked.threshold, text_features=text)
         metrics.MODEL_RUNS.labels(WORKER).inc()
         found = answer.instances
-        if len(found) > checked.max_instances:  # the best ones, still in query order
-            best = {id(i) for i in sorted(found, key=lambda i: i.score, reverse=True)[: checked.max_instances]}
+        if len(found) > checked.instances_cap:  # the best ones, still in query order
+            best = {id(i) for i in sorted(found, key=lambda i: i.score, reverse=True)[: checked.instances_cap]}
             found = [instance for instance in found if id(instance) in best]
         if checked.computes_masks:  # before any mask: their number is only known now
             work.add(len(found))

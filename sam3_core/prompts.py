@@ -102,11 +102,7 @@ def check_prompts(prompts: Sequence[Prompt], limits: PromptLimits = PromptLimits
             if label not in (FOREGROUND, BACKGROUND):
                 raise PromptError(f"{where}.points[{j}].label", f"{label} is not 1 (foreground) or 0 (background)")
         if prompt.box is not None:
-            x1, y1, x2, y2 = prompt.box
-            for name, value in (("x1", x1), ("y1", y1), ("x2", x2), ("y2", y2)):
-                _check_finite(f"{where}.box.{name}", value)
-            if not (x2 > x1 and y2 > y1):
-                raise PromptError(f"{where}.box", f"({x1}, {y1}, {x2}, {y2}) needs x2 > x1 and y2 > y1")
+            check_box(f"{where}.box", prompt.box)
 
 
 def check_coordinates(prompts: Sequence[Prompt], original_size: tuple[int, int]) -> None:
@@ -117,8 +113,23 @@ def check_coordinates(prompts: Sequence[Prompt], original_size: tuple[int, int])
             _check_inside(f"objects[{i}].points[{j}].x", x, width)
             _check_inside(f"objects[{i}].points[{j}].y", y, height)
         if prompt.box is not None:
-            for name, value, limit in zip(("x1", "y1", "x2", "y2"), prompt.box, (width, height) * 2, strict=True):
-                _check_inside(f"objects[{i}].box.{name}", value, limit)
+            check_box_inside(f"objects[{i}].box", prompt.box, original_size)
+
+
+def check_box(field: str, box: Sequence[float]) -> None:
+    """Four finite numbers x1, y1, x2, y2 with x2 > x1 and y2 > y1 (a click box or a concept's exemplar)."""
+    x1, y1, x2, y2 = box
+    for name, value in (("x1", x1), ("y1", y1), ("x2", x2), ("y2", y2)):
+        _check_finite(f"{field}.{name}", value)
+    if not (x2 > x1 and y2 > y1):
+        raise PromptError(field, f"({x1}, {y1}, {x2}, {y2}) needs x2 > x1 and y2 > y1")
+
+
+def check_box_inside(field: str, box: Sequence[float], original_size: tuple[int, int]) -> None:
+    """Every corner within the oriented image, 0..size inclusive."""
+    height, width = original_size
+    for name, value, limit in zip(("x1", "y1", "x2", "y2"), box, (width, height) * 2, strict=True):
+        _check_inside(f"{field}.{name}", value, limit)
 
 
 def _check_inside(name: str, value: float, limit: int) -> None:
