@@ -11,6 +11,8 @@ The two graphs reproduce onnx-community/sam3-tracker-ONNX's contract (docs/model
   (Pb is P or 0) + the three embeddings -> iou_scores [B,P,3], pred_masks [B,P,3,h,w],
   object_score_logits [B,P,1]. The graph never adds the "not a point" pad that transformers appends to
   clicks-only prompts: callers append (0, 0, label -1) themselves (`manifest.json` says so).
+- `mask_decoder_image.onnx` + `mask_decoder_click.onnx`: the same decoder split into its per-image and
+  per-click shares (export_split_decoder; our exports only, the runtime falls back without them).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import torch
 from torch import nn
 
 from sam3_core import no_memory
+from sam3_core.export_split_decoder import export_split_decoder
 from sam3_core.graphs import (
+    DECODER_DYNAMIC_AXES,
     DECODER_OUTPUTS,
     DECODER_PROMPT_INPUTS,
     DECODER_STEM,
@@ -437,10 +441,10 @@ def export_graphs(
 
 
 def export_decoder(model: nn.Module, out_dir: Path, inputs: GraphInputs, embeddings: tuple[torch.Tensor, ...]) -> float:
-    """Traces the prompt encoder + mask decoder graph on example embeddings; returns seconds taken."""
+    """Traces the prompt encoder + mask decoder graph, and its split twin (export_split_decoder), on example
+    embeddings; returns seconds taken."""
     started = time.perf_counter()
     decoder_path = out_dir / file_name(DECODER_STEM)
-    points, labels, boxes = DECODER_PROMPT_INPUTS
     with torch.no_grad():
         torch.onnx.export(
             PromptDecoderGraph(model),
@@ -448,18 +452,14 @@ def export_decoder(model: nn.Module, out_dir: Path, inputs: GraphInputs, embeddi
             str(decoder_path),
             input_names=[*DECODER_PROMPT_INPUTS, *EMBEDDING_NAMES],
             output_names=list(DECODER_OUTPUTS),
-            dynamic_axes={
-                points: {0: "batch", 1: "prompts", 2: "points"},
-                labels: {0: "batch", 1: "prompts", 2: "points"},
-                boxes: {0: "batch", 1: "boxes"},
-                **{output: {0: "batch", 1: "prompts"} for output in DECODER_OUTPUTS},
-            },
+            dynamic_axes=DECODER_DYNAMIC_AXES,
             opset_version=OPSET,
             dynamo=False,
         )
     save_graph(decoder_path)
+    export_split_decoder(model, out_dir, embeddings, OPSET)
     seconds = time.perf_counter() - started
-    log(f"  prompt encoder + mask decoder written in {seconds:.1f} s")
+    log(f"  prompt encoder + mask decoder (standard and split) written in {seconds:.1f} s")
     return seconds
 
 

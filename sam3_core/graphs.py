@@ -24,7 +24,20 @@ EMBEDDING_NAMES = ("image_embeddings.0", "image_embeddings.1", "image_embeddings
 DETECTOR_OUTPUTS = ("detector_features.0", "detector_features.1", "detector_features.2")
 DECODER_PROMPT_INPUTS = ("input_points", "input_labels", "input_boxes")
 DECODER_OUTPUTS = ("iou_scores", "pred_masks", "object_score_logits")
+# The decoder graphs' variable axes (export: torch.onnx's dynamic_axes): images and prompts in a call,
+# points per prompt; the embeddings are always one image.
+DECODER_DYNAMIC_AXES = {
+    "input_points": {0: "batch", 1: "prompts", 2: "points"},
+    "input_labels": {0: "batch", 1: "prompts", 2: "points"},
+    "input_boxes": {0: "batch", 1: "boxes"},
+    **{output: {0: "batch", 1: "prompts"} for output in DECODER_OUTPUTS},
+}
 MASKS_PER_OBJECT = 3  # candidate masks the decoder returns for every object
+# The click decoder split in two (our exports; export_split_decoder explains): once per image, then per click.
+SPLIT_IMAGE_FILE = "mask_decoder_image.onnx"
+SPLIT_CLICK_FILE = "mask_decoder_click.onnx"
+SPLIT_FILES = (SPLIT_IMAGE_FILE, SPLIT_CLICK_FILE)
+SPLIT_IMAGE_OUTPUTS = ("image_tokens", "first_keys", "first_values", "first_image_queries", "high_res_1", "high_res_0")
 
 # Suffixes of a graph's external-weights file: as published (and exported), and as ONNX Runtime's quantizer writes.
 PUBLISHED_DATA_SUFFIX = "_data"

@@ -1,4 +1,5 @@
-"""The SAM3 tracker's two ONNX Runtime sessions, read from a folder in the onnx-community layout.
+"""The SAM3 tracker's two sessions, read from a folder in the onnx-community layout: ONNX Runtime's
+(the encoder's optionally OpenVINO's, see openvino_session).
 
 One class for the model family (as rembg does): it knows the file names, the tensor contract, the
 preprocessing settings and the model id that namespaces cached embeddings. Graph shapes are read
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +22,7 @@ import onnxruntime as ort
 
 from sam3_core import graphs, no_memory
 from sam3_core.embeddings import ImageEmbeddings
+from sam3_core.openvino_session import OpenVinoSession, precision_of
 
 # GPU and NPU providers in order of preference; the CPU provider is always the fallback.
 ACCELERATED_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider", "DmlExecutionProvider")
@@ -57,6 +60,11 @@ class DeviceTensor:
     def numpy(self) -> np.ndarray:
         """A host copy (tests, debugging)."""
         return np.asarray(self.value.numpy())
+
+
+class DecoderEmbeddings(ImageEmbeddings):
+    """Embeddings prepared for one Sam3Model's decoder (`Sam3Model.decoder_embeddings`): in its input
+    dtype, on its device, and with a split decoder the per-image tensors its click graph reads."""
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -118,6 +126,11 @@ class RuntimeOptions:
     # a cached image is then never uploaded again (a cache living in host memory re-uploads ~21 MB per
     # click). "auto" = on when the decoder runs on an accelerator; True also works on the CPU provider.
     io_binding: bool | str = "auto"
+    # Who runs the encoder: ONNX Runtime, or OpenVINO at f32 or bf16 (openvino_session.ENCODER_RUNTIMES).
+    encoder_runtime: str = "onnxruntime"
+    # Use the split click decoder (mask_decoder_image.onnx + mask_decoder_click.onnx) when the folder has
+    # it: the same masks (float32 rounding) in about half the arithmetic per click. False: the standard graph.
+    split_decoder: bool = True
 
     def resolved_providers(self) -> list[str]:
         available = ort.get_available_providers()
@@ -162,11 +175,15 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def compute_model_id(encoder_path: Path, preprocessing: Preprocessing) -> str:
-    """Changes whenever the encoder weights or the preprocessing change: cached embeddings stay valid."""
+def compute_model_id(encoder_path: Path, preprocessing: Preprocessing, encoder_runtime: str = "onnxruntime") -> str:
+    """Changes whenever the encoder weights, the preprocessing or the encoder's arithmetic change: cached
+    embeddings stay valid. An encoder computing at bf16 gets its own namespace (`fp32.bf16-...`), so a
+    fleet never mixes its embeddings with float32 ones; OpenVINO at f32 matches ONNX Runtime (1e-6) and shares it."""
+    precision = precision_of(encoder_runtime)
+    label = graphs.variant_of(encoder_path) + (f".{precision}" if precision not in (None, "f32") else "")
     digest = hashlib.sha256(_file_digest(encoder_path).encode())
     digest.update(json.dumps([preprocessing.size, preprocessing.mean, preprocessing.std]).encode())
-    return f"{graphs.variant_of(encoder_path)}-{digest.hexdigest()[:16]}"
+    return f"{label}-{digest.hexdigest()[:16]}"
 
 
 class Sam3Model:
@@ -193,14 +210,22 @@ class Sam3Model:
         self.encoder_path = graph_path(self.folder, graphs.ENCODER_STEM, variant)
         self.decoder_path = graph_path(self.folder, graphs.DECODER_STEM, decoder_variant)
         self.manifest = self._read_manifest()
-        self.model_id = compute_model_id(self.encoder_path, self.preprocessing)
+        self.model_id = compute_model_id(self.encoder_path, self.preprocessing, runtime.encoder_runtime)
         self.runtime = runtime
         providers = runtime.resolved_providers()
         if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn]
         self.providers = providers
-        self._encoder = self._session(self.encoder_path, providers) if load_encoder else None
-        self._decoder = self._session(self.decoder_path, providers) if load_decoder else None
+        self._encoder = self._encoder_session(providers) if load_encoder else None
+        # The split graphs are the float32 twin of the unsuffixed decoder: another decoder variant means that one.
+        split = runtime.split_decoder and (decoder_variant or graphs.DEFAULT_VARIANT) == graphs.DEFAULT_VARIANT
+        split = split and all((self.folder / name).exists() for name in graphs.SPLIT_FILES)
+        self.split_decoder = split and load_decoder
+        if self.split_decoder:
+            self._image_side = self._session(self.folder / graphs.SPLIT_IMAGE_FILE, providers)
+            self._decoder = self._session(self.folder / graphs.SPLIT_CLICK_FILE, providers)
+        else:
+            self._decoder = self._session(self.decoder_path, providers) if load_decoder else None
         accelerated = self._decoder is not None and self._decoder.get_providers()[0] != "CPUExecutionProvider"
         self.io_binding = accelerated if runtime.io_binding == "auto" else bool(runtime.io_binding)
 
@@ -210,6 +235,12 @@ class Sam3Model:
 
     def _session(self, path: Path, providers: list[str]) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), sess_options=self.runtime.session_options(), providers=providers)
+
+    def _encoder_session(self, providers: list[str]) -> ort.InferenceSession | OpenVinoSession:
+        precision = precision_of(self.runtime.encoder_runtime)
+        if precision is None:
+            return self._session(self.encoder_path, providers)
+        return OpenVinoSession(self.encoder_path, precision, self.runtime.intra_op_threads)
 
     @property
     def appends_pad_point(self) -> bool:
@@ -227,7 +258,7 @@ class Sam3Model:
         return no_memory.detect(self.manifest, self.encoder_path)
 
     @property
-    def encoder(self) -> ort.InferenceSession:
+    def encoder(self) -> ort.InferenceSession | OpenVinoSession:
         if self._encoder is None:
             raise RuntimeError("this Sam3Model was loaded without its encoder (load_encoder=False)")
         return self._encoder
@@ -242,7 +273,8 @@ class Sam3Model:
         """[C, H, W]-style shapes of the three embeddings, read from whichever graph is loaded."""
         if self._encoder is not None:
             return [tuple(o.shape) for o in self._encoder.get_outputs() if o.name not in graphs.DETECTOR_OUTPUTS]
-        inputs = {i.name: i for i in self.decoder.get_inputs()}
+        embedding_inputs = (self._image_side if self.split_decoder else self.decoder).get_inputs()
+        inputs = {i.name: i for i in embedding_inputs}
         return [tuple(inputs[name].shape) for name in graphs.EMBEDDING_NAMES]
 
     @property
@@ -285,34 +317,45 @@ class Sam3Model:
         """(ONNX Runtime device name, id) where the decoder's inputs live: "cuda" under CUDA, else "cpu"."""
         return ("cuda", 0) if self.decoder.get_providers()[0] == "CUDAExecutionProvider" else ("cpu", 0)
 
-    def decoder_embeddings(self, embeddings: ImageEmbeddings) -> ImageEmbeddings:
-        """The embeddings the way the decoder takes them, converted once per image (the decoder's cache
-        keeps this): in the graph's input dtype, and with I/O binding as DeviceTensors on its device."""
+    def decoder_embeddings(self, embeddings: ImageEmbeddings) -> DecoderEmbeddings:
+        """The embeddings the way the decoder takes them, prepared once per image (the decoder's cache and
+        the Predictor keep this): with a split decoder the image's share of the decoder's work, run here;
+        in the graph's input dtype; with I/O binding as DeviceTensors on its device."""
+        if isinstance(embeddings, DecoderEmbeddings):
+            return embeddings
+        names: tuple[str, ...] = graphs.EMBEDDING_NAMES
+        tensors = list(embeddings.tensors)
+        if self.split_decoder:
+            feeds = dict(zip(names, (np.asarray(t, np.float32) for t in tensors), strict=True))
+            names, tensors = graphs.SPLIT_IMAGE_OUTPUTS, self._image_side.run(list(graphs.SPLIT_IMAGE_OUTPUTS), feeds)
         types = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self.decoder.get_inputs()}
-        tensors = [
-            np.ascontiguousarray(t, dtype=types[name])
-            for name, t in zip(graphs.EMBEDDING_NAMES, embeddings.tensors, strict=True)
-        ]
+        arrays = [np.ascontiguousarray(t, dtype=types[name]) for name, t in zip(names, tensors, strict=True)]
+        prepared: list[np.ndarray | DeviceTensor] = list(arrays)
         if self.io_binding:
             device, device_id = self.decoder_device
-            tensors = [DeviceTensor(ort.OrtValue.ortvalue_from_numpy(t, device, device_id)) for t in tensors]
-        return ImageEmbeddings(tuple(tensors), embeddings.original_size, embeddings.model_id)  # type: ignore[arg-type]
+            prepared = [DeviceTensor(ort.OrtValue.ortvalue_from_numpy(t, device, device_id)) for t in arrays]
+        return DecoderEmbeddings(tuple(prepared), embeddings.original_size, embeddings.model_id)  # type: ignore[arg-type]
 
     def run_decoder(
         self,
         points: np.ndarray,
         labels: np.ndarray,
         boxes: np.ndarray,
-        embeddings: tuple[np.ndarray | DeviceTensor, ...],
+        embeddings: ImageEmbeddings | Sequence[np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns (iou_scores [1,P,3], pred_masks [1,P,3,h,w], object_score_logits [1,P,1]) as float32.
 
-        Embeddings may be numpy arrays or DeviceTensors (`decoder_embeddings`); with I/O binding the
-        prompts are copied to the device, the embeddings are bound where they are, and only the small
-        outputs come back to the host (masks are upsampled on the CPU).
+        Pass what `decoder_embeddings` returned when decoding an image more than once: anything else (the
+        encoder's three tensors) is prepared again on every call. With I/O binding the prompts are copied
+        to the device, the embeddings are bound where they are, and only the small outputs come back to
+        the host (masks are upsampled on the CPU).
         """
+        if not isinstance(embeddings, ImageEmbeddings):
+            embeddings = ImageEmbeddings(tuple(embeddings), (0, 0), self.model_id)
+        embeddings = self.decoder_embeddings(embeddings)
+        names = graphs.SPLIT_IMAGE_OUTPUTS if self.split_decoder else graphs.EMBEDDING_NAMES
         feeds: dict[str, Any] = dict(zip(graphs.DECODER_PROMPT_INPUTS, (points, labels, boxes), strict=True))
-        feeds.update(zip(graphs.EMBEDDING_NAMES, embeddings, strict=True))
+        feeds.update(zip(names, embeddings.tensors, strict=True))
         for model_input in self.decoder.get_inputs():
             wanted = _NUMPY_TYPES.get(model_input.type)
             value = feeds[model_input.name]

@@ -17,7 +17,7 @@ from sam3_core.concept import DEFAULT_THRESHOLD, ConceptInstance, ConceptModel, 
 from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.images import ImageInput, ImageLimits, load_image
 from sam3_core.masks import CocoRle
-from sam3_core.model import ConceptsNotSupportedError, Sam3Model
+from sam3_core.model import ConceptsNotSupportedError, DecoderEmbeddings, Sam3Model
 from sam3_core.postprocess import MASK_THRESHOLD, upsample_logits, upsample_logits_to_mask, upsample_logits_to_rle
 from sam3_core.preprocess import pixel_values
 from sam3_core.prompts import Prompt, PromptLimits, build_batches, validate
@@ -98,8 +98,15 @@ def decode(
     limits: PromptLimits = PromptLimits(),
     timer: StageTimer | None = None,
 ) -> list[ObjectPrediction]:
-    """Runs the prompt encoder + mask decoder for every object; results in the order of `prompts`."""
+    """Runs the prompt encoder + mask decoder for every object; results in the order of `prompts`.
+
+    Prepares the embeddings for the decoder first unless they already are (`Sam3Model.decoder_embeddings`):
+    callers decoding one image many times (the Predictor, the decoder's cache) prepare them once.
+    """
     timer = timer or StageTimer()
+    if not isinstance(embeddings, DecoderEmbeddings):
+        with timer.stage("prepare"):
+            embeddings = model.decoder_embeddings(embeddings)
     with timer.stage("prompt"):
         validate(prompts, embeddings.original_size, limits)
         batches = build_batches(
@@ -108,9 +115,7 @@ def decode(
     results: list[ObjectPrediction | None] = [None] * len(prompts)
     for batch in batches:
         with timer.stage("model"):
-            iou, masks, object_logits = model.run_decoder(
-                batch.points, batch.labels, batch.empty_boxes, embeddings.tensors
-            )
+            iou, masks, object_logits = model.run_decoder(batch.points, batch.labels, batch.empty_boxes, embeddings)
         for row, index in enumerate(batch.object_indices):
             results[index] = ObjectPrediction(
                 iou_scores=iou[0, row],
@@ -138,6 +143,7 @@ class Predictor:
         self.prompt_limits = prompt_limits
         self._concepts = concepts
         self._embeddings: ImageEmbeddings | None = None
+        self._prepared: DecoderEmbeddings | None = None  # the same, prepared for the decoder once
         self._detector_features: DetectorFeatures | None = None
 
     def set_image(self, image: ImageInput) -> ImageEmbeddings:
@@ -150,6 +156,7 @@ class Predictor:
             self._embeddings, self._detector_features = encode_with_detector(self.model, rgb)
         else:
             self._embeddings, self._detector_features = encode(self.model, rgb), None
+        self._prepared = self.model.decoder_embeddings(self._embeddings)
         return self._embeddings
 
     def set_embeddings(self, embeddings: ImageEmbeddings) -> None:
@@ -159,6 +166,7 @@ class Predictor:
                 f"embeddings are for model {embeddings.model_id}, this predictor runs {self.model.model_id}"
             )
         self._embeddings = embeddings
+        self._prepared = self.model.decoder_embeddings(embeddings)
         self._detector_features = None
 
     @property
@@ -198,4 +206,6 @@ class Predictor:
 
     def predict_objects(self, prompts: Sequence[Prompt]) -> list[ObjectPrediction]:
         """Several objects in one call, one result per prompt, in order."""
-        return decode(self.model, self.embeddings, prompts, limits=self.prompt_limits)
+        if self._prepared is None:
+            raise RuntimeError("call set_image() (or set_embeddings()) before predict()")
+        return decode(self.model, self._prepared, prompts, limits=self.prompt_limits)

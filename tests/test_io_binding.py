@@ -39,15 +39,15 @@ def test_bound_decoder_on_device_tensors_equals_the_plain_session(bound_model: S
     embeddings = encode(plain, rgb)
     on_device = bound_model.decoder_embeddings(embeddings.astype(np.float16))  # as a float16 store returns them
     assert all(isinstance(t, DeviceTensor) and t.device == bound_model.decoder_device[0] for t in on_device.tensors)
-    assert on_device.nbytes == embeddings.nbytes and on_device.tensors[0].dtype == np.float32
+    prepared = plain.decoder_embeddings(embeddings.astype(np.float16).astype(np.float32))  # host arrays
+    assert on_device.nbytes == prepared.nbytes and on_device.tensors[0].dtype == np.float32
     prompts = [Prompt.of([[100, 120]]), Prompt.of(box=[50, 40, 300, 250]), Prompt.of([[10, 10], [390, 290]], [1, 0])]
     reference = decode(plain, embeddings.astype(np.float16).astype(np.float32), prompts)
     for want, got in zip(reference, decode(bound_model, on_device, prompts), strict=True):
         np.testing.assert_array_equal(got.low_res_logits, want.low_res_logits)
         np.testing.assert_array_equal(got.iou_scores, want.iou_scores)
-    np.testing.assert_array_equal(
-        on_device.tensors[1].numpy(), embeddings.tensors[1].astype(np.float16).astype(np.float32)
-    )
+    for device_tensor, host in zip(on_device.tensors, prepared.tensors, strict=True):
+        np.testing.assert_array_equal(device_tensor.numpy(), host)
 
 
 def test_the_decoder_caches_device_tensors_and_answers_from_them(bound_model: Sam3Model, redis_url: str) -> None:

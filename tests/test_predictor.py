@@ -192,8 +192,11 @@ def test_results_in_request_order(model, embeddings, fp32_results):
 def test_decode_records_stages(model, embeddings):
     timer = StageTimer()
     decode(model, embeddings, [A], timer=timer)
-    assert set(timer.milliseconds) == {"prompt", "model"}
+    assert set(timer.milliseconds) == {"prepare", "prompt", "model"}  # the encoder's tensors: prepared first
     assert all(ms >= 0 for ms in timer.milliseconds.values())
+    timer = StageTimer()
+    decode(model, model.decoder_embeddings(embeddings), [A], timer=timer)
+    assert set(timer.milliseconds) == {"prompt", "model"}  # prepared once (as the decoder's cache keeps them)
 
 
 # ------------------------------------------------------------------------------------------------
