@@ -1,6 +1,6 @@
 """Work the benchmark runs in a fresh process, so each result has its own clean peak memory.
 
-    python -m sam3_bench.child ort_encoder '{"model_dir": ..., "variant": ..., ...}'
+    python -m sam3_bench.child encoder '{"model_dir": ..., "variant": ..., "runtime": ..., ...}'
     python -m sam3_bench.child transformers '{"model_dir": ..., ...}'
     python -m sam3_bench.child transformers_concepts '{"model_dir": ..., "image": ..., ...}'
 
@@ -18,7 +18,15 @@ from typing import Any
 from sam3_bench.measure import Stats, peak_rss_gb
 
 
-def ort_encoder(model_dir: str, variant: str, image: str, runs: int, save_to: str | None, threads: int = 0) -> dict:
+def encoder(
+    model_dir: str,
+    variant: str,
+    image: str,
+    runs: int,
+    save_to: str | None,
+    threads: int = 0,
+    runtime: str = "onnxruntime",
+) -> dict:
     """The encoder session alone, as an encoder worker holds it: load, preprocess, run."""
     from sam3_core.embeddings import serialize
     from sam3_core.images import load_image
@@ -27,7 +35,8 @@ def ort_encoder(model_dir: str, variant: str, image: str, runs: int, save_to: st
     from sam3_core.timing import StageTimer
 
     started = time.perf_counter()
-    model = Sam3Model(model_dir, variant=variant, load_decoder=False, runtime=RuntimeOptions(intra_op_threads=threads))
+    options = RuntimeOptions(intra_op_threads=threads, encoder_runtime=runtime)
+    model = Sam3Model(model_dir, variant=variant, load_decoder=False, runtime=options)
     load_seconds = time.perf_counter() - started
     rgb = load_image(image)
     model_ms, preprocess_ms = [], []
@@ -40,6 +49,7 @@ def ort_encoder(model_dir: str, variant: str, image: str, runs: int, save_to: st
         Path(save_to).write_bytes(serialize(embeddings))
     return {
         "variant": variant,
+        "runtime": runtime,
         "model_id": model.model_id,
         "load_seconds": round(load_seconds, 2),
         "model": Stats.of(model_ms).as_dict(),
@@ -144,7 +154,7 @@ def transformers_concepts(model_dir: str, image: str, phrase: str, runs: int) ->
     }
 
 
-TASKS = {"ort_encoder": ort_encoder, "transformers": transformers, "transformers_concepts": transformers_concepts}
+TASKS = {"encoder": encoder, "transformers": transformers, "transformers_concepts": transformers_concepts}
 
 if __name__ == "__main__":
     task, arguments = sys.argv[1], json.loads(sys.argv[2])

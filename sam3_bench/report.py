@@ -28,6 +28,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
     None where a column was skipped (e.g. no torch for the transformers column).
     """
     raw_click = _get(results, "raw_decoder", "1 click", "p50")
+    standard_click = _get(results, "raw_decoder_standard", "1 click", "p50")
     rpc_local = _get(results, "services", "rpc_local_hit/1 click@1920x1080", "p50")
     rpc_redis = _get(results, "services", "rpc_redis_fetch/1 click@1920x1080", "p50")
     rpc_large = _get(results, "services", "rpc_local_hit/1 click@4000x3000", "p50")
@@ -42,12 +43,18 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
     encode_model = _get(results, "services", "encode_model_ms", "p50")
     encode_total = _get(results, "services", "encode_server_total_ms", "p50")
     return {
+        "raw_click_ms": raw_click,
+        "raw_click_vs_standard_graph": _ratio(raw_click, standard_click),
+        "split_decoder_worst_mask_agreement": _get(results, "split_decoder", "fidelity", "worst_agreement"),
         "segment_local_hit_vs_raw": _ratio(rpc_local, raw_click),
         "segment_redis_minus_raw_ms": round(rpc_redis - raw_click, 2) if rpc_redis and raw_click else None,
         "segment_4000x3000_vs_raw": _ratio(rpc_large, raw_click),
         "sdk_click_vs_transformers": _ratio(sdk_click, transformers_click),
         "encoder_fastest_speedup_vs_transformers": _ratio(transformers_encoder, fastest_ms, 2),
         "encoder_fastest_mask_iou_vs_fp32": _get(results, "encoders", fastest or "", "mask_iou_vs_fp32"),
+        "encoder_fastest_embedding_rel_rms_vs_fp32": _get(
+            results, "encoders", fastest or "", "embedding_rel_rms_vs_fp32"
+        ),
         "encoder_fp32_peak_rss_gb": _get(results, "encoders", "fp32", "peak_rss_gb"),
         "encoder_service_overhead": _ratio((encode_total - encode_model) if encode_total else None, encode_model, 4),
         "throughput_8_clients_vs_single": _ratio(eight.get("throughput_per_s"), single),
@@ -59,12 +66,16 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
 
 
 TARGETS = {
+    "raw_click_ms": ("<=", 30.0),
+    "raw_click_vs_standard_graph": ("<=", 0.75),
+    "split_decoder_worst_mask_agreement": (">=", 0.999),
     "segment_local_hit_vs_raw": ("<=", 1.15),
     "segment_redis_minus_raw_ms": ("<=", 15.0),
     "segment_4000x3000_vs_raw": ("<=", 1.3),
     "sdk_click_vs_transformers": ("<=", 0.5),
     "encoder_fastest_speedup_vs_transformers": (">=", 3.0),
     "encoder_fastest_mask_iou_vs_fp32": (">=", 0.97),
+    "encoder_fastest_embedding_rel_rms_vs_fp32": ("<=", 0.05),
     "encoder_fp32_peak_rss_gb": ("<=", 3.0),
     "encoder_service_overhead": ("<=", 0.03),
     "throughput_8_clients_vs_single": (">=", 0.9),
@@ -133,16 +144,17 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Prompt latency, ms (p50, with p95)",
         "",
-        "| prompt | transformers eager | raw decoder session | in-process predictor | SDK → gRPC, local cache "
-        "| SDK → gRPC, Redis fetch |",
-        "|---|---|---|---|---|---|",
+        "| prompt | transformers eager | raw decoder session | raw, standard graph | in-process predictor "
+        "| SDK → gRPC, local cache | SDK → gRPC, Redis fetch |",
+        "|---|---|---|---|---|---|---|",
     ]
     services = results.get("services") or {}
     for key in sorted((results.get("predictor") or {}).keys(), key=lambda k: (k.split("@")[1], k)):
         prompt = key.split("@")[0]
         lines.append(
             f"| {key} | {_fmt(_get(transformers, 'prompts', key))} | {_fmt(_get(results, 'raw_decoder', prompt))} | "
-            f"{_fmt(results['predictor'][key])} | {_fmt(services.get('local_hit/' + key))} | "
+            f"{_fmt(_get(results, 'raw_decoder_standard', prompt))} | {_fmt(results['predictor'][key])} | "
+            f"{_fmt(services.get('local_hit/' + key))} | "
             f"{_fmt(services.get('redis_fetch/' + key))} |"
         )
     mask_rle = results.get("mask_rle") or {}
@@ -188,17 +200,15 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {clients} | {row['throughput_per_s']} | {row.get('p50', 0):.1f} | {row.get('p95', 0):.1f} "
                 f"| {row.get('p99', 0):.1f} | {row['errors'] or 0} |"
             )
-    fidelity = results.get("float16_fidelity") or {}
-    if fidelity:
+    lines += _agreement_table("Float16 store vs float32", results.get("float16_fidelity"))
+    split = results.get("split_decoder") or {}
+    if split:
         lines += [
             "",
-            "## Float16 store vs float32 (all 3 masks at the original size)",
-            "",
-            "| case | pixels agreeing | max logit change | same best mask |",
-            "|---|---|---|---|",
+            f"Split click decoder: its image side runs once per image in {_fmt(split['image_side'])} ms and "
+            f"keeps {split['prepared_mb']} MB per cached image.",
         ]
-        for case, row in fidelity["cases"].items():
-            lines.append(f"| {case} | {row['agreement']:.4%} | {row['max_logit_change']} | {row['same_best_mask']} |")
+        lines += _agreement_table("Split click decoder vs the standard graph", split["fidelity"])
     fleet = results.get("fleet") or {}
     if fleet:
         lines += [
@@ -222,6 +232,21 @@ def markdown(results: dict[str, Any]) -> str:
         lines += concept_markdown(concepts)
     lines += ["", f"Total benchmark time: {results.get('seconds')} s.", ""]
     return "\n".join(lines)
+
+
+def _agreement_table(title: str, fidelity: dict[str, Any] | None) -> list[str]:
+    if not fidelity:
+        return []
+    lines = [
+        "",
+        f"## {title} (all 3 masks at the original size)",
+        "",
+        "| case | pixels agreeing | max logit change | same best mask |",
+        "|---|---|---|---|",
+    ]
+    for case, row in fidelity["cases"].items():
+        lines.append(f"| {case} | {row['agreement']:.4%} | {row['max_logit_change']} | {row['same_best_mask']} |")
+    return lines
 
 
 def chart(results: dict[str, Any], path: Path) -> Path | None:

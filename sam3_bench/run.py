@@ -7,6 +7,7 @@ for our pipeline), the in-process predictor, and the gRPC services through the S
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import shutil
 import subprocess
@@ -132,6 +133,22 @@ def variants_in(folder: Path) -> list[str]:
     return [graph.variant for graph in graph_files(folder, with_ids=False) if graph.role == "encoder"]
 
 
+def encoder_configurations(folder: Path) -> list[tuple[str, str]]:
+    """(variant, runtime) pairs to time: every variant under ONNX Runtime, and the fp32 graph under
+    OpenVINO at f32 and bf16 when the openvino package is installed."""
+    pairs = [(variant, "onnxruntime") for variant in variants_in(folder)]
+    if importlib.util.find_spec("openvino") is not None and ("fp32", "onnxruntime") in pairs:
+        pairs += [("fp32", "openvino-f32"), ("fp32", "openvino-bf16")]
+    return pairs
+
+
+def relative_rms(reference: Any, candidate: Any) -> float:
+    """sqrt(sum of squared differences / sum of squares) over all three embeddings."""
+    pairs = list(zip(reference.tensors, candidate.tensors, strict=True))
+    error = sum(float(np.sum((np.asarray(c, np.float64) - r) ** 2)) for r, c in pairs)
+    return (error / sum(float(np.sum(np.asarray(r, np.float64) ** 2)) for r, _ in pairs)) ** 0.5
+
+
 def machine() -> dict[str, Any]:
     import grpc
     import onnxruntime
@@ -191,29 +208,33 @@ class Bench:
     # ------------------------------------------------------------ encoders (fresh process each)
 
     def encoders(self) -> None:
-        """Every encoder variant: time, peak RSS, and mask agreement with fp32 on the bench prompts."""
+        """Every encoder variant under every runtime here: time, peak RSS, and against fp32 under ONNX
+        Runtime the best-mask IoU on the bench prompts and the embeddings' relative RMS error."""
         from sam3_core.embeddings import deserialize
 
         rows: dict[str, Any] = {}
         embeddings = {}
-        for variant in variants_in(self.model_dir):
-            self.log(f"encoder {variant}: {self.encoder_runs} run(s) in a fresh process")
-            blob = self.workdir / f"embeddings_{variant}.bin"
-            rows[variant] = run_child(
-                "ort_encoder",
+        for variant, runtime in encoder_configurations(self.model_dir):
+            name = variant if runtime == "onnxruntime" else f"{variant}@{runtime}"
+            self.log(f"encoder {name}: {self.encoder_runs} run(s) in a fresh process")
+            blob = self.workdir / f"embeddings_{name}.bin"
+            rows[name] = run_child(
+                "encoder",
                 {
                     "model_dir": str(self.model_dir),
                     "variant": variant,
+                    "runtime": runtime,
                     "image": str(self.images["1920x1080"]),
                     "runs": self.encoder_runs,
                     "save_to": str(blob),
                 },
             )
             if blob.exists():
-                embeddings[variant] = deserialize(blob.read_bytes())
+                embeddings[name] = deserialize(blob.read_bytes())
         if "fp32" in embeddings:
-            for variant, values in embeddings.items():
-                rows[variant]["mask_iou_vs_fp32"] = round(self._mask_iou(embeddings["fp32"], values), 4)
+            for name, values in embeddings.items():
+                rows[name]["mask_iou_vs_fp32"] = round(self._mask_iou(embeddings["fp32"], values), 4)
+                rows[name]["embedding_rel_rms_vs_fp32"] = round(relative_rms(embeddings["fp32"], values), 5)
         self.results["encoders"] = rows
 
     def _mask_iou(self, reference: Any, candidate: Any) -> float:
@@ -261,8 +282,9 @@ class Bench:
 
     def decoder_and_predictor(self) -> None:
         """Raw decoder session per prompt (the floor) and the predictor's predict + best mask."""
-        from sam3_bench.fidelity import float16_agreement, prompt_of
+        from sam3_bench.fidelity import float16_agreement, mask_agreement, prompt_of
         from sam3_core.embeddings import ImageEmbeddings, deserialize
+        from sam3_core.model import RuntimeOptions, Sam3Model
         from sam3_core.predictor import Predictor
         from sam3_core.prompts import build_batches
 
@@ -272,7 +294,12 @@ class Bench:
             return
         model = self.decoder_model
         base = deserialize(blob.read_bytes())
-        raw, predictor_rows = {}, {}
+        # The standard graph beside the split one (when the folder has it), interleaved in one run.
+        standard = Sam3Model(self.model_dir, load_encoder=False, runtime=RuntimeOptions(split_decoder=False))
+        decoders = {"raw_decoder": model} | ({"raw_decoder_standard": standard} if model.split_decoder else {})
+        prepared = {name: m.decoder_embeddings(base) for name, m in decoders.items()}
+        raw: dict[str, dict[str, Any]] = {name: {} for name in decoders}
+        predictor_rows = {}
         for size_name, (width, height) in SIZES.items():
             embeddings = ImageEmbeddings(base.tensors, (height, width), model.model_id)
             predictor = Predictor(model)
@@ -281,10 +308,11 @@ class Bench:
                 prompts = [prompt_of(o) for o in objects]
                 batches = build_batches(prompts, (height, width), model.preprocessing.size)
                 key = f"{prompt_name}@{size_name}"
-                if size_name == "1920x1080":  # the decoder session does not see the image size
-                    raw[prompt_name] = time_calls(
-                        lambda batches=batches, embeddings=embeddings: [
-                            model.run_decoder(b.points, b.labels, b.empty_boxes, embeddings.tensors) for b in batches
+                for name, decoder in decoders.items() if size_name == "1920x1080" else ():
+                    # The decoder session does not see the image size: one size is enough.
+                    raw[name][prompt_name] = time_calls(
+                        lambda batches=batches, decoder=decoder, ready=prepared[name]: [
+                            decoder.run_decoder(b.points, b.labels, b.empty_boxes, ready) for b in batches
                         ],
                         self.repeats,
                         warmup=5,  # the first runs of a fresh session allocate; they are not the floor
@@ -295,13 +323,21 @@ class Bench:
                     ],
                     self.repeats,
                 ).as_dict()
-        self.results["raw_decoder"] = raw
+        self.results.update(raw)
         self.results["predictor"] = predictor_rows
         self.results["mask_rle"] = self._mask_rle_cost(predictor)
-        self.log(f"raw decoder 1 click p50 {raw['1 click']['p50']:.1f} ms")
+        self.log(f"raw decoder 1 click p50 {raw['raw_decoder']['1 click']['p50']:.1f} ms")
         sizes = {"1920x1080": SIZES["1920x1080"]} if self.quick else {**SIZES, "1080x1920": (1080, 1920)}
         self.results["float16_fidelity"] = float16_agreement(model, base, sizes, prompts_for)
         self.log(f"float16 store: worst mask agreement {self.results['float16_fidelity']['worst_agreement']:.6f}")
+        if model.split_decoder:
+            self.results["split_decoder"] = {
+                "image_side": time_calls(lambda: model.decoder_embeddings(base), 5).as_dict(),
+                "prepared_mb": round(prepared["raw_decoder"].nbytes / 1e6, 1),
+                "fidelity": mask_agreement((standard, base), (model, base), sizes, prompts_for),
+            }
+            worst = self.results["split_decoder"]["fidelity"]["worst_agreement"]
+            self.log(f"split decoder vs standard graph: worst mask agreement {worst:.6f}")
 
     def _mask_rle_cost(self, predictor: Any) -> dict[str, Any]:
         """Best mask -> COCO RLE at full size: this model's mask vs a smooth object-like one.
@@ -433,12 +469,15 @@ class Bench:
         return row
 
     def _fastest_variant(self) -> str:
+        """The fastest encoder configuration timed: a variant, or `variant@runtime` (see `_spawn`)."""
         encoders = self.results.get("encoders", {})
         timed = {v: r["model"]["p50"] for v, r in encoders.items() if "model" in r}
         return min(timed, key=timed.__getitem__) if timed else "fp32"
 
-    def _spawn(self, command: str, variant: str, redis_url: str, *extra: str) -> WorkerProcess:
+    def _spawn(self, command: str, configuration: str, redis_url: str, *extra: str) -> WorkerProcess:
+        variant, _, runtime = configuration.partition("@")
         flags = ["--model-dir", str(self.model_dir), "--variant", variant, "--redis-url", redis_url]
+        flags += ["--encoder-runtime", runtime] if runtime else []  # decoders too: it is part of the model id
         try:
             return WorkerProcess(command, *flags, "--log-level", "WARNING", *extra, start_timeout=300)
         except RuntimeError as error:
