@@ -120,24 +120,26 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Encoder (1920x1080, fresh process per variant)",
         "",
-        "| variant | model ms p50 | preprocess ms | load s | peak RSS GB | best-mask IoU vs fp32 |",
-        "|---|---|---|---|---|---|",
+        "| variant | model ms p50 | preprocess ms | load s | peak RSS GB | best-mask IoU vs fp32 "
+        "| embedding RMS error vs fp32 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for variant, row in (results.get("encoders") or {}).items():
         if "model" not in row:
-            lines.append(f"| {variant} | skipped: {row.get('skipped')} | | | | |")
+            lines.append(f"| {variant} | skipped: {row.get('skipped')} | | | | | |")
             continue
         lines.append(
             f"| {variant} | {row['model']['p50']:.0f} | {row['preprocess']['p50']:.0f} | "
-            f"{row['load_seconds']} | {row['peak_rss_gb']} | {row.get('mask_iou_vs_fp32', '—')} |"
+            f"{row['load_seconds']} | {row['peak_rss_gb']} | {row.get('mask_iou_vs_fp32', '—')} "
+            f"| {row.get('embedding_rel_rms_vs_fp32', '—')} |"
         )
     transformers = results.get("transformers") or {}
     if "skipped" in transformers:
-        lines.append(f"| transformers eager | skipped: {transformers['skipped']} | | | | |")
+        lines.append(f"| transformers eager | skipped: {transformers['skipped']} | | | | | |")
     else:
         lines.append(
             f"| transformers eager | {_fmt(transformers.get('encoder_1920x1080'))} (incl. processor) | | | "
-            f"{transformers.get('peak_rss_gb', '—')} | |"
+            f"{transformers.get('peak_rss_gb', '—')} | | |"
         )
 
     lines += [
