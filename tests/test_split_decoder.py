@@ -19,6 +19,7 @@ from sam3_core import graphs
 from sam3_core.model import DecoderEmbeddings, RuntimeOptions, Sam3Model
 from sam3_core.predictor import Predictor, decode
 from sam3_core.prompts import Prompt
+from sam3_core.sources import download_patterns, materialize
 
 WIDTH, HEIGHT = 640, 480
 PROMPTS = {
@@ -97,3 +98,12 @@ def test_another_decoder_variant_is_not_replaced_by_the_float32_split(tmp_path: 
     shutil.copy(folder / "prompt_encoder_mask_decoder.onnx", folder / "prompt_encoder_mask_decoder_custom.onnx")
     assert not Sam3Model(folder, load_encoder=False, decoder_variant="custom").split_decoder
     assert Sam3Model(folder, load_encoder=False).split_decoder
+
+
+def test_a_pulled_folder_keeps_the_split_graphs(tmp_path: Path) -> None:
+    """`sam3 models pull --dir` copies a repo's files by download_patterns: ours include the split graphs."""
+    written = materialize(references.MODEL_DIR, tmp_path / "pulled", patterns=download_patterns())
+    assert {graphs.SPLIT_IMAGE_FILE, graphs.SPLIT_CLICK_FILE} <= {path.name for path in written}
+    assert Sam3Model(tmp_path / "pulled", load_encoder=False).split_decoder
+    other = materialize(references.MODEL_DIR, tmp_path / "other", patterns=download_patterns(decoder_variant="fp16"))
+    assert not {graphs.SPLIT_IMAGE_FILE, graphs.SPLIT_CLICK_FILE} & {path.name for path in other}
