@@ -295,8 +295,10 @@ class Bench:
         model = self.decoder_model
         base = deserialize(blob.read_bytes())
         # The standard graph beside the split one (when the folder has it), interleaved in one run.
-        standard = Sam3Model(self.model_dir, load_encoder=False, runtime=RuntimeOptions(split_decoder=False))
-        decoders = {"raw_decoder": model} | ({"raw_decoder_standard": standard} if model.split_decoder else {})
+        decoders = {"raw_decoder": model}
+        if model.split_decoder:
+            standard = Sam3Model(self.model_dir, load_encoder=False, runtime=RuntimeOptions(split_decoder=False))
+            decoders["raw_decoder_standard"] = standard
         prepared = {name: m.decoder_embeddings(base) for name, m in decoders.items()}
         raw: dict[str, dict[str, Any]] = {name: {} for name in decoders}
         predictor_rows = {}

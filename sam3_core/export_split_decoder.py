@@ -49,6 +49,12 @@ def _channels_last(embedding: torch.Tensor) -> torch.Tensor:
     return embedding.reshape(embedding.shape[1], -1).transpose(0, 1)
 
 
+def _mix(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention over projected heads [..., h, L, d], then the output projection."""
+    weights = torch.softmax(q @ k.transpose(-1, -2) * attention.scaling, dim=-1)
+    return attention.o_proj((weights @ v).transpose(-3, -2).flatten(-2))
+
+
 class ImageSide(nn.Module):
     """embeddings 0/1/2 -> the per-image tensors of `graphs.SPLIT_IMAGE_OUTPUTS`."""
 
@@ -102,8 +108,7 @@ class ClickSide(nn.Module):
         q = _split_heads(attention.q_proj(query), self.heads)
         k = _split_heads(attention.k_proj(key), self.heads)
         v = _split_heads(attention.v_proj(value), self.heads)
-        weights = torch.softmax(q @ k.transpose(-1, -2) * attention.scaling, dim=-1)
-        return attention.o_proj((weights @ v).transpose(-3, -2).flatten(-2))
+        return _mix(attention, q, k, v)
 
     # -- tokens attend to the image; the image's key/value projections folded into the tokens
     def _tokens_to_image(
@@ -126,9 +131,7 @@ class ClickSide(nn.Module):
         self, attention: nn.Module, tokens: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> torch.Tensor:
         """The first layer's: image keys and values [h,N,d], projected once per image."""
-        q = _split_heads(attention.q_proj(tokens), self.heads)  # [Q,h,T,d]
-        weights = torch.softmax(q @ keys.transpose(-1, -2) * attention.scaling, dim=-1)  # [Q,h,T,N]
-        return attention.o_proj((weights @ values).transpose(1, 2).flatten(-2))
+        return _mix(attention, _split_heads(attention.q_proj(tokens), self.heads), keys, values)
 
     # -- the image attends to the tokens: scores come out as [Q,N,h*T], the output projection is folded
     def _image_to_tokens(self, attention: nn.Module, scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -317,17 +317,22 @@ class Sam3Model:
         """(ONNX Runtime device name, id) where the decoder's inputs live: "cuda" under CUDA, else "cpu"."""
         return ("cuda", 0) if self.decoder.get_providers()[0] == "CUDAExecutionProvider" else ("cpu", 0)
 
+    @property
+    def _prepared_names(self) -> tuple[str, ...]:
+        """The decoder graph's per-image inputs, in the order of `DecoderEmbeddings.tensors`."""
+        return graphs.SPLIT_IMAGE_OUTPUTS if self.split_decoder else graphs.EMBEDDING_NAMES
+
     def decoder_embeddings(self, embeddings: ImageEmbeddings) -> DecoderEmbeddings:
         """The embeddings the way the decoder takes them, prepared once per image (the decoder's cache and
         the Predictor keep this): with a split decoder the image's share of the decoder's work, run here;
         in the graph's input dtype; with I/O binding as DeviceTensors on its device."""
         if isinstance(embeddings, DecoderEmbeddings):
             return embeddings
-        names: tuple[str, ...] = graphs.EMBEDDING_NAMES
+        names = self._prepared_names
         tensors = list(embeddings.tensors)
         if self.split_decoder:
-            feeds = dict(zip(names, (np.asarray(t, np.float32) for t in tensors), strict=True))
-            names, tensors = graphs.SPLIT_IMAGE_OUTPUTS, self._image_side.run(list(graphs.SPLIT_IMAGE_OUTPUTS), feeds)
+            feeds = dict(zip(graphs.EMBEDDING_NAMES, (np.asarray(t, np.float32) for t in tensors), strict=True))
+            tensors = self._image_side.run(list(names), feeds)
         types = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self.decoder.get_inputs()}
         arrays = [np.ascontiguousarray(t, dtype=types[name]) for name, t in zip(names, tensors, strict=True)]
         prepared: list[np.ndarray | DeviceTensor] = list(arrays)
@@ -353,9 +358,8 @@ class Sam3Model:
         if not isinstance(embeddings, ImageEmbeddings):
             embeddings = ImageEmbeddings(tuple(embeddings), (0, 0), self.model_id)
         embeddings = self.decoder_embeddings(embeddings)
-        names = graphs.SPLIT_IMAGE_OUTPUTS if self.split_decoder else graphs.EMBEDDING_NAMES
         feeds: dict[str, Any] = dict(zip(graphs.DECODER_PROMPT_INPUTS, (points, labels, boxes), strict=True))
-        feeds.update(zip(names, embeddings.tensors, strict=True))
+        feeds.update(zip(self._prepared_names, embeddings.tensors, strict=True))
         for model_input in self.decoder.get_inputs():
             wanted = _NUMPY_TYPES.get(model_input.type)
             value = feeds[model_input.name]

@@ -12,6 +12,7 @@ import openvino
 import pytest
 
 import references
+from sam3_bench.run import relative_rms
 from sam3_core.model import RuntimeOptions, Sam3Model
 from sam3_core.openvino_session import EncodeTerminated, OpenVinoSession, precision_of
 from sam3_core.predictor import Predictor, encode
@@ -28,19 +29,13 @@ def onnxruntime_embeddings():
     return encode(_model("onnxruntime"), RGB)
 
 
-def _relative_rms(reference, candidate) -> float:
-    pairs = list(zip(reference.tensors, candidate.tensors, strict=True))
-    error = sum(float(np.sum((c.astype(np.float64) - r) ** 2)) for r, c in pairs)
-    return (error / sum(float(np.sum(r.astype(np.float64) ** 2)) for r, _ in pairs)) ** 0.5
-
-
 def test_openvino_f32_gives_onnx_runtimes_embeddings_under_the_same_model_id(onnxruntime_embeddings) -> None:
     model = _model("openvino-f32")
     assert isinstance(model.encoder, OpenVinoSession)
     assert model.model_id == onnxruntime_embeddings.model_id  # a fleet may mix them: same numbers
     embeddings = encode(model, RGB)
     assert [t.shape for t in embeddings.tensors] == [t.shape for t in onnxruntime_embeddings.tensors]
-    assert _relative_rms(onnxruntime_embeddings, embeddings) < 1e-4
+    assert relative_rms(onnxruntime_embeddings, embeddings) < 1e-4
 
 
 def test_openvino_bf16_is_close_and_namespaced_apart(onnxruntime_embeddings) -> None:
@@ -49,7 +44,7 @@ def test_openvino_bf16_is_close_and_namespaced_apart(onnxruntime_embeddings) -> 
     embeddings = encode(model, RGB)
     assert embeddings.model_id == model.model_id
     assert all(t.dtype == np.float32 for t in embeddings.tensors)
-    error = _relative_rms(onnxruntime_embeddings, embeddings)
+    error = relative_rms(onnxruntime_embeddings, embeddings)
     if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         # bf16 keeps 8 bits of mantissa: about 1 % here, 1.3 % on the full-size model (docs/capacity.md).
         assert 1e-4 < error < 0.05
