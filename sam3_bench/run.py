@@ -453,7 +453,7 @@ class Bench:
         import grpc
 
         from sam3_client import ChannelSettings
-        from sam3_client._convert import segment_request
+        from sam3_client._messages import segment_request
         from sam3_client.proto import decoder_pb2_grpc
 
         request = segment_request(image_id, objects, mask="best", mask_format="rle")

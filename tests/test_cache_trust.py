@@ -149,7 +149,7 @@ def test_force_reaches_every_decoders_local_cache(redis_url: str) -> None:
 
 def test_image_ids_need_a_full_match(redis_url: str) -> None:
     """`$` matches before a trailing newline: ids are checked with a full match, server and SDK."""
-    from sam3_client._convert import image_payload
+    from sam3_client._images import image_payload
 
     good = "a" * 64
     with running(redis_url, prefix()) as stack, grpc.insecure_channel(stack.target) as channel:

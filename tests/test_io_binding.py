@@ -15,7 +15,7 @@ import references
 from decoder_service.cache import EmbeddingCache
 from decoder_service.servicer import DecoderServicer
 from sam3_client import ObjectPrompt
-from sam3_client._convert import segment_request
+from sam3_client._messages import segment_request
 from sam3_core.model import DeviceTensor, RuntimeOptions, Sam3Model
 from sam3_core.predictor import decode, encode
 from sam3_core.prompts import Prompt

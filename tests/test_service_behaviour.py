@@ -187,7 +187,8 @@ def test_encode_batch_answers_each_image_and_survives_a_bad_one(redis_url: str) 
 
 
 def test_segment_stream_skips_stale_clicks_of_the_same_object(redis_url: str) -> None:
-    from sam3_client._convert import ObjectPrompt, segment_request
+    from sam3_client import ObjectPrompt
+    from sam3_client._messages import segment_request
 
     with running(redis_url, prefix()) as stack, Client(stack.target) as client:
         image_id = client.encode(new_image(8)).image_id

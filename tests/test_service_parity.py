@@ -10,7 +10,7 @@ import pytest
 
 import references
 from sam3_client import ChannelSettings, Client, Deadlines, ObjectPrompt
-from sam3_client._convert import segment_request, segment_result
+from sam3_client._messages import segment_request, segment_result
 from sam3_client.proto import decoder_pb2_grpc
 from service_stack import Stack, running
 

@@ -12,14 +12,14 @@ every failure is a `Sam3Error` carrying the gRPC status code and the server's re
 """
 
 from sam3_client._channel import ChannelSettings, Deadlines
-from sam3_client._convert import (
+from sam3_client._prompts import ObjectPrompt
+from sam3_client._results import (
     ConceptAnswer,
     ConceptResult,
     EncodeResult,
     Instance,
     Mask,
     ModelInfo,
-    ObjectPrompt,
     ObjectResult,
     SegmentResult,
 )

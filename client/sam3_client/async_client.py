@@ -9,21 +9,19 @@ from typing import Any, TypeVar, Unpack
 
 from grpc import aio
 
-from sam3_client import _convert
+from sam3_client import _flows
 from sam3_client._channel import Call, ClientBase
-from sam3_client._convert import (
+from sam3_client._messages import encode_result, segment_result
+from sam3_client._prompts import (
     Box,
     ConceptOptions,
-    ConceptResult,
-    EncodeResult,
-    Feed,
-    Flow,
-    ModelInfo,
     ObjectPrompt,
     SegmentOptions,
-    SegmentResult,
     StreamRequest,
+    concept_queries,
 )
+from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, SegmentResult
+from sam3_client._steps import Feed, Flow, Steps, stream_errors
 
 T = TypeVar("T")
 
@@ -66,9 +64,7 @@ class AsyncClient(ClientBase):
     ) -> EncodeResult:
         """Store the image's embeddings (see `Client.encode`)."""
         return await self._run(
-            _convert.encode_flow(
-                image, self.deadlines, force=force, prefetch=prefetch, timeout=timeout, prewarm=prewarm
-            )
+            _flows.encode_flow(image, self.deadlines, force=force, prefetch=prefetch, timeout=timeout, prewarm=prewarm)
         )
 
     async def segment(
@@ -86,7 +82,7 @@ class AsyncClient(ClientBase):
         self, image: Any, objects: Sequence[ObjectPrompt], **options: Unpack[SegmentOptions]
     ) -> SegmentResult:
         """Several objects on one image in one call (see `Client.segment_objects`)."""
-        return await self._run(_convert.segment_flow(image, objects, self.deadlines, **options))
+        return await self._run(_flows.segment_flow(image, objects, self.deadlines, **options))
 
     async def segment_concept(
         self,
@@ -98,22 +94,22 @@ class AsyncClient(ClientBase):
         **options: Unpack[ConceptOptions],
     ) -> ConceptResult:
         """Every instance of a concept (see `Client.segment_concept`)."""
-        concepts = _convert.concept_queries(text, exemplars, negative)
-        return await self._run(_convert.concept_flow(image, concepts, self.deadlines, **options))
+        concepts = concept_queries(text, exemplars, negative)
+        return await self._run(_flows.concept_flow(image, concepts, self.deadlines, **options))
 
     async def encode_many(
         self, images: Iterable[Any] | AsyncIterable[Any], *, force: bool = False, timeout: float | None = None
     ) -> AsyncIterator[EncodeResult]:
         """Encode images over one EncodeBatch stream, results in order (see `Client.encode_many`)."""
-        batch = _convert.Batch(force)
+        batch = _flows.Batch(force)
 
         async def requests() -> AsyncIterator[Any]:
             async for image in _items(images):
                 yield batch.request(image)
 
         feed = Feed()
-        call = Call("encode_batch", feed.wrap_async(requests()), _convert.stream_deadline(timeout, self.deadlines))
-        async for result in self._stream(call, feed, _convert.encode_result):
+        call = Call("encode_batch", feed.wrap_async(requests()), _flows.stream_deadline(timeout, self.deadlines))
+        async for result in self._stream(call, feed, encode_result):
             yield result
 
     async def segment_stream(
@@ -124,7 +120,7 @@ class AsyncClient(ClientBase):
         Stopping early (`break`) leaves the call open until the generator is closed: wrap it in
         `contextlib.aclosing(...)` or let the session's request iterator end.
         """
-        session = _convert.Session(self.deadlines, options)
+        session = _flows.Session(self.deadlines, options)
 
         async def messages() -> AsyncIterator[Any]:
             async for item in _items(requests):
@@ -132,16 +128,16 @@ class AsyncClient(ClientBase):
 
         feed = Feed()
         async for result in self._stream(
-            Call("segment_stream", feed.wrap_async(messages()), session.timeout), feed, _convert.segment_result
+            Call("segment_stream", feed.wrap_async(messages()), session.timeout), feed, segment_result
         ):
             yield result
 
     async def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """What the decoder serves (see `Client.model_info`)."""
-        return await self._run(_convert.info_flow(self.deadlines, timeout))
+        return await self._run(_flows.info_flow(self.deadlines, timeout))
 
     async def _run(self, flow: Flow[T]) -> T:
-        steps = _convert.Steps(flow)
+        steps = Steps(flow)
         for call in steps:
             await asyncio.sleep(steps.pause)
             with steps.answer():
@@ -150,7 +146,7 @@ class AsyncClient(ClientBase):
 
     async def _stream(self, call: Call, feed: Feed, convert: Callable[[Any], T]) -> AsyncIterator[T]:
         responses = self._connection.invoke(call)
-        with _convert.stream_errors(responses):
+        with stream_errors(responses):
             async for response in responses:
                 yield convert(response)
         feed.raise_error()

@@ -9,21 +9,19 @@ from typing import Any, TypeVar, Unpack
 
 import grpc
 
-from sam3_client import _convert
+from sam3_client import _flows
 from sam3_client._channel import Call, ClientBase
-from sam3_client._convert import (
+from sam3_client._messages import encode_result, segment_result
+from sam3_client._prompts import (
     Box,
     ConceptOptions,
-    ConceptResult,
-    EncodeResult,
-    Feed,
-    Flow,
-    ModelInfo,
     ObjectPrompt,
     SegmentOptions,
-    SegmentResult,
     StreamRequest,
+    concept_queries,
 )
+from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, SegmentResult
+from sam3_client._steps import Feed, Flow, Steps, stream_errors
 
 T = TypeVar("T")
 
@@ -73,9 +71,7 @@ class Client(ClientBase):
         (RESOURCE_EXHAUSTED / OVERLOADED) is retried with backoff within the call's deadline.
         """
         return self._run(
-            _convert.encode_flow(
-                image, self.deadlines, force=force, prefetch=prefetch, timeout=timeout, prewarm=prewarm
-            )
+            _flows.encode_flow(image, self.deadlines, force=force, prefetch=prefetch, timeout=timeout, prewarm=prewarm)
         )
 
     def segment(
@@ -99,7 +95,7 @@ class Client(ClientBase):
         self, image: Any, objects: Sequence[ObjectPrompt], **options: Unpack[SegmentOptions]
     ) -> SegmentResult:
         """Several objects on one image in one call: `result.objects` follows the order of `objects`."""
-        return self._run(_convert.segment_flow(image, objects, self.deadlines, **options))
+        return self._run(_flows.segment_flow(image, objects, self.deadlines, **options))
 
     def segment_concept(
         self,
@@ -117,8 +113,8 @@ class Client(ClientBase):
         mean "not this". The image is encoded on demand, as in `segment`. Options: `threshold` (0.5),
         `mask_format` ("rle"), `label_image`, `max_instances`, `timeout` (see ConceptOptions).
         """
-        concepts = _convert.concept_queries(text, exemplars, negative)
-        return self._run(_convert.concept_flow(image, concepts, self.deadlines, **options))
+        concepts = concept_queries(text, exemplars, negative)
+        return self._run(_flows.concept_flow(image, concepts, self.deadlines, **options))
 
     def encode_many(
         self, images: Iterable[Any], *, force: bool = False, timeout: float | None = None
@@ -129,9 +125,9 @@ class Client(ClientBase):
         ends the stream after the images before it, then raises. `timeout` bounds the whole stream.
         """
         feed = Feed()
-        requests = feed.wrap(map(_convert.Batch(force).request, images))
-        call = Call("encode_batch", requests, _convert.stream_deadline(timeout, self.deadlines))
-        yield from self._stream(call, feed, _convert.encode_result)
+        requests = feed.wrap(map(_flows.Batch(force).request, images))
+        call = Call("encode_batch", requests, _flows.stream_deadline(timeout, self.deadlines))
+        yield from self._stream(call, feed, encode_result)
 
     def segment_stream(
         self, requests: Iterable[StreamRequest], **options: Unpack[SegmentOptions]
@@ -145,17 +141,17 @@ class Client(ClientBase):
         image given as pixels/bytes is encoded once, when first seen; ids are used as they are.
         Options as for `segment`; `timeout` bounds the whole session.
         """
-        session = _convert.Session(self.deadlines, options)
+        session = _flows.Session(self.deadlines, options)
         feed = Feed()
         messages = feed.wrap(self._run(session.request_flow(item)) for item in requests)
-        yield from self._stream(Call("segment_stream", messages, session.timeout), feed, _convert.segment_result)
+        yield from self._stream(Call("segment_stream", messages, session.timeout), feed, segment_result)
 
     def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """What the decoder serves (model_id, mask size, embedding shapes, server version)."""
-        return self._run(_convert.info_flow(self.deadlines, timeout))
+        return self._run(_flows.info_flow(self.deadlines, timeout))
 
     def _run(self, flow: Flow[T]) -> T:
-        steps = _convert.Steps(flow)
+        steps = Steps(flow)
         for call in steps:
             time.sleep(steps.pause)
             with steps.answer():
@@ -164,7 +160,7 @@ class Client(ClientBase):
 
     def _stream(self, call: Call, feed: Feed, convert: Callable[[Any], T]) -> Iterator[T]:
         responses = self._connection.invoke(call)
-        with _convert.stream_errors(responses):
+        with stream_errors(responses):
             for response in responses:
                 yield convert(response)
         feed.raise_error()

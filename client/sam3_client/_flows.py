@@ -1,0 +1,177 @@
+"""What each client method does, written once for `Client` and `AsyncClient` as a flow (see `_steps`).
+
+E.g. Segment -> NOT_FOUND -> Encode -> Segment is one user call, whichever client runs it. A new
+call (a video session, say) is a flow here, built from the messages of `_messages`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Generator, Sequence
+from contextlib import suppress
+from dataclasses import replace
+from typing import Any, Unpack
+
+import grpc
+
+from sam3_client._channel import Call, Deadlines
+from sam3_client._images import ImagePayload, image_payload
+from sam3_client._messages import (
+    concept_request,
+    concept_result,
+    encode_request,
+    encode_result,
+    model_info,
+    segment_request,
+    segment_result,
+)
+from sam3_client._prompts import (
+    ConceptOptions,
+    ConceptQuery,
+    ObjectPrompt,
+    SegmentOptions,
+    StreamRequest,
+    object_prompts,
+)
+from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, SegmentResult
+from sam3_client._steps import Flow
+from sam3_client.errors import Sam3Error
+from sam3_client.proto import common_pb2, decoder_pb2, encoder_pb2
+
+
+def stream_deadline(timeout: float | None, deadlines: Deadlines) -> float:
+    return deadlines.stream if timeout is None else timeout
+
+
+class Budget:
+    """The deadline of one user-level call that may need several rpcs (segment -> encode -> segment).
+
+    With `timeout=None` each rpc gets its own default deadline; with a timeout they share it.
+    """
+
+    def __init__(self, timeout: float | None) -> None:
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def left(self, default: float) -> float:
+        if self._end is None:
+            return default
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise Sam3Error(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's timeout expired between its rpcs")
+        return left
+
+
+def encode_flow(
+    image: Any,
+    deadlines: Deadlines,
+    *,
+    force: bool = False,
+    prefetch: bool = False,
+    timeout: float | None = None,
+    prewarm: bool = False,
+) -> Flow[EncodeResult]:
+    """Encode; with `prefetch`, then warm the decoder replica the image's clicks will reach (best effort:
+    a failed prefetch only means the first click fetches from the store itself)."""
+    budget = Budget(timeout)
+    request = encode_request(image_payload(image), force=force, prewarm=prewarm)
+    result = encode_result((yield Call("encode", request, budget.left(deadlines.encode))))
+    if prefetch:
+        with suppress(Sam3Error):
+            yield Call(
+                "prefetch", decoder_pb2.PrefetchRequest(image_id=result.image_id), budget.left(deadlines.segment)
+            )
+    return result
+
+
+def segment_flow(
+    image: Any, objects: Sequence[ObjectPrompt], deadlines: Deadlines, **options: Unpack[SegmentOptions]
+) -> Flow[SegmentResult]:
+    """Segment; on NOT_FOUND with the image at hand, Encode it and Segment again (one user call)."""
+    payload = image_payload(image)
+    request = segment_request(payload.image_id, objects, **options)
+    call = Call("segment", request, deadlines.segment)
+    response, encoded = yield from _encode_on_miss(payload, call, deadlines, Budget(options.get("timeout")))
+    return segment_result(response, encoded)
+
+
+def concept_flow(
+    image: Any, concepts: Sequence[ConceptQuery], deadlines: Deadlines, **options: Unpack[ConceptOptions]
+) -> Flow[ConceptResult]:
+    """SegmentConcept; on NOT_FOUND with the image at hand, Encode it and ask again (one user call)."""
+    payload = image_payload(image)
+    call = Call("segment_concept", concept_request(payload.image_id, concepts, **options), deadlines.concept)
+    response, encoded = yield from _encode_on_miss(payload, call, deadlines, Budget(options.get("timeout")))
+    return concept_result(response, encoded)
+
+
+def _encode_on_miss(
+    payload: ImagePayload, call: Call, deadlines: Deadlines, budget: Budget
+) -> Generator[Call, Any, tuple[Any, EncodeResult | None]]:
+    """`call`'s response; if the image is not stored and we have its bytes, Encode it and call again."""
+    try:
+        return (yield replace(call, timeout=budget.left(call.timeout))), None
+    except Sam3Error as error:
+        if not error.is_not_encoded:
+            raise
+        if payload.data is None:
+            raise error.with_message(
+                f"image {payload.image_id} is not in the store and only its id was given: pass the image itself "
+                f"(a path, bytes, a PIL image or an array) so the client can encode it ({error.message})"
+            ) from None
+    encoded = encode_result((yield Call("encode", encode_request(payload), budget.left(deadlines.encode))))
+    try:
+        return (yield replace(call, timeout=budget.left(call.timeout))), encoded
+    except Sam3Error as error:
+        if not error.is_not_encoded:
+            raise
+        if call.method == "segment_concept":
+            raise error.with_message(
+                f"the encoder stored image {payload.image_id} under model {encoded.model_id}, yet the decoder finds "
+                "no concept features for it: the encoders must store them (a folder from `sam3 models export` and "
+                f"--concepts on), and share the Redis store and key prefix with the decoders ({error.message})"
+            ) from None
+        raise error.with_message(
+            f"the encoder stored image {payload.image_id} under model {encoded.model_id}, yet the decoder cannot "
+            f"find it: do both workers share the Redis store, key prefix and model? ({error.message})"
+        ) from None
+
+
+def info_flow(deadlines: Deadlines, timeout: float | None) -> Flow[ModelInfo]:
+    return model_info((yield Call("info", common_pb2.GetModelInfoRequest(), Budget(timeout).left(deadlines.info))))
+
+
+class Session:
+    """One segment_stream: numbers its requests and encodes each new image (not ids) once before use."""
+
+    def __init__(self, deadlines: Deadlines, options: SegmentOptions) -> None:
+        self._deadlines = deadlines
+        self.timeout = stream_deadline(options.get("timeout"), deadlines)
+        self._options = options
+        self._ready: set[str] = set()
+        self._count = itertools.count()
+
+    def request_flow(self, item: StreamRequest) -> Flow[decoder_pb2.SegmentRequest]:
+        image, objects, *key = item
+        payload = image_payload(image)
+        if payload.data is not None and payload.image_id not in self._ready:
+            yield from encode_flow(payload, self._deadlines)  # no prefetch: a stream has one replica anyway
+            self._ready.add(payload.image_id)
+        return segment_request(
+            payload.image_id,
+            object_prompts(objects),
+            request_id=str(next(self._count)),
+            object_key=str(key[0]) if key else "",
+            **self._options,
+        )
+
+
+class Batch:
+    """One encode_many: numbers its requests (request_id = position in the input)."""
+
+    def __init__(self, force: bool) -> None:
+        self._force = force
+        self._count = itertools.count()
+
+    def request(self, image: Any) -> encoder_pb2.EncodeRequest:
+        return encode_request(image_payload(image), force=self._force, request_id=str(next(self._count)))
