@@ -66,19 +66,19 @@ def transformers(
     prompt_runs: int,
 ) -> dict:
     """What transformers users have: Sam3TrackerProcessor + Sam3TrackerModel (eager) + post_process_masks,
-    on the embeddings SAM3 computes (`export.image_embeddings`: the same cost as `get_image_embeddings`)."""
+    on the embeddings SAM3 computes (`tracker_graphs.image_embeddings`: the same cost as `get_image_embeddings`)."""
     import torch
     from PIL import Image
     from transformers import Sam3ImageProcessor, Sam3TrackerProcessor
 
-    from sam3_core import export
+    from sam3_export import tracker_graphs, weights
 
     manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
     source = manifest["source"]
     if "checkpoint" in source:
-        model = export.build_model(checkpoint=Path(source["checkpoint"]), config="full", seed=0)
+        model = weights.build_tracker(checkpoint=Path(source["checkpoint"]), config="full", seed=0)
     else:
-        model = export.build_model(checkpoint=None, config=source["config"], seed=source["seed"])
+        model = weights.build_tracker(checkpoint=None, config=source["config"], seed=source["seed"])
     processor = Sam3TrackerProcessor(image_processor=Sam3ImageProcessor())
     torch.set_grad_enabled(False)
     result: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "prompts": {}}
@@ -88,7 +88,7 @@ def transformers(
         for _ in range(encoder_runs if position == 0 else 1):  # the encoder's cost hardly depends on size
             started = time.perf_counter()
             inputs = processor(images=image, return_tensors="pt")
-            embeddings = export.image_embeddings(model, inputs["pixel_values"])
+            embeddings = tracker_graphs.image_embeddings(model, inputs["pixel_values"])
             encoder_ms.append((time.perf_counter() - started) * 1000)
         result[f"encoder_{size_name}"] = Stats.of(encoder_ms).as_dict()
         for prompt_name, objects in prompts[size_name].items():
@@ -118,11 +118,11 @@ def transformers_concepts(model_dir: str, image: str, phrase: str, runs: int) ->
     from PIL import Image
     from transformers import CLIPTokenizer, Sam3ImageProcessor, Sam3Processor
 
-    from sam3_core import export_concept
+    from sam3_export import weights
 
     source = json.loads((Path(model_dir) / "manifest.json").read_text())["source"]
     checkpoint = Path(source["checkpoint"]) if "checkpoint" in source else None
-    video = export_concept.build_video_model(
+    video = weights.build_video_model(
         checkpoint=checkpoint, config=source.get("config", "full"), seed=source.get("seed", 0)
     )
     detector = video.detector_model.eval()

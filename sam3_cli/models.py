@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sam3_cli.errors import CliError
-from sam3_core.quantize import QUANTIZATIONS
+from sam3_core.graphs import QUANTIZED_VARIANTS
 
 # sam3_core.sources.DEFAULT_REPO, repeated so that building the parser loads no ONNX Runtime (a test checks).
 DEFAULT_REPO = "onnx-community/sam3-tracker-ONNX"
@@ -119,7 +119,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize",
         action="append",
-        choices=QUANTIZATIONS,
+        choices=QUANTIZED_VARIANTS,
         default=[],
         help="also write vision_encoder_<kind>.onnx (repeatable)",
     )
@@ -142,13 +142,14 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     try:
-        from sam3_core import export, export_concept
+        from sam3_export import concept, pipeline, tracker
     except ImportError as error:
         raise CliError(
             f"sam3 models export needs torch and transformers ({error.name} is missing): "
             "pip install 'sam3-service[export]'"
         ) from error
-    (export if args.tracker_only else export_concept).run(
+    pipeline.run(
+        tracker.TrackerExport if args.tracker_only else concept.ConceptExport,
         out_dir=args.out,
         checkpoint=args.checkpoint,
         config=args.config,

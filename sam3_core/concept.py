@@ -22,17 +22,21 @@ import numpy as np
 import onnxruntime as ort
 
 from sam3_core.embeddings import ImageEmbeddings
-from sam3_core.graphs import DETECTOR_OUTPUTS
+from sam3_core.graphs import (
+    BOX_ONLY_TEXT,
+    CONCEPT_DECODER_FILE,
+    CONCEPT_PROMPT_INPUTS,
+    DETECTOR_OUTPUTS,
+    EXEMPLAR_ENCODER_FILE,
+    EXEMPLAR_INPUTS,
+    TEXT_ENCODER_FILE,
+    TEXT_INPUTS,
+)
 from sam3_core.model import ConceptsNotSupportedError, RuntimeOptions
 from sam3_core.postprocess import upsample_logits
 from sam3_core.tokenizer import TOKENIZER_FILE, ClipTokenizer
 
-TEXT_ENCODER_FILE = "text_encoder.onnx"
-EXEMPLAR_ENCODER_FILE = "exemplar_encoder.onnx"
-CONCEPT_DECODER_FILE = "concept_decoder.onnx"
 CONCEPT_FILES = (TEXT_ENCODER_FILE, EXEMPLAR_ENCODER_FILE, CONCEPT_DECODER_FILE, TOKENIZER_FILE)
-# What Sam3Processor prompts the text encoder with when only exemplar boxes are given.
-BOX_ONLY_TEXT = "visual"
 DEFAULT_THRESHOLD = 0.5
 MASK_THRESHOLD = 0.5
 
@@ -166,7 +170,7 @@ class ConceptModel:
     def encode_text(self, phrase: str) -> TextFeatures:
         """Runs the text encoder on one phrase (no cache)."""
         ids, mask = self.tokenizer([phrase])
-        (features,) = self.text_encoder.run(None, {"input_ids": ids, "attention_mask": mask})
+        (features,) = self.text_encoder.run(None, dict(zip(TEXT_INPUTS, (ids, mask), strict=True)))
         return TextFeatures(np.asarray(features, np.float32), mask.astype(bool))
 
     def text_features(self, phrase: str) -> TextFeatures:
@@ -187,9 +191,8 @@ class ConceptModel:
         x0, y0, x1, y1 = corners.reshape(-1, 4).T
         boxes = np.stack([(x0 + x1) / np.float32(2), (y0 + y1) / np.float32(2), x1 - x0, y1 - y0], axis=-1)
         labels = np.array([[1 if e.positive else 0 for e in exemplars]], np.int64)
-        (tokens,) = self.exemplar_encoder.run(
-            None, {DETECTOR_OUTPUTS[2]: features.tensors[2], "boxes": boxes[None], "labels": labels}
-        )
+        feeds = (features.tensors[2], boxes[None], labels)
+        (tokens,) = self.exemplar_encoder.run(None, dict(zip(EXEMPLAR_INPUTS, feeds, strict=True)))
         return np.asarray(tokens, np.float32)
 
     def predict(
@@ -232,10 +235,8 @@ class ConceptModel:
             tokens = self.exemplar_features(features, boxes)
             prompt = np.concatenate([prompt, tokens], axis=1)
             mask = np.concatenate([mask, np.ones(tokens.shape[:2], bool)], axis=1)
-        feeds = dict(zip(DETECTOR_OUTPUTS, features.tensors, strict=True))
-        logits, pred_boxes, masks, presence_logits = self.decoder.run(
-            None, {**feeds, "prompt_features": prompt, "prompt_mask": mask}
-        )
+        feeds = dict(zip((*DETECTOR_OUTPUTS, *CONCEPT_PROMPT_INPUTS), (*features.tensors, prompt, mask), strict=True))
+        logits, pred_boxes, masks, presence_logits = self.decoder.run(None, feeds)
         presence = _sigmoid(presence_logits[0])
         scores = _sigmoid(logits[0]) * presence
         height, width = features.original_size

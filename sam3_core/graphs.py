@@ -5,7 +5,7 @@ export` writes) holds two graphs, `vision_encoder[_variant].onnx` and
 `prompt_encoder_mask_decoder[_variant].onnx`, in the folder itself or in its `onnx/` subfolder. A large
 graph keeps its weights beside it: `<name>.onnx_data` (onnx-community and our exporter) or
 `<name>.onnx.data` (ONNX Runtime's quantizer). Export, quantization, downloads and model loading all
-take these names from here. docs/model-contract.md describes the tensors.
+take these names from here (the exporter, sam3_export, too). docs/model-contract.md describes the tensors.
 """
 
 from __future__ import annotations
@@ -38,6 +38,23 @@ SPLIT_IMAGE_FILE = "mask_decoder_image.onnx"
 SPLIT_CLICK_FILE = "mask_decoder_click.onnx"
 SPLIT_FILES = (SPLIT_IMAGE_FILE, SPLIT_CLICK_FILE)
 SPLIT_IMAGE_OUTPUTS = ("image_tokens", "first_keys", "first_values", "first_image_queries", "high_res_1", "high_res_0")
+
+# The concept graphs of a unified export (docs/concepts.md): phrase -> text features, exemplar boxes -> prompt
+# tokens, and the detector's decoder over the prompt tokens and the encoder's detector features.
+TEXT_ENCODER_FILE = "text_encoder.onnx"
+EXEMPLAR_ENCODER_FILE = "exemplar_encoder.onnx"
+CONCEPT_DECODER_FILE = "concept_decoder.onnx"
+TEXT_INPUTS = ("input_ids", "attention_mask")
+TEXT_OUTPUT = "text_features"
+EXEMPLAR_INPUTS = (DETECTOR_OUTPUTS[2], "boxes", "labels")
+EXEMPLAR_OUTPUT = "exemplar_features"
+CONCEPT_PROMPT_INPUTS = ("prompt_features", "prompt_mask")
+CONCEPT_OUTPUTS = ("pred_logits", "pred_boxes", "pred_masks", "presence_logits")
+# What Sam3Processor prompts the text encoder with when only exemplar boxes are given.
+BOX_ONLY_TEXT = "visual"
+
+# Encoder variants `sam3 models export --quantize` writes (sam3_export.quantize).
+QUANTIZED_VARIANTS = ("int8", "q4")
 
 # Suffixes of a graph's external-weights file: as published (and exported), and as ONNX Runtime's quantizer writes.
 PUBLISHED_DATA_SUFFIX = "_data"

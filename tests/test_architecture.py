@@ -1,5 +1,9 @@
 """Imports point one way: sam3_core <- sam3_serving <- {encoder_service, decoder_service} <- sam3_bench <- sam3_cli.
 
+The export tool (sam3_export: torch build tooling) stands beside the runtime: it imports only sam3_core
+(the folder contract), and only sam3_cli and sam3_bench import it, lazily (inside the function that
+needs torch), so nothing that serves requests can load torch.
+
 The SDK (client/sam3_client, its own distribution) imports nothing of the server; the server imports
 the SDK's wire contract (generated stubs, error reasons). Every import counts, including the lazy
 ones inside functions. `python tests/test_architecture.py` prints the package-level graph.
@@ -20,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {
     "sam3_client": ROOT / "client" / "sam3_client",
     "sam3_core": ROOT / "sam3_core",
+    "sam3_export": ROOT / "sam3_export",
     "sam3_serving": ROOT / "sam3_serving",
     "encoder_service": ROOT / "encoder_service",
     "decoder_service": ROOT / "decoder_service",
@@ -30,12 +35,23 @@ PACKAGES = {
 ALLOWED = {
     "sam3_client": set(),
     "sam3_core": set(),
+    "sam3_export": {"sam3_core"},
     "sam3_serving": {"sam3_core", "sam3_client"},
     "encoder_service": {"sam3_serving", "sam3_core", "sam3_client"},
     "decoder_service": {"sam3_serving", "sam3_core", "sam3_client"},
-    "sam3_bench": {"sam3_serving", "sam3_core", "sam3_client"},
-    "sam3_cli": {"encoder_service", "decoder_service", "sam3_bench", "sam3_serving", "sam3_core", "sam3_client"},
+    "sam3_bench": {"sam3_serving", "sam3_core", "sam3_client", "sam3_export"},
+    "sam3_cli": {
+        "encoder_service",
+        "decoder_service",
+        "sam3_bench",
+        "sam3_serving",
+        "sam3_core",
+        "sam3_client",
+        "sam3_export",
+    },
 }
+# Packages that may import these only inside a function (the module must load without torch).
+LAZY_ONLY = {"sam3_export"}
 
 
 def imported_packages(path: Path) -> list[str]:
@@ -72,6 +88,34 @@ def test_imports_point_one_way(package: str) -> None:
         for module in modules
     }
     assert not wrong, f"{package} may import only {sorted(ALLOWED[package])}: " + "; ".join(sorted(wrong))
+
+
+def loaded_on_import(path: Path) -> list[str]:
+    """The project packages a module imports when it is loaded: everything outside function bodies."""
+    found: list[str] = []
+    pending: list[ast.AST] = [ast.parse(path.read_text(), str(path))]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        if isinstance(node, ast.Import):
+            found += [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append(node.module.split(".")[0])
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(LAZY_ONLY))
+def test_lazy_only_packages_are_imported_inside_functions(package: str) -> None:
+    eager = [
+        str(path.relative_to(ROOT))
+        for importer, folder in PACKAGES.items()
+        if importer != package
+        for path in sorted(folder.rglob("*.py"))
+        if package in loaded_on_import(path)
+    ]
+    assert not eager, f"import {package} inside the function that needs it (it loads torch): {eager}"
 
 
 def test_the_rules_form_layers_without_cycles() -> None:

@@ -185,7 +185,7 @@ def test_missing_variant_names_file():
 @pytest.fixture(scope="module")
 def int8_folder(tmp_path_factory) -> Path:
     pytest.importorskip("onnx", reason="onnxruntime.quantization needs the onnx package")
-    from sam3_core.quantize import quantize
+    from sam3_export.quantize import quantize
 
     folder = copy_model(tmp_path_factory.mktemp("int8"))
     quantize(folder, "int8")

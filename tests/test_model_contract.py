@@ -88,7 +88,7 @@ def _variant_folder(tmp_path: Path, name: str) -> Path:
 
 def test_int8_variant_keeps_float32_io_and_tracks_fp32(tmp_path: Path) -> None:
     """Q3: dynamic int8 quantisation (as `sam3 export --quantize int8` does) keeps float32 I/O; masks track fp32."""
-    from sam3_core.quantize import quantize
+    from sam3_export.quantize import quantize
 
     target = _variant_folder(tmp_path, "vision_encoder_int8.onnx")
     quantize(target.parent, "int8")

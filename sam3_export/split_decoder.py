@@ -34,6 +34,7 @@ from sam3_core.graphs import (
     SPLIT_IMAGE_FILE,
     SPLIT_IMAGE_OUTPUTS,
 )
+from sam3_export.tracing import trace
 
 # Output tokens ahead of the prompt's: object score, IoU, then the four mask tokens (0 = single mask).
 _OBJECT_SCORE, _IOU, _FIRST_MASK, _MASK_TOKENS = 0, 1, 2, 4
@@ -238,32 +239,18 @@ def _layer_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
-def export_split_decoder(model: nn.Module, out_dir: Path, embeddings: tuple[torch.Tensor, ...], opset: int) -> None:
+def export_split_decoder(model: nn.Module, out_dir: Path, embeddings: tuple[torch.Tensor, ...]) -> None:
     """Writes mask_decoder_image.onnx and mask_decoder_click.onnx beside the standard decoder."""
     image_side = ImageSide(model).eval()
+    trace(image_side, embeddings, out_dir / SPLIT_IMAGE_FILE, EMBEDDING_NAMES, SPLIT_IMAGE_OUTPUTS)
     with torch.no_grad():
-        torch.onnx.export(
-            image_side,
-            embeddings,
-            str(out_dir / SPLIT_IMAGE_FILE),
-            input_names=list(EMBEDDING_NAMES),
-            output_names=list(SPLIT_IMAGE_OUTPUTS),
-            opset_version=opset,
-            dynamo=False,
-        )
         prepared = image_side(*embeddings)
-        example = (
-            torch.tensor([[[[100.0, 200.0]]]]),
-            torch.tensor([[[1]]], dtype=torch.int64),
-            torch.zeros((1, 0, 4)),
-        )
-        torch.onnx.export(
-            ClickSide(model).eval(),
-            (*example, *prepared),
-            str(out_dir / SPLIT_CLICK_FILE),
-            input_names=[*DECODER_PROMPT_INPUTS, *SPLIT_IMAGE_OUTPUTS],
-            output_names=list(DECODER_OUTPUTS),
-            dynamic_axes=DECODER_DYNAMIC_AXES,
-            opset_version=opset,
-            dynamo=False,
-        )
+    example = (torch.tensor([[[[100.0, 200.0]]]]), torch.tensor([[[1]]], dtype=torch.int64), torch.zeros((1, 0, 4)))
+    trace(
+        ClickSide(model).eval(),
+        (*example, *prepared),
+        out_dir / SPLIT_CLICK_FILE,
+        [*DECODER_PROMPT_INPUTS, *SPLIT_IMAGE_OUTPUTS],
+        DECODER_OUTPUTS,
+        DECODER_DYNAMIC_AXES,
+    )

@@ -1,15 +1,19 @@
 """Smaller, faster encoder variants from an fp32 folder: needs onnxruntime and onnx, not torch.
 
-`sam3 export --quantize` calls this after writing the graphs; tests quantize the committed fixture with it.
+`sam3 models export --quantize` calls this after writing the graphs; tests quantize the committed fixture with it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sam3_core.graphs import ENCODER_STEM, PUBLISHED_DATA_SUFFIX, QUANTIZER_DATA_SUFFIX, file_name
-
-QUANTIZATIONS = ("int8", "q4")
+from sam3_core.graphs import (
+    ENCODER_STEM,
+    PUBLISHED_DATA_SUFFIX,
+    QUANTIZED_VARIANTS,
+    QUANTIZER_DATA_SUFFIX,
+    file_name,
+)
 
 
 def quantize(out_dir: Path, kind: str) -> Path:
@@ -42,7 +46,7 @@ def quantize(out_dir: Path, kind: str) -> Path:
         quantizer.process()
         quantizer.model.save_model_to_file(str(target), use_external_data_format=large)
     else:
-        raise ValueError(f"unknown quantization {kind!r}: choose one of {', '.join(QUANTIZATIONS)}")
+        raise ValueError(f"unknown quantization {kind!r}: choose one of {', '.join(QUANTIZED_VARIANTS)}")
     _drop_untyped_value_info(target)
     return target
 
