@@ -42,13 +42,14 @@ from sam3_core.predictor import ObjectPrediction, decode
 from sam3_core.prompts import Prompt, PromptError, PromptLimits, check_prompts
 from sam3_core.timing import StageTimer
 from sam3_serving import metrics
+from sam3_serving.auth import tenant_of
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
-from sam3_serving.server import tenant_of
+from sam3_serving.roles import Role
 from sam3_serving.store import DETECTOR_KIND, EmbeddingStore
 from sam3_serving.streams import ReadAhead, StreamLimits
 
-WORKER = "decoder"
+WORKER = Role.DECODER
 
 
 @dataclass(frozen=True)

@@ -34,14 +34,15 @@ from sam3_core.model import Sam3Model
 from sam3_core.predictor import encode, encode_with_detector
 from sam3_core.timing import StageTimer
 from sam3_serving import metrics
+from sam3_serving.auth import tenant_of
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
-from sam3_serving.server import tenant_of
+from sam3_serving.roles import Role
 from sam3_serving.slots import BATCH, INTERACTIVE, PrioritySlots, QueueFull
 from sam3_serving.store import DETECTOR_KIND, EmbeddingStore
 from sam3_serving.streams import ReadAhead, StreamLimits
 
-WORKER = "encoder"
+WORKER = Role.ENCODER
 _PRIORITY_NAMES = {INTERACTIVE: "interactive", BATCH: "batch"}
 
 
@@ -61,7 +62,7 @@ class EncoderSettings:
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
-    """Plain servicer: the gRPC plumbing (health, metrics, errors -> status) lives in sam3_serving.server."""
+    """Plain servicer: the gRPC plumbing (health, metrics, errors -> status) is the Worker's (sam3_serving.server)."""
 
     def __init__(self, model: Sam3Model, store: EmbeddingStore, settings: EncoderSettings = EncoderSettings()) -> None:
         self.model = model

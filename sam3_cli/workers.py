@@ -10,15 +10,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sam3_cli.options import add_model_options, load_model, option, positive_seconds, whole_number
+from sam3_serving.roles import Role
 
 if TYPE_CHECKING:
-    from sam3_serving.server import ServerConfig, Worker
+    from sam3_serving.config import ServerConfig
+    from sam3_serving.server import Worker
 
 MIB = 1024 * 1024
-ENCODER, DECODER = "encoder", "decoder"
+ENCODER, DECODER = Role.ENCODER, Role.DECODER
 
 
-def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embedded_redis: bool) -> None:
+def add_worker_options(parser: argparse.ArgumentParser, roles: set[Role], *, embedded_redis: bool) -> None:
     add_model_options(parser)
     server = parser.add_argument_group("server")
     option(server, "--host", default="0.0.0.0", help="address to listen on")
@@ -169,11 +171,11 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[str], *, embe
         )
 
 
-def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: bool) -> int:
+def run_worker(args: argparse.Namespace, roles: set[Role], *, embedded_redis: bool) -> int:
     """Loads the model once, builds the servicers for `roles`, serves until SIGTERM/SIGINT."""
     from sam3_core.no_memory import ADDED
+    from sam3_serving.logs import configure_logging
     from sam3_serving.redis_server import start_embedded_redis
-    from sam3_serving.server import configure_logging
     from sam3_serving.store import EmbeddingStore, StoreConfig
 
     configure_logging(args.log_level, json_logs=args.log_format == "json")
@@ -205,7 +207,7 @@ def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: boo
                 "masks may differ from SAM3's own: no-memory embedding %s (%s)", no_memory.state, no_memory.evidence
             )
         print(
-            f"sam3 {'+'.join(sorted(roles))}: listening on {args.host}:{worker.port}, model {model.model_id} "
+            f"sam3 {worker.label}: listening on {args.host}:{worker.port}, model {model.model_id} "
             f"({model.folder}, no-memory embedding {no_memory.state}), store {store.config.redacted_url}"
             + (f", metrics on :{worker.metrics_port}/metrics" if worker.metrics_port else ""),
             flush=True,
@@ -218,7 +220,7 @@ def run_worker(args: argparse.Namespace, roles: set[str], *, embedded_redis: boo
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
-    from sam3_serving.server import ServerConfig
+    from sam3_serving.config import ServerConfig
 
     return ServerConfig(
         host=args.host,
@@ -239,7 +241,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def role_settings(args: argparse.Namespace, roles: set[str]) -> dict[str, Any]:
+def role_settings(args: argparse.Namespace, roles: set[Role]) -> dict[str, Any]:
     """The flags of each role as the settings objects its servicer takes."""
     from sam3_serving.streams import StreamLimits
 
@@ -276,14 +278,15 @@ def role_settings(args: argparse.Namespace, roles: set[str]) -> dict[str, Any]:
 
 
 def start_worker(
-    model: Any, store: Any, roles: set[str], config: ServerConfig, *, encoder: Any = None, decoder: Any = None
+    model: Any, store: Any, roles: set[Role], config: ServerConfig, *, encoder: Any = None, decoder: Any = None
 ) -> Worker:
     """The servicers of `roles` on one started gRPC server, sharing one loaded model and one store client."""
     from decoder_service.cache import EmbeddingCache
     from decoder_service.servicer import DecoderServicer, DecoderSettings
     from encoder_service.servicer import EncoderServicer, EncoderSettings
     from sam3_client.proto import decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
-    from sam3_serving.server import Service, Worker
+    from sam3_serving.config import Service
+    from sam3_serving.server import Worker
 
     services = []
     decoder_servicer = None
@@ -304,7 +307,7 @@ def start_worker(
                 lambda server: decoder_pb2_grpc.add_DecoderServiceServicer_to_server(decoder_servicer, server),
             )
         )
-    worker = Worker(config, services, worker="+".join(sorted(roles)), ready=store.check).start()
+    worker = Worker(config, services, roles=roles, ready=store.check).start()
     if decoder_servicer is not None:
         cache = decoder_servicer.cache
         # Values rewritten by any encoder (Encode force=true, a re-encode after a bad value) leave this
@@ -315,7 +318,7 @@ def start_worker(
     return worker
 
 
-def main_for(roles: set[str], *, embedded_redis: bool) -> Callable[[argparse.Namespace], int]:
+def main_for(roles: set[Role], *, embedded_redis: bool) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         return run_worker(args, roles, embedded_redis=embedded_redis)
 

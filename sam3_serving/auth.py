@@ -8,22 +8,29 @@ Rules (docs/security.md):
   keys, so no tenant can read, or learn of, another tenant's images.
 - With mTLS (`--tls-client-ca`), a client must present a certificate signed by that CA before any
   call is made; `--tenant-from-cert` then takes the tenant from the certificate's common name.
+
+`Authentication` is the worker's interceptor for it: every application rpc (health and reflection
+are exempt) is authenticated before it is admitted, and servicers read the caller's tenant with
+`tenant_of(context)`.
 """
 
 from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from sam3_serving.errors import Reason, ServiceError
+from sam3_serving.interception import Rpc, RpcInterceptor
 from sam3_serving.store import TENANT_NAME
 
-__all__ = ["Authenticator", "Caller", "load_tenant_tokens", "valid_token"]
+__all__ = ["Authentication", "Authenticator", "Caller", "load_tenant_tokens", "tenant_of", "valid_token"]
 
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _CREDENTIALS = re.compile(r"(?i:bearer) +(\S+)")
@@ -132,3 +139,33 @@ class Authenticator:
                 Reason.UNAUTHENTICATED,
             )
         return name
+
+
+class _CallerContext:
+    """The servicer context of one call, plus who made it (`tenant_of` reads it)."""
+
+    def __init__(self, context: grpc.ServicerContext, caller: Caller) -> None:
+        self._context = context
+        self.caller = caller
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def tenant_of(context: grpc.ServicerContext) -> str | None:
+    """The authenticated caller's tenant (None: the shared namespace) of a call the worker admitted."""
+    caller = getattr(context, "caller", None)
+    return caller.tenant if isinstance(caller, Caller) else None
+
+
+class Authentication(RpcInterceptor):
+    """Authenticates every application rpc; the servicer's context then names the caller."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    @contextmanager
+    def around(self, rpc: Rpc) -> Iterator[None]:
+        caller = self._authenticator.authenticate(rpc.context)
+        rpc.context = _CallerContext(rpc.context, caller)  # type: ignore[assignment]
+        yield

@@ -1,7 +1,7 @@
 """Typed rpc errors: servicers raise `ServiceError`, clients branch on its `Reason`, not on text.
 
 A servicer raises `ServiceError(code, message, reason, **metadata)` anywhere below a handler; the
-worker's interceptor (sam3_serving.server) calls `ServiceError.abort`, the one place that puts the
+worker's interceptor (sam3_serving.error_status) calls `ServiceError.abort`, the one place that puts the
 status on the wire in gRPC's standard rich error model: "grpc-status-details-bin" holding a
 google.rpc.Status with a google.rpc.ErrorInfo (reason, domain, metadata) and, when the metadata names
 a request "field", a google.rpc.BadRequest. The deprecated "sam3-error-bin" trailer (a sam3.v1.ErrorInfo)
@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 from sam3_client.errors import ERROR_DOMAIN, ERROR_INFO_KEY, Reason
 from sam3_client.proto import common_pb2
 
-__all__ = ["Reason", "ServiceError"]
+__all__ = ["Reason", "ServiceError", "response_too_large"]
 
 
 class ServiceError(Exception):
@@ -71,3 +71,9 @@ class ServiceError(Exception):
     def to_item_error(self) -> common_pb2.ItemError:
         """The per-item error for streams that carry on (SegmentStream, EncodeBatch)."""
         return common_pb2.ItemError(code=self.code.value[0], message=self.message, info=self._error_info())
+
+
+def response_too_large(message: str, *, limit: str) -> ServiceError:
+    """An answer over one of the worker's limits (`limit` names it: max_message_bytes, max_mask_megapixels):
+    RESOURCE_EXHAUSTED / RESPONSE_TOO_LARGE, the one form every such refusal takes."""
+    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, Reason.RESPONSE_TOO_LARGE, limit=limit)

@@ -135,12 +135,10 @@ def in_flight(worker: str) -> float:
     return 0.0 if value is None else value
 
 
-def _start_metrics_http(port: int, host: str = "0.0.0.0") -> WSGIServer:
-    """Start the exporter and return its server, so the worker can shut it down with the gRPC server."""
+def start_metrics_server(port: int, host: str = "0.0.0.0") -> WSGIServer:
+    """Serve /metrics for the default registry on a daemon thread; port 0 picks a free one (`server_port`).
+
+    Returns the HTTP server, so whoever started it can shut it down (the worker does, with its gRPC server).
+    """
     server, _thread = start_http_server(port, addr=host)
     return server
-
-
-def start_metrics_server(port: int, host: str = "0.0.0.0") -> int:
-    """Serve /metrics for the default registry on a daemon thread; port 0 picks a free port. Returns the port."""
-    return int(_start_metrics_http(port, host).server_port)

@@ -12,7 +12,8 @@ from typing import Any
 import references
 from sam3_cli.workers import DECODER, ENCODER, start_worker
 from sam3_core.model import Sam3Model
-from sam3_serving.server import ServerConfig, Worker
+from sam3_serving.config import ServerConfig
+from sam3_serving.server import Worker
 from sam3_serving.store import EmbeddingStore, StoreConfig
 from sam3_serving.worker_process import WorkerProcess
 

@@ -122,9 +122,9 @@ def parse_sam3(argv: list[str]) -> argparse.Namespace | None:
 
 def worker_final_grace() -> float:
     """What a stopping worker adds after its drain (exempt streams such as health Watch)."""
-    from sam3_serving import server
+    from sam3_serving.lifecycle import FINAL_GRACE_SECONDS
 
-    return float(getattr(server, "_FINAL_GRACE_SECONDS", 1.0))
+    return FINAL_GRACE_SECONDS
 
 
 def sam3_tokens(text: str) -> set[str]:
@@ -346,7 +346,7 @@ def test_every_sam3_variable_is_a_flag_of_the_command_the_container_runs(overlay
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_use_the_grpc_port_and_the_health_services_the_worker_registers(overlay: str) -> None:
-    from sam3_serving.server import LIVENESS
+    from sam3_serving.health_service import LIVENESS
 
     docs = render(overlay)
     for container in workers(docs):
@@ -536,7 +536,7 @@ def test_each_worker_has_a_disruption_budget_and_an_autoscaler_on_real_metrics(o
             selector = metric["pods"]["metric"].get("selector", {}).get("matchLabels", {})
             if name == "sam3_in_flight_requests":
                 assert set(selector) <= {"worker"}
-                assert selector.get("worker", launch.ENCODER) == launch.ENCODER  # Worker(worker="encoder")
+                assert selector.get("worker", launch.ENCODER) == launch.ENCODER  # Worker(roles={Role.ENCODER})
     decoder = worker(docs, "decoder").workload["metadata"]["name"]
     assert decoder in scaled, f"{overlay}: the decoder has no HorizontalPodAutoscaler"
     assert [m["type"] for m in scaled[decoder]["spec"]["metrics"]] == ["Resource"], "the decoder scales on CPU"

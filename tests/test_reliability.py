@@ -34,9 +34,9 @@ from encoder_service.servicer import EncoderSettings
 from sam3_cli.workers import ENCODER
 from sam3_client import AsyncClient, Client, ObjectPrompt, Reason, Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
+from sam3_serving.config import ServerConfig
 from sam3_serving.errors import ServiceError
 from sam3_serving.redis_server import free_port
-from sam3_serving.server import ServerConfig
 from sam3_serving.slots import BATCH, INTERACTIVE, PrioritySlots, QueueFull
 from sam3_serving.worker_process import WorkerProcess
 from service_stack import running

@@ -39,7 +39,7 @@ from sam3_client import (
 )
 from sam3_client._images import image_payload
 from sam3_client.proto import common_pb2, encoder_pb2
-from sam3_serving.server import ServerConfig
+from sam3_serving.config import ServerConfig
 from service_stack import Stack, image_bytes, running, shared_model
 
 T = TypeVar("T")

@@ -1,4 +1,5 @@
-"""The shared gRPC worker (sam3_serving.server) against real servers on 127.0.0.1, never mocked gRPC.
+"""The shared gRPC worker (sam3_serving.server and the modules it composes) against real servers on 127.0.0.1,
+never mocked gRPC.
 
 A tiny servicer built on the real generated stubs stands in for the model: fixed answers, typed errors,
 an unexpected exception, a slow call for graceful shutdown.
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,11 @@ from prometheus_client import REGISTRY
 from sam3_client.errors import ERROR_INFO_KEY, Reason, Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
 from sam3_serving import metrics
+from sam3_serving.config import ServerConfig, Service
 from sam3_serving.errors import ServiceError
-from sam3_serving.server import JsonFormatter, ServerConfig, Service, Worker, configure_logging
+from sam3_serving.logs import JsonFormatter, configure_logging
+from sam3_serving.roles import Role
+from sam3_serving.server import Worker
 
 DECODER = decoder_pb2.DESCRIPTOR.services_by_name["DecoderService"].full_name
 ENCODER = encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name
@@ -128,19 +132,25 @@ def _arity_handler() -> grpc.GenericRpcHandler:
     )
 
 
-def _services(decoder: FakeDecoder) -> list[Service]:
+def _services(decoder: FakeDecoder, *extra: Service) -> list[Service]:
     encoder = FakeEncoder()
     return [
         Service(DECODER, lambda s: decoder_pb2_grpc.add_DecoderServiceServicer_to_server(decoder, s)),
         Service(ENCODER, lambda s: encoder_pb2_grpc.add_EncoderServiceServicer_to_server(encoder, s)),
         Service(ARITY, lambda s: s.add_generic_rpc_handlers((_arity_handler(),))),
+        *extra,
     ]
 
 
-def _start(name: str, ready: Callable[[], bool] = lambda: True, **config: Any) -> tuple[Worker, FakeDecoder]:
+ROLES = {Role.ENCODER, Role.DECODER}
+
+
+def _start(
+    ready: Callable[[], bool] = lambda: True, extra: Sequence[Service] = (), **config: Any
+) -> tuple[Worker, FakeDecoder]:
     decoder = FakeDecoder()
     cfg = ServerConfig(host="127.0.0.1", port=0, **config)
-    return Worker(cfg, _services(decoder), worker=name, ready=ready, ready_interval=0.05).start(), decoder
+    return Worker(cfg, _services(decoder, *extra), roles=ROLES, ready=ready, ready_interval=0.05).start(), decoder
 
 
 def _eventually(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
@@ -176,7 +186,7 @@ def ready() -> Ready:
 
 @pytest.fixture(scope="module")
 def worker(ready: Ready) -> Iterator[Worker]:
-    server, _ = _start("test-main", ready, metrics_port=0, max_receive_bytes=64 * 1024)
+    server, _ = _start(ready, metrics_port=0, max_receive_bytes=64 * 1024)
     yield server
     server.stop(0)
 
@@ -393,14 +403,14 @@ def test_metrics_count_calls_and_http_endpoint_serves_them(worker: Worker, chann
     assert _rpc_count("Segment", "NOT_FOUND") == missing_before + 1
     labels = {"service": DECODER, "method": "GetModelInfo"}
     assert (REGISTRY.get_sample_value("sam3_rpc_duration_seconds_count", labels) or 0) >= 3
-    assert metrics.in_flight("test-main") == 0
+    assert metrics.in_flight(worker.label) == worker.in_flight == 0
     assert REGISTRY.get_sample_value("sam3_rpcs_total", {"service": "grpc.health.v1.Health"}) is None
 
     assert worker.metrics_port
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5) as response:
         text = response.read().decode()
     assert 'sam3_rpcs_total{code="OK",method="GetModelInfo",service="sam3.v1.DecoderService"}' in text
-    assert 'sam3_in_flight_requests{worker="test-main"} 0.0' in text
+    assert 'sam3_in_flight_requests{worker="decoder+encoder"} 0.0' in text
 
 
 def test_observe_stages_records_seconds() -> None:
@@ -414,7 +424,9 @@ def test_observe_stages_records_seconds() -> None:
     )
 
 
-def test_one_structured_log_line_per_call(channel: grpc.Channel, caplog: pytest.LogCaptureFixture) -> None:
+def test_one_structured_log_line_per_call(
+    worker: Worker, channel: grpc.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
     stub = decoder_pb2_grpc.DecoderServiceStub(channel)
     with caplog.at_level(logging.INFO, logger="sam3_serving.rpc"):
         stub.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=5)
@@ -422,7 +434,12 @@ def test_one_structured_log_line_per_call(channel: grpc.Channel, caplog: pytest.
     assert len(records) == 1
     record: Any = records[0]
     assert record.method == f"/{DECODER}/GetModelInfo"
-    assert record.code == "OK" and record.ms >= 0 and "127.0.0.1" in record.peer and record.worker == "test-main"
+    assert (
+        record.code == "OK"
+        and record.ms >= 0
+        and "127.0.0.1" in record.peer
+        and record.worker == worker.label == "decoder+encoder"
+    )
     line = json.loads(JsonFormatter().format(record))
     assert {"ts", "level", "logger", "message", "method", "code", "ms", "peer"} <= set(line)
 
@@ -450,7 +467,7 @@ def test_configure_logging_emits_json_lines(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_auth_token_required_except_for_health_and_reflection() -> None:
-    server, _ = _start("test-auth", auth_token=TOKEN)
+    server, _ = _start(auth_token=TOKEN)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as chan:
             stub = decoder_pb2_grpc.DecoderServiceStub(chan)
@@ -493,7 +510,7 @@ REFUSED = [
 
 
 def test_bearer_scheme_casing_and_spaces() -> None:
-    server, _ = _start("test-bearer", auth_token=TOKEN)
+    server, _ = _start(auth_token=TOKEN)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as chan:
             stub = decoder_pb2_grpc.DecoderServiceStub(chan)
@@ -517,8 +534,8 @@ def test_not_ready_reason_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     def ready() -> bool:
         raise RuntimeError("Redis at redis://:***@db:6379/0 refused the password")
 
-    with caplog.at_level(logging.WARNING, logger="sam3_serving.server"):
-        server, _ = _start("test-reason", ready=ready)
+    with caplog.at_level(logging.WARNING, logger="sam3_serving.health_service"):
+        server, _ = _start(ready=ready)
         server.stop(0)
     assert any("not ready: RuntimeError: Redis at" in r.getMessage() and "password" in r.getMessage()
                for r in caplog.records)  # fmt: skip
@@ -546,7 +563,7 @@ def test_tls(tmp_path: Path) -> None:
          "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    server, _ = _start("test-tls", tls_cert=str(cert), tls_key=str(key))
+    server, _ = _start(tls_cert=str(cert), tls_key=str(key))
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
         with grpc.secure_channel(f"localhost:{server.port}", credentials) as chan:
@@ -562,12 +579,12 @@ def test_tls(tmp_path: Path) -> None:
 
 
 def test_graceful_stop_finishes_running_call_and_refuses_new_ones() -> None:
-    server, decoder = _start("test-graceful")
+    server, decoder = _start()
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as chan:
         stub = decoder_pb2_grpc.DecoderServiceStub(chan)
         slow = stub.Segment.future(decoder_pb2.SegmentRequest(image_id="slow", request_id="s"), timeout=10)
         assert decoder.slow_started.wait(5)
-        assert server.in_flight == 1 and metrics.in_flight("test-graceful") == 1
+        assert server.in_flight == 1 and metrics.in_flight(server.label) == 1
 
         started = time.monotonic()
         stopper = threading.Thread(target=server.stop, kwargs={"grace": 5})
@@ -587,7 +604,7 @@ def test_graceful_stop_finishes_running_call_and_refuses_new_ones() -> None:
         stopper.join(timeout=5)
         assert not stopper.is_alive()
         assert time.monotonic() - started < 4  # returned once the call drained, not after the full grace
-        assert metrics.in_flight("test-graceful") == 0
+        assert metrics.in_flight(server.label) == 0
         server.stop()  # idempotent
         server.wait()  # returns at once: stopped
         with pytest.raises(grpc.RpcError) as caught:
@@ -596,7 +613,7 @@ def test_graceful_stop_finishes_running_call_and_refuses_new_ones() -> None:
 
 
 def test_grace_period_expiry_cancels_running_call() -> None:
-    server, decoder = _start("test-grace-expiry")
+    server, decoder = _start()
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as chan:
         slow = decoder_pb2_grpc.DecoderServiceStub(chan).Segment.future(
             decoder_pb2.SegmentRequest(image_id="slow"), timeout=10
@@ -610,7 +627,7 @@ def test_grace_period_expiry_cancels_running_call() -> None:
 
 
 def test_wait_returns_after_stop_from_another_thread() -> None:
-    server, _ = _start("test-wait")
+    server, _ = _start()
     pool = futures.ThreadPoolExecutor(1)
     try:
         waiting = pool.submit(server.wait)
@@ -624,13 +641,20 @@ def test_wait_returns_after_stop_from_another_thread() -> None:
         pool.shutdown()
 
 
-def test_client_cancel_releases_in_flight_and_counts_cancelled(caplog: pytest.LogCaptureFixture) -> None:
-    server, _ = _start("test-cancel")
+# Served only by the worker of the cancel test, so its counts and log lines are that worker's alone: a
+# stream of an earlier test's worker, ending late in the same process, cannot move them.
+CANCEL = "test.v1.Cancel"
 
-    def this_workers_codes() -> list[str]:
-        """The counter has no worker label: streams of earlier tests' servers, ending late in the same
-        process, move it too. The call's log line names its worker."""
-        return [r.code for r in caplog.records if getattr(r, "worker", None) == "test-cancel"]
+
+def test_client_cancel_releases_in_flight_and_counts_cancelled(caplog: pytest.LogCaptureFixture) -> None:
+    def echo(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        yield from requests
+
+    handler = grpc.method_handlers_generic_handler(CANCEL, {"Echo": grpc.stream_stream_rpc_method_handler(echo)})
+    server, _ = _start(extra=[Service(CANCEL, lambda s: s.add_generic_rpc_handlers((handler,)))])
+
+    def codes() -> list[str]:
+        return [r.code for r in caplog.records if getattr(r, "method", None) == f"/{CANCEL}/Echo"]
 
     try:
         with (
@@ -639,19 +663,45 @@ def test_client_cancel_releases_in_flight_and_counts_cancelled(caplog: pytest.Lo
         ):
             gate = threading.Event()
 
+            def requests() -> Iterator[bytes]:
+                yield b"1"
+                gate.wait(5)
+
+            call = chan.stream_stream(f"/{CANCEL}/Echo")(requests(), timeout=10)
+            assert next(call) == b"1"
+            assert server.in_flight == 1
+            call.cancel()
+            assert _eventually(lambda: server.in_flight == 0)
+            assert _eventually(lambda: codes() == ["CANCELLED"])
+            assert _rpc_count("Echo", "CANCELLED", service=CANCEL) == 1
+            gate.set()
+    finally:
+        server.stop(0)
+
+
+def test_a_refused_reflection_stream_carries_the_error_details() -> None:
+    """Reflection streams take stream slots (unauthenticated, not counted as load); when none is free the
+    refusal is a status with the rich details like every other the worker sets."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    server, _ = _start(max_workers=2, max_streams=1)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as chan:
+            gate = threading.Event()
+
             def requests() -> Iterator[decoder_pb2.SegmentRequest]:
                 yield decoder_pb2.SegmentRequest(image_id="ok", request_id="1")
                 gate.wait(5)
 
-            before = _rpc_count("SegmentStream", "CANCELLED")
-            call = decoder_pb2_grpc.DecoderServiceStub(chan).SegmentStream(requests(), timeout=10)
-            assert next(call).request_id == "1"
-            assert metrics.in_flight("test-cancel") == 1
-            call.cancel()
-            assert _eventually(lambda: metrics.in_flight("test-cancel") == 0)
-            assert _eventually(lambda: this_workers_codes() == ["CANCELLED"])
-            assert _rpc_count("SegmentStream", "CANCELLED") >= before + 1
+            holder = decoder_pb2_grpc.DecoderServiceStub(chan).SegmentStream(requests(), timeout=10)
+            assert next(holder).request_id == "1"  # open, and holding the only stream slot
+            ask = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            with pytest.raises(grpc.RpcError) as caught:
+                next(reflection_pb2_grpc.ServerReflectionStub(chan).ServerReflectionInfo(ask, timeout=5))
             gate.set()
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert_standard_details(caught.value, Reason.OVERLOADED)
+        assert Sam3Error.from_rpc(caught.value).metadata["limit"] == "max_streams"
     finally:
         server.stop(0)
 
@@ -660,7 +710,7 @@ _SIGNAL_SCRIPT = """
 import sys
 sys.path[:0] = {paths!r}
 from test_server import _start
-server, _ = _start("test-signal", grace_seconds=5)
+server, _ = _start(grace_seconds=5)
 server.install_signal_handlers()
 print(server.port, flush=True)
 server.wait()
@@ -694,12 +744,7 @@ def test_sigterm_stops_the_worker_gracefully() -> None:
 
 def test_max_connection_age_makes_clients_reconnect() -> None:
     """With an age set, gRPC closes connections gracefully so clients re-resolve DNS (new replicas get traffic)."""
-    services = _services(FakeDecoder())
-    aged = Worker(
-        ServerConfig(port=0, max_connection_age_seconds=300, grace_seconds=7), services, worker="t", ready=bool
-    )
-    options = dict(aged._server_options())
+    options = dict(ServerConfig(port=0, max_connection_age_seconds=300, grace_seconds=7).server_options())
     assert options["grpc.max_connection_age_ms"] == 300_000
     assert options["grpc.max_connection_age_grace_ms"] == 7_000
-    plain = Worker(ServerConfig(port=0), services, worker="t", ready=bool)
-    assert "grpc.max_connection_age_ms" not in dict(plain._server_options())
+    assert "grpc.max_connection_age_ms" not in dict(ServerConfig(port=0).server_options())
