@@ -1,32 +1,38 @@
-"""What one Segment may cost, decided from the request before any mask is computed.
+"""What one answer may cost, decided before the work it bounds: one budget for Segment and SegmentConcept.
 
 A 271-byte request can ask for 32 objects x 3 masks at 30 megapixels: seconds of upsampling and
-gigabytes of memory, for a response gRPC would refuse anyway. So the decoder checks, before running:
+gigabytes of memory, for a response gRPC would refuse anyway. So each answer (a Segment response, each
+SegmentStream item, a SegmentConcept response) has a `ResponseBudget` with two limits:
 
-- size: the bytes every format fixes in advance (packed bits, low-res logits) against `max_response_bytes`;
-- work: full-size mask pixels (objects x masks x height x width) against `max_mask_pixels`;
+- work: full-size mask pixels to compute, against `max_mask_pixels`;
+- size: the response's bytes, against `max_response_bytes`.
 
-and, while encoding masks whose size depends on their content (PNG, RLE), stops as soon as the running
-total passes `max_response_bytes`. Masks are produced one at a time, so one call holds at most one
-full-size mask besides its response. Refusals are RESOURCE_EXHAUSTED / RESPONSE_TOO_LARGE naming the limit.
+Masks are counted as soon as their number is known, before the first one is computed: from the request
+(Segment), from its worst case (`check`: SegmentConcept with `max_instances`, before the concept
+decoder runs), or from what the model found (`reserve`: each concept's instances). The bytes a mask
+format fixes in advance (packed bits; decoder_service.mask_wire.fixed_bytes) and the low-res logits
+count with them. Bytes that depend on content (PNG, RLE, a label image) are `spend`t as each mask is
+encoded, and the answer stops as soon as the running total passes the limit; masks are produced one
+at a time, so a call holds at most one full-size mask besides its response. What comes next plugs in
+the same way: a content-sized format (polygons) is spent as encoded; a video's per-frame result in a
+tracking stream is one answer with its own budget, like a SegmentStream item. Every refusal is
+RESOURCE_EXHAUSTED / RESPONSE_TOO_LARGE naming the limit (`max_message_bytes`, `max_mask_megapixels`)
+and what the caller can change (`Remedy`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
+from decoder_service.mask_wire import fixed_bytes
+from sam3_serving.errors import response_too_large
 
-from sam3_client.proto import decoder_pb2
-from sam3_core.graphs import MASKS_PER_OBJECT
-from sam3_serving.errors import Reason, ServiceError
-
-_FLOAT32_BYTES = 4
+__all__ = ["Remedy", "ResponseBudget", "ResponseLimits"]
 
 
 @dataclass(frozen=True)
 class ResponseLimits:
-    """Bounds on one Segment answer (each SegmentStream item too)."""
+    """Bounds on one answer: a Segment or SegmentConcept response, each SegmentStream item."""
 
     max_response_bytes: int = 64 * 1024 * 1024  # match the worker's send limit (--max-message-mb)
     max_mask_pixels: int = 512_000_000  # full-size mask pixels computed per call (--max-mask-megapixels)
@@ -36,56 +42,64 @@ class ResponseLimits:
             raise ValueError("max_response_bytes and max_mask_pixels must be positive")
 
 
-def masks_per_object(request: decoder_pb2.SegmentRequest) -> int:
-    return MASKS_PER_OBJECT if request.selection == decoder_pb2.MASK_SELECTION_ALL else 1
+@dataclass(frozen=True)
+class Remedy:
+    """What a caller of one rpc can change when its answer is over a limit: the end of the refusal's message."""
 
-
-def check_request(
-    request: decoder_pb2.SegmentRequest,
-    image_size: tuple[int, int],
-    low_res_size: tuple[int, int],
-    limits: ResponseLimits,
-) -> None:
-    """Refuse, before decoding, a request whose work or fixed-size answer is over the limits."""
-    height, width = image_size
-    masks = len(request.objects) * masks_per_object(request)
-    fmt = request.mask_format
-    fixed = masks * (-(-height * width // 8) if fmt == decoder_pb2.MASK_FORMAT_PACKED_BITS else 0)
-    if request.return_low_res_logits:
-        fixed += masks * low_res_size[0] * low_res_size[1] * _FLOAT32_BYTES
-    if fixed > limits.max_response_bytes:
-        _refuse(
-            f"{masks} masks of {width}x{height} make a response of at least {fixed} bytes, over the "
-            f"{limits.max_response_bytes}-byte message limit (--max-message-mb): ask for fewer objects or "
-            "masks, or RLE",
-            "max_message_bytes",
-        )
-
-    if fmt != decoder_pb2.MASK_FORMAT_NONE and masks * height * width > limits.max_mask_pixels:
-        _refuse(
-            f"{masks} masks of {width}x{height} are {masks * height * width / 1e6:.0f} megapixels to compute, over "
-            f"the limit of {limits.max_mask_pixels / 1e6:.0f} (--max-mask-megapixels): ask for fewer objects, "
-            "the best mask only, or mask_format NONE with low-res logits",
-            "max_mask_megapixels",
-        )
+    bytes: str  # over max_response_bytes
+    pixels: str  # over max_mask_pixels
 
 
 class ResponseBudget:
-    """Running size of an answer being built; refuses as soon as it passes the limit."""
+    """The masks and bytes of one answer about an image of `size` (height, width), refused past `limits`."""
 
-    def __init__(self, limits: ResponseLimits) -> None:
-        self._limit = limits.max_response_bytes
-        self.spent = 0
+    def __init__(self, limits: ResponseLimits, size: tuple[int, int], remedy: Remedy) -> None:
+        self.limits = limits
+        self.size = size
+        self.remedy = remedy
+        self.masks = 0  # full-size masks to compute, reserved
+        self.fixed = 0  # bytes known before encoding: fixed-size masks, low-res logits
+        self.spent = 0  # bytes encoded so far
+
+    def check(self, masks: int, because: str, *, mask_format: int, full_size: bool, extra_bytes: int = 0) -> None:
+        """Refuse if `masks` more masks in `mask_format` (computed at full size or not) and `extra_bytes` would
+        put the answer over a limit; reserve nothing. `because` says where the count comes from."""
+        self._totals(masks, because, mask_format=mask_format, full_size=full_size, extra_bytes=extra_bytes)
+
+    def reserve(self, masks: int, because: str, *, mask_format: int, full_size: bool, extra_bytes: int = 0) -> None:
+        """`check`, then count the masks and bytes toward this answer."""
+        self.masks, self.fixed = self._totals(
+            masks, because, mask_format=mask_format, full_size=full_size, extra_bytes=extra_bytes
+        )
+
+    def _totals(
+        self, masks: int, because: str, *, mask_format: int, full_size: bool, extra_bytes: int
+    ) -> tuple[int, int]:
+        """(masks to compute, fixed bytes) of the answer with these masks too; refused past a limit."""
+        height, width = self.size
+        fixed = self.fixed + masks * fixed_bytes(mask_format, self.size) + extra_bytes
+        if fixed > self.limits.max_response_bytes:
+            raise response_too_large(
+                f"{masks} masks of {width}x{height} ({because}) make a response of at least {fixed} bytes, over "
+                f"the {self.limits.max_response_bytes}-byte message limit (--max-message-mb): {self.remedy.bytes}",
+                limit="max_message_bytes",
+            )
+        computed = self.masks + (masks if full_size else 0)
+        if computed * height * width > self.limits.max_mask_pixels:
+            raise response_too_large(
+                f"{computed} masks of {width}x{height} ({because}) are {computed * height * width / 1e6:.0f} "
+                f"megapixels to compute, over the limit of {self.limits.max_mask_pixels / 1e6:.0f} "
+                f"(--max-mask-megapixels): {self.remedy.pixels}",
+                limit="max_mask_megapixels",
+            )
+        return computed, fixed
 
     def spend(self, nbytes: int) -> None:
+        """Count encoded bytes; refuse as soon as the running total passes the limit."""
         self.spent += nbytes
-        if self.spent > self._limit:
-            _refuse(
-                f"the masks encoded so far already take {self.spent} bytes, over the {self._limit}-byte message "
-                "limit (--max-message-mb): ask for fewer objects or masks, or a more compact mask format",
-                "max_message_bytes",
+        if self.spent > self.limits.max_response_bytes:
+            raise response_too_large(
+                f"the masks encoded so far already take {self.spent} bytes, over the "
+                f"{self.limits.max_response_bytes}-byte message limit (--max-message-mb): {self.remedy.bytes}",
+                limit="max_message_bytes",
             )
-
-
-def _refuse(message: str, limit: str) -> None:
-    raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, Reason.RESPONSE_TOO_LARGE, limit=limit)

@@ -6,9 +6,9 @@ A concept query needs two inputs besides its prompt, both kept where every repli
 - the phrase's text features, keyed by the sha256 of its token ids (kind "txt"): the text encoder runs
   once per phrase per fleet, then every replica reads them from Redis or its own small LRU.
 
-Requests are checked in full before anything is fetched (`plan`), their worst-case mask work is
-refused before the concept decoder runs (`check_budget`), and a concept decoder run takes one of a few
-slots (`ConceptSlots`): on a CPU one query costs seconds, so they may never hold every handler thread.
+Requests are checked in full before anything is fetched (`concept_plan`), and a concept decoder run
+takes one of a few slots (`ConceptSlots`): on a CPU one query costs seconds, so they may never hold every
+handler thread. The answer is budgeted and assembled in decoder_service.concept_answer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from decoder_service.budget import ResponseLimits
 from decoder_service.fields import check_image_id, invalid_prompt, require_enum
 from sam3_client.proto import decoder_pb2
 from sam3_core.concept import ConceptModel, Exemplar, TextFeatures, prompt_phrase
@@ -32,7 +31,7 @@ from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.store import TEXT_KIND, EmbeddingStore, StoreUnavailableError
 
-__all__ = ["ConceptLimits", "ConceptPlan", "ConceptSlots", "TextFeatureCache", "check_budget", "plan"]
+__all__ = ["Concept", "ConceptLimits", "ConceptPlan", "ConceptSlots", "TextFeatureCache", "concept_plan"]
 
 MODEL_QUERIES = 200  # SAM3's DETR decoder: at most this many instances per concept
 _TEXT_SIZE = (1, 1)  # text features are stored as a value with a nominal 1 x 1 "image"
@@ -74,7 +73,7 @@ class ConceptPlan:
         return self.mask_format != decoder_pb2.MASK_FORMAT_NONE or self.label_image
 
 
-def plan(request: decoder_pb2.SegmentConceptRequest, limits: ConceptLimits) -> ConceptPlan:
+def concept_plan(request: decoder_pb2.SegmentConceptRequest, limits: ConceptLimits) -> ConceptPlan:
     """Everything that can be wrong with a request without its image; INVALID_PROMPT naming the field."""
     try:
         check_image_id(request.image_id)
@@ -124,56 +123,6 @@ def check_exemplars_inside(plan: ConceptPlan, size: tuple[int, int]) -> None:
                 check_box_inside(f"concepts[{i}].exemplars[{j}].box", exemplar.box, size)
     except PromptError as error:
         raise invalid_prompt(error) from error
-
-
-def check_budget(plan: ConceptPlan, size: tuple[int, int], limits: ResponseLimits) -> None:
-    """With `max_instances` given, refuse before the concept decoder runs a request whose worst case is over
-    the mask limits: every concept returning `max_instances` full-size masks (packed bits have a fixed size
-    too). Without it, `MaskWork` refuses as soon as the instances found are known, before any mask."""
-    if plan.max_instances is None:
-        return
-    height, width = size
-    masks = len(plan.concepts) * plan.instances_cap
-    fixed = masks * -(-height * width // 8) if plan.mask_format == decoder_pb2.MASK_FORMAT_PACKED_BITS else 0
-    if fixed > limits.max_response_bytes:
-        _too_large(
-            f"{masks} possible masks of {width}x{height} ({len(plan.concepts)} concepts x max_instances "
-            f"{plan.max_instances}) make up to {fixed} bytes, over the {limits.max_response_bytes}-byte message "
-            "limit (--max-message-mb): set max_instances, ask for fewer concepts, or use RLE",
-            "max_message_bytes",
-        )
-    if plan.computes_masks and masks * height * width > limits.max_mask_pixels:
-        _too_large(
-            f"{masks} possible masks of {width}x{height} ({len(plan.concepts)} concepts x max_instances "
-            f"{plan.max_instances}) are {masks * height * width / 1e6:.0f} megapixels to compute, over the limit "
-            f"of {limits.max_mask_pixels / 1e6:.0f} (--max-mask-megapixels): set max_instances, ask for fewer "
-            "concepts, or mask_format NONE for scores and boxes only",
-            "max_mask_megapixels",
-        )
-
-
-class MaskWork:
-    """Full-size masks one request will compute, counted concept by concept as the instances are found,
-    and refused before the first mask over the limits (pixels to compute; bytes of packed bits)."""
-
-    def __init__(self, size: tuple[int, int], limits: ResponseLimits) -> None:
-        self.pixels = size[0] * size[1]
-        self.limits = limits
-        self.masks = 0
-
-    def add(self, masks: int) -> None:
-        self.masks += masks
-        if self.masks * self.pixels > self.limits.max_mask_pixels:
-            _too_large(
-                f"the concepts found {self.masks} instances, {self.masks * self.pixels / 1e6:.0f} megapixels of "
-                f"masks to compute, over the limit of {self.limits.max_mask_pixels / 1e6:.0f} "
-                "(--max-mask-megapixels): set max_instances, raise the threshold, or use mask_format NONE",
-                "max_mask_megapixels",
-            )
-
-
-def _too_large(message: str, limit: str) -> None:
-    raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, Reason.RESPONSE_TOO_LARGE, limit=limit)
 
 
 class ConceptSlots:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from functools import cache
+from collections.abc import Callable, Iterator
+from functools import cache, partial
 
 import grpc
 import numpy as np
@@ -19,12 +19,14 @@ from prometheus_client import REGISTRY
 import concept_references as refs
 import references
 from decoder_service.budget import ResponseLimits
-from decoder_service.concepts import ConceptSlots
+from decoder_service.concept_answer import best_instances, concept_budget
+from decoder_service.concepts import Concept, ConceptPlan, ConceptSlots
 from decoder_service.servicer import DecoderSettings
 from sam3_cli.main import main
 from sam3_cli.workers import DECODER, ENCODER
 from sam3_client import AsyncClient, Client, Reason, Sam3Error
 from sam3_client.proto import decoder_pb2, decoder_pb2_grpc
+from sam3_core.concept import ConceptInstance
 from sam3_core.model import Sam3Model
 from sam3_serving.errors import ServiceError
 from sam3_serving.store import DETECTOR_KIND
@@ -265,6 +267,44 @@ def test_without_max_instances_the_instances_found_are_budgeted_before_any_mask(
         assert failure.value.reason == Reason.RESPONSE_TOO_LARGE and "found 200 instances" in failure.value.message
         # What a real query finds (a handful) fits, on any image size the budget allows per mask.
         assert client.segment_concept(image_id, "a dog", threshold=0.5).concepts[0].presence >= 0.0
+
+
+def test_one_budget_counts_the_worst_case_and_then_what_was_found() -> None:
+    """Packed bits have a size fixed by the image: refused from the worst case, or from the instances found
+    before any mask; content-sized formats are refused on pixels only, and only from what was found."""
+
+    def plan(fmt: int, max_instances: int | None = None, concepts: int = 1) -> ConceptPlan:
+        return ConceptPlan((Concept("a dog", ()),) * concepts, 0.5, fmt, False, max_instances)
+
+    def refusal(call: Callable[[], object]) -> str | None:
+        try:
+            call()
+        except ServiceError as error:
+            assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.reason == Reason.RESPONSE_TOO_LARGE
+            return error.metadata["limit"]
+        return None
+
+    size, limits = (1000, 1000), ResponseLimits(max_response_bytes=1_000_000, max_mask_pixels=10_000_000)
+    bits, rle, none = decoder_pb2.MASK_FORMAT_PACKED_BITS, decoder_pb2.MASK_FORMAT_RLE, decoder_pb2.MASK_FORMAT_NONE
+    assert refusal(lambda: concept_budget(plan(bits, 8), size, limits)) is None  # 8 x 125 kB
+    assert refusal(lambda: concept_budget(plan(bits, 5, concepts=2), size, limits)) == "max_message_bytes"
+    assert refusal(lambda: concept_budget(plan(rle, 11), size, limits)) == "max_mask_megapixels"  # 11 MP
+    assert refusal(lambda: concept_budget(plan(none, 200, concepts=8), size, limits)) is None  # nothing full size
+    budget = concept_budget(plan(bits), size, limits)  # no max_instances: nothing known before the run
+    budget.reserve(5, "concepts[0] found 5 instances", mask_format=bits, full_size=True)
+    found_more = partial(budget.reserve, 4, "concepts[1] found 4 instances", mask_format=bits, full_size=True)
+    assert refusal(found_more) == "max_message_bytes"  # 9 x 125 kB in all
+
+
+def test_the_best_instances_are_kept_in_query_order() -> None:
+    def instance(query: int, score: float) -> ConceptInstance:
+        return ConceptInstance(query, score, 0.9, (0.0, 0.0, 1.0, 1.0), np.zeros((2, 2), np.float32), (4, 4))
+
+    found = [instance(0, 0.6), instance(1, 0.9), instance(2, 0.6), instance(3, 0.7), instance(4, 0.95)]
+    assert [i.query for i in best_instances(found, 3)] == [1, 3, 4]
+    assert [i.query for i in best_instances(found, 4)] == [0, 1, 3, 4]  # a tie keeps the earlier query
+    assert best_instances(found, 200) == found
+    assert [i.query for i in best_instances([instance(0, 0.5), instance(1, 0.5)], 1)] == [0]
 
 
 def test_concept_slots_refuse_at_once_when_every_slot_is_busy() -> None:

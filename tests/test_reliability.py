@@ -28,12 +28,15 @@ from PIL import Image
 from prometheus_client import REGISTRY
 
 import references
-from decoder_service.budget import ResponseLimits, check_request
+from decoder_service.budget import ResponseLimits
+from decoder_service.segment_answer import segment_budget
+from decoder_service.segment_plan import segment_plan
 from decoder_service.servicer import DecoderSettings
 from encoder_service.servicer import EncoderSettings
 from sam3_cli.workers import ENCODER
 from sam3_client import AsyncClient, Client, ObjectPrompt, Reason, Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
+from sam3_core.prompts import PromptLimits
 from sam3_serving.config import ServerConfig
 from sam3_serving.errors import ServiceError
 from sam3_serving.redis_server import free_port
@@ -260,11 +263,14 @@ def test_oversized_answers_are_refused_before_any_work(served: Served) -> None:
 
 def test_the_estimate_counts_objects_masks_pixels_and_formats() -> None:
     limits = ResponseLimits(max_response_bytes=1_000_000, max_mask_pixels=10_000_000)
-    objects = [decoder_pb2.ObjectPrompt()] * 2
+    click = decoder_pb2.Point(x=1, y=1, label=decoder_pb2.POINT_LABEL_FOREGROUND)
+    objects = [decoder_pb2.ObjectPrompt(points=[click])] * 2
+    best = {"selection": decoder_pb2.MASK_SELECTION_BEST}
 
     def refused(image: tuple[int, int], **fields: object) -> str | None:
+        request = decoder_pb2.SegmentRequest(image_id="0" * 64, objects=objects, **{**best, **fields})
         try:
-            check_request(decoder_pb2.SegmentRequest(objects=objects, **fields), image, (288, 288), limits)
+            segment_budget(segment_plan(request, PromptLimits()), image, (288, 288), limits)
         except ServiceError as error:
             assert error.reason == Reason.RESPONSE_TOO_LARGE
             return error.metadata["limit"]
