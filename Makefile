@@ -15,6 +15,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict client/sam3_client
+	$(BIN)/mypy --strict labelstudio/sam3_label_studio
 
 # The whole service on one port, with an embedded Redis and the committed tiny model. Loopback only:
 # it has no authentication (a container or a fleet sets --host / SAM3_HOST, and --auth-token).
@@ -29,11 +30,12 @@ bench: $(VENV)/.installed
 proto: $(VENV)/.installed
 	$(BIN)/python protos/generate.py
 
-# Two distributions, both editable: the SDK (client/, sam3-client) and the service that depends on it.
-$(VENV)/.installed: pyproject.toml client/pyproject.toml
+# Three distributions, all editable: the SDK (client/, sam3-client), the service that depends on it, and
+# the Label Studio ML backend (labelstudio/, sam3-label-studio), another SDK user.
+$(VENV)/.installed: pyproject.toml client/pyproject.toml labelstudio/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ./client -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e ./client -e '.[test,bench]' -e ./labelstudio
 	touch $@
 
 clean:

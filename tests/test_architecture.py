@@ -30,6 +30,7 @@ PACKAGES = {
     "decoder_service": ROOT / "decoder_service",
     "sam3_bench": ROOT / "sam3_bench",
     "sam3_cli": ROOT / "sam3_cli",
+    "sam3_label_studio": ROOT / "labelstudio" / "sam3_label_studio",
 }
 # What each package may import of the others (itself always).
 ALLOWED = {
@@ -49,6 +50,8 @@ ALLOWED = {
         "sam3_client",
         "sam3_export",
     },
+    # The Label Studio ML backend (labelstudio/, its own distribution) is an SDK user like any other.
+    "sam3_label_studio": {"sam3_client"},
 }
 # Packages that may import these only inside a function (the module must load without torch).
 LAZY_ONLY = {"sam3_export"}
@@ -136,6 +139,16 @@ def test_the_sdk_distribution_declares_no_server_dependency() -> None:
     assert f"sam3-client=={sdk['version']}" in server["dependencies"], "the service depends on this very SDK"
 
 
+def test_the_label_studio_backend_depends_on_the_sdk_and_an_http_server_only() -> None:
+    import tomllib
+
+    backend = tomllib.loads((ROOT / "labelstudio" / "pyproject.toml").read_text())["project"]
+    sdk = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=!~\[; ]", requirement)[0].lower() for requirement in backend["dependencies"]}
+    assert names == {"sam3-client", "waitress"}, names
+    assert f"sam3-client=={sdk['version']}" in backend["dependencies"], "the backend depends on this very SDK"
+
+
 if __name__ == "__main__":
     for (importer, target), modules in sorted(graph().items()):
         print(f"{importer:16s} -> {target:16s} {sum(modules.values()):3d}  ({', '.join(sorted(modules))})")
@@ -156,7 +169,7 @@ def test_nothing_cites_a_design_document_the_repository_does_not_have() -> None:
     assert not offenders, f"cite docs/ instead: {offenders}"
 
 
-@pytest.mark.parametrize("pyproject", ["pyproject.toml", "client/pyproject.toml"])
+@pytest.mark.parametrize("pyproject", ["pyproject.toml", "client/pyproject.toml", "labelstudio/pyproject.toml"])
 def test_licenses_are_spdx_strings(pyproject: str) -> None:
     """A `license = { text = ... }` table makes setuptools print a deprecation banner on every install."""
     import tomllib
