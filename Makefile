@@ -3,10 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint serve proto bench clean
+.PHONY: test test-labelstudio lint serve proto bench clean
 
 test: $(VENV)/.installed lint
 	$(BIN)/python -m pytest
+
+# The Label Studio ML backend against a real Label Studio, installed into the test's own venv: minutes of
+# pip install and database migrations, so not part of `make test` (labelstudio/README.md has the times).
+test-labelstudio: $(VENV)/.installed
+	$(BIN)/python -m pytest -m labelstudio tests/test_labelstudio_server.py
 
 lint: $(VENV)/.installed
 	$(BIN)/python protos/generate.py --check

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -454,3 +456,14 @@ def test_imported_tasks_are_encoded_before_anyone_clicks(backend: Running, sam3:
         time.sleep(0.2)
     with Client(sam3.target) as client:  # by id only: it fails unless the image was stored
         assert client.segment(hashlib.sha256(other.read_bytes()).hexdigest(), points=[[10, 10]]).mask is not None
+
+
+def test_the_main_readme_gives_the_commands_the_backends_readme_gives_and_its_test_runs() -> None:
+    """tests/test_labelstudio_server.py runs labelstudio/README.md's commands; the main README repeats them."""
+    root = Path(__file__).resolve().parent.parent
+    blocks = [
+        re.findall(r"^```bash\n(.*?)^```", (root / name).read_text(), re.M | re.S)
+        for name in ("README.md", "labelstudio/README.md")
+    ]
+    assert blocks[1][0] in blocks[0]
+    assert "pip install ./client ./labelstudio" in blocks[1][0]
