@@ -204,6 +204,7 @@ class Backend:
         data = label_studio.image(reference, task_id)
         encoded = self._sam3(lambda: self.client.encode(data, prefetch=False, prewarm=True))
         self._image_ids.put(key, encoded.image_id)
+        log.debug("task %s: image %s %s", task_id, encoded.image_id, "was stored" if encoded.cached else "encoded")
         return not encoded.cached
 
     def _sam3(self, call: Callable[[], T]) -> T:
