@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from sam3_core.cache import LruCache
 from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.graphs import (
     BOX_ONLY_TEXT,
@@ -67,6 +67,10 @@ class TextFeatures:
 
     features: np.ndarray
     mask: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.nbytes + self.mask.nbytes
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,12 @@ def has_concept_graphs(folder: Path) -> bool:
 
 
 class ConceptModel:
-    """The three concept sessions of a model folder and the tokenizer; text features cached per phrase."""
+    """The three concept sessions of a model folder and the tokenizer; text features cached per phrase
+    (`text_cache_bytes`: 8 MiB holds ~250 phrases at full size, 33 KB each)."""
 
-    def __init__(self, folder: str | Path, *, runtime: RuntimeOptions = RuntimeOptions(), cache_phrases: int = 256):
+    def __init__(
+        self, folder: str | Path, *, runtime: RuntimeOptions = RuntimeOptions(), text_cache_bytes: int = 8 << 20
+    ):
         self.folder = Path(folder)
         missing = [name for name in CONCEPT_FILES if not (self.folder / name).exists()]
         if missing:
@@ -152,8 +159,7 @@ class ConceptModel:
         self.text_encoder = session(TEXT_ENCODER_FILE)
         self.exemplar_encoder = session(EXEMPLAR_ENCODER_FILE)
         self.decoder = session(CONCEPT_DECODER_FILE)
-        self._phrases: OrderedDict[str, TextFeatures] = OrderedDict()
-        self._cache_phrases = cache_phrases
+        self._phrases: LruCache[str, TextFeatures] = LruCache(text_cache_bytes)
 
     @property
     def detector_shapes(self) -> list[tuple[int | str, ...]]:
@@ -174,14 +180,9 @@ class ConceptModel:
         return TextFeatures(np.asarray(features, np.float32), mask.astype(bool))
 
     def text_features(self, phrase: str) -> TextFeatures:
-        """The phrase's text features from a least-recently-used cache by phrase, else the text encoder."""
-        if phrase in self._phrases:
-            self._phrases.move_to_end(phrase)
-            return self._phrases[phrase]
-        entry = self._phrases[phrase] = self.encode_text(phrase)
-        while len(self._phrases) > self._cache_phrases:
-            self._phrases.popitem(last=False)
-        return entry
+        """The phrase's text features from a least-recently-used cache by phrase, else the text encoder
+        (run once for a phrase however many threads ask for it at once)."""
+        return self._phrases.get_or_compute(phrase, lambda: self.encode_text(phrase))
 
     def exemplar_features(self, features: DetectorFeatures, exemplars: Sequence[Exemplar]) -> np.ndarray:
         """[1, N + 1, C] prompt tokens for N >= 1 boxes, normalised as Sam3Processor does (cx, cy, w, h in [0, 1])."""

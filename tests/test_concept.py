@@ -85,7 +85,8 @@ def test_tokenizer_equals_clip_tokenizer() -> None:
 
 
 def test_text_features_are_cached_per_phrase() -> None:
-    model = ConceptModel(refs.MODEL_DIR, cache_phrases=2)
+    one_phrase = ConceptModel(refs.MODEL_DIR).encode_text("a dog").nbytes
+    model = ConceptModel(refs.MODEL_DIR, text_cache_bytes=2 * one_phrase)
     first = model.text_features("a dog")
     assert model.text_features("a dog") is first
     model.text_features("cat")
