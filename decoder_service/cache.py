@@ -1,161 +1,59 @@
-"""The decoder's in-process embedding cache: an LRU bounded in bytes, with per-image single-flight loads.
+"""The decoder's local copies of stored values: one LRU bounded in bytes for every kind, with single-flight loads.
 
 An interactive user clicks on the same image many times in a row; keeping its embeddings in process
-skips the ~10-25 ms Redis GET on every click after the first. The budget is in bytes, not entries,
-because one image is ~10 MB (float16) or ~21 MB (float32) and the worker's memory limit is what matters.
+skips the Redis GET (docs/architecture.md has its cost) and the split decoder's image side on every
+click after the first. A value is kept in the form the decoder runs on, prepared once on its way in,
+float32 whatever the store's dtype. Per image at full size (the tiny test model has the same interface
+sizes, and measures the same):
+- embeddings prepared for the split click decoder (`Sam3Model.decoder_embeddings`): 72 x 72 = 5184
+  positions x 1408 floats (`image_tokens` 256, `first_keys` and `first_values` 128 each,
+  `first_image_queries` 128, `high_res_1` 256, `high_res_0` 512) = 29.2 MB, so the default 1 GiB
+  (`--cache-mb`) holds 36 images; for the standard decoder, the three embeddings: 21.2 MB, 50 images;
+- concept detector features: 111.5 MB; a phrase's text features: 33 KB.
+Hence a budget in bytes, not entries: values differ by orders of magnitude, and the worker's memory
+limit is what matters.
 
-`get_or_load` coalesces concurrent misses for one image inside this process: when several calls for a
-freshly opened image arrive together, one fetches it from Redis and the others wait for that result
-instead of each pulling the same megabytes. It returns where the answer came from ("local", or what
-the loader reported), which the decoder counts in sam3_embedding_lookups_total; evictions and bytes
-held are exported as sam3_local_cache_evictions_total and sam3_local_cache_bytes.
-
-Entries are dropped when the store announces that their value was rewritten (`discard`, e.g. after
-`Encode(force=true)`), or all at once when announcements may have been missed (`clear`). A load that
-was already under way when such an announcement arrived is returned to its callers but not cached:
-it may hold the bytes from before the rewrite.
+Entries are keyed by the value's store key, so tenants and kinds never share one, and the store's
+announcement of a rewritten value names the entry to drop (`discard`, e.g. after `Encode(force=true)`);
+everything goes when announcements may have been missed (`clear`). Lookups report an `Outcome`
+(LOCAL, or what the store said), which the decoder counts in sam3_embedding_lookups_total and
+sam3_concept_lookups_total; evictions and bytes held are sam3_local_cache_evictions_total and
+sam3_local_cache_bytes.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
-from sam3_core.embeddings import ImageEmbeddings
+from sam3_core.cache import LruCache
 from sam3_serving import metrics
+from sam3_serving.outcome import Outcome
+from sam3_serving.store import Kind, ValueStore
 
-__all__ = ["LOCAL", "EmbeddingCache", "Loaded"]
+__all__ = ["LocalCache"]
 
-LOCAL = "local"  # the outcome of a lookup this cache answered
-# What a loader returns, and what get_or_load answers: the embeddings (None: not found) and where from.
-Loaded = tuple[ImageEmbeddings | None, str]
-
-
-@dataclass
-class _Flight:
-    """One in-progress load that other callers for the same image wait on."""
-
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Loaded = (None, "")
-    error: BaseException | None = None
+T = TypeVar("T")
+Prepared = TypeVar("Prepared")
 
 
-class EmbeddingCache:
-    """Thread-safe LRU of ImageEmbeddings keyed by image id, holding at most `max_bytes` of tensors."""
+class LocalCache(LruCache[str, Any]):
+    """The decoder's LRU of stored values (of any kind, each with an `nbytes`), counted in the metrics."""
 
     def __init__(self, max_bytes: int) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, ImageEmbeddings] = OrderedDict()  # least recent first
-        self._nbytes = 0
-        self._lock = threading.Lock()
-        self._flights: dict[str, _Flight] = {}
-        self._generation = 0  # bumped by every discard/clear: loads that straddle one are not cached
+        super().__init__(max_bytes, evicted=metrics.LOCAL_CACHE_EVICTIONS.inc, held=metrics.LOCAL_CACHE_BYTES.set)
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
+    def fetch(
+        self, store: ValueStore, kind: Kind[T], subject: str, prepare: Callable[[T], Prepared]
+    ) -> tuple[Prepared | None, Outcome]:
+        """(value, LOCAL) from this cache; else one GET, prepared once and kept: (value, REDIS); else
+        (None, MISS or CORRUPT). Concurrent callers for one value share one GET."""
 
-    def __contains__(self, image_id: object) -> bool:
-        """Membership without touching the LRU order or the counters."""
-        with self._lock:
-            return image_id in self._items
+        def load() -> tuple[Prepared | None, Outcome]:
+            lookup = store.get(kind, subject)
+            if lookup.value is None:
+                return None, lookup.outcome
+            return prepare(lookup.value), Outcome.REDIS
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of tensors held now (always <= max_bytes)."""
-        with self._lock:
-            return self._nbytes
-
-    def _lookup(self, image_id: str) -> ImageEmbeddings | None:
-        """Caller holds the lock."""
-        embeddings = self._items.get(image_id)
-        if embeddings is not None:
-            self._items.move_to_end(image_id)
-        return embeddings
-
-    def get(self, image_id: str) -> ImageEmbeddings | None:
-        """The cached embeddings (now the most recently used), or None."""
-        with self._lock:
-            return self._lookup(image_id)
-
-    def put(self, image_id: str, embeddings: ImageEmbeddings) -> None:
-        """Cache (or replace) an item, evicting least-recently-used ones to stay within the budget.
-
-        An item larger than the whole budget is not cached (and drops any older version of itself):
-        evicting everything for an item that still would not fit helps nobody.
-        """
-        with self._lock:
-            self._put(image_id, embeddings)
-
-    def _put(self, image_id: str, embeddings: ImageEmbeddings) -> None:
-        """Caller holds the lock."""
-        size = embeddings.nbytes
-        self._pop(image_id)
-        if size <= self.max_bytes:
-            while self._items and self._nbytes + size > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._nbytes -= evicted.nbytes
-                metrics.LOCAL_CACHE_EVICTIONS.inc()
-            self._items[image_id] = embeddings
-            self._nbytes += size
-        metrics.LOCAL_CACHE_BYTES.set(self._nbytes)
-
-    def _pop(self, image_id: str) -> None:
-        """Caller holds the lock."""
-        old = self._items.pop(image_id, None)
-        if old is not None:
-            self._nbytes -= old.nbytes
-
-    def discard(self, image_id: str) -> None:
-        """Forget one item (its stored value was rewritten); absent is fine."""
-        with self._lock:
-            self._generation += 1
-            self._pop(image_id)
-            metrics.LOCAL_CACHE_BYTES.set(self._nbytes)
-
-    def clear(self) -> None:
-        """Drop every item."""
-        with self._lock:
-            self._generation += 1
-            self._items.clear()
-            self._nbytes = 0
-            metrics.LOCAL_CACHE_BYTES.set(0)
-
-    def get_or_load(self, image_id: str, load: Callable[[], Loaded]) -> Loaded:
-        """(embeddings, "local") from the cache; else `load`'s answer, loaded once however many callers wait.
-
-        The caller that starts the load runs it on its own thread; concurrent callers for the same id
-        block until it finishes and share its answer or its exception. A None result (not in the store)
-        and a failure are not cached, so the next call tries again.
-        """
-        with self._lock:
-            cached = self._lookup(image_id)
-            if cached is not None:
-                return cached, LOCAL
-            flight = self._flights.get(image_id)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[image_id] = _Flight()
-            generation = self._generation
-        if not leader:
-            flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            return flight.result
-        try:
-            flight.result = load()
-            with self._lock:  # before the flight ends: later callers hit the cache
-                if flight.result[0] is not None and generation == self._generation:
-                    self._put(image_id, flight.result[0])
-        except BaseException as error:
-            flight.error = error
-            raise
-        finally:
-            with self._lock:
-                del self._flights[image_id]
-            flight.done.set()
-        return flight.result
+        value, outcome = self.get_or_load(store.key(kind, subject), load, hit=Outcome.LOCAL)
+        return cast(Prepared | None, value), outcome  # one key, one kind: the value is what `prepare` made

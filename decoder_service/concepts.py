@@ -2,9 +2,9 @@
 
 A concept query needs two inputs besides its prompt, both kept where every replica finds them:
 - the image's detector features, which the encoder stored next to the tracker's embeddings from the same
-  trunk run (kind "det"; the decoder's local LRU holds them after the first query on a replica);
-- the phrase's text features, keyed by the sha256 of its token ids (kind "txt"): the text encoder runs
-  once per phrase per fleet, then every replica reads them from Redis or its own small LRU.
+  trunk run (`DETECTOR_FEATURES`; the decoder's local LRU holds them after the first query on a replica);
+- the phrase's text features, keyed by the sha256 of its token ids (`TEXT_FEATURES`): the text encoder
+  runs once per phrase per fleet, then every replica reads them from Redis or its local LRU.
 
 Requests are checked in full before anything is fetched (`concept_plan`), and a concept decoder run
 takes one of a few slots (`ConceptSlots`): on a CPU one query costs seconds, so they may never hold every
@@ -14,27 +14,25 @@ handler thread. The answer is budgeted and assembled in decoder_service.concept_
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import grpc
-import numpy as np
 
+from decoder_service.cache import LocalCache
 from decoder_service.fields import check_image_id, invalid_prompt, require_enum
 from sam3_client.proto import decoder_pb2
 from sam3_core.concept import ConceptModel, Exemplar, TextFeatures, prompt_phrase
-from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.prompts import PromptError, check_box, check_box_inside
 from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
-from sam3_serving.store import TEXT_KIND, EmbeddingStore, StoreUnavailableError
+from sam3_serving.outcome import Outcome
+from sam3_serving.store import TEXT_FEATURES, StoreUnavailableError, ValueStore
 
 __all__ = ["Concept", "ConceptLimits", "ConceptPlan", "ConceptSlots", "TextFeatureCache", "concept_plan"]
 
 MODEL_QUERIES = 200  # SAM3's DETR decoder: at most this many instances per concept
-_TEXT_SIZE = (1, 1)  # text features are stored as a value with a nominal 1 x 1 "image"
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,6 @@ class ConceptLimits:
     max_exemplars: int = 16  # exemplar boxes per concept
     max_text_chars: int = 256
     max_concurrent: int = 1  # concept decoder runs at once; more get OVERLOADED (clicks keep their threads)
-    text_cache_entries: int = 1024  # phrases in the local LRU (32 KB each at full size)
 
 
 @dataclass(frozen=True)
@@ -149,52 +146,36 @@ class ConceptSlots:
 
 
 class TextFeatureCache:
-    """Text features by phrase: this process's LRU, else the store, else the text encoder (then stored).
+    """Text features by phrase: the decoder's local LRU (shared with the other stored values), else the
+    store, else the text encoder (then stored).
 
     Keyed by the sha256 of the phrase's token ids (`ConceptModel.text_key`) under the caller's store
-    (tenant included), so each tenant's phrases stay its own. A store failure is not fatal here: the
-    features are recomputed (a few ms to ~1 s), the query still answers.
+    (tenant included), so each tenant's phrases stay its own; concurrent queries for a new phrase run the
+    text encoder once. A store failure is not fatal here: the features are recomputed (a few ms to
+    ~1 s), the query still answers.
     """
 
-    def __init__(self, entries: int) -> None:
-        self.entries = entries
-        self._items: OrderedDict[str, TextFeatures] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, local: LocalCache) -> None:
+        self.local = local
 
-    def get(self, concepts: ConceptModel, store: EmbeddingStore, text: str | None) -> TextFeatures:
+    def get(self, concepts: ConceptModel, store: ValueStore, text: str | None) -> TextFeatures:
         phrase = prompt_phrase(text)
         text_id = concepts.text_key(phrase)
-        text_store = store.for_kind(TEXT_KIND, _text_shapes(concepts), dtype="float32")
-        key = text_store.key(text_id)
-        with self._lock:
-            cached = self._items.get(key)
-            if cached is not None:
-                self._items.move_to_end(key)
-        if cached is not None:
-            metrics.CONCEPT_LOOKUPS.labels(kind="text", result="local").inc()
-            return cached
-        features, result = self._fetch_or_encode(concepts, text_store, text_id, phrase)
-        metrics.CONCEPT_LOOKUPS.labels(kind="text", result=result).inc()
-        with self._lock:
-            self._items[key] = features
-            while len(self._items) > self.entries:
-                self._items.popitem(last=False)
-        return features
+        kind = TEXT_FEATURES.expecting(_text_shapes(concepts))
 
-    @staticmethod
-    def _fetch_or_encode(
-        concepts: ConceptModel, text_store: EmbeddingStore, text_id: str, phrase: str
-    ) -> tuple[TextFeatures, str]:
-        with suppress(StoreUnavailableError):
-            lookup = text_store.get(text_id)
-            if lookup.embeddings is not None:
-                values, mask = lookup.embeddings.tensors
-                return TextFeatures(np.asarray(values, np.float32), np.asarray(mask) > 0.5), "redis"
-        features = concepts.encode_text(phrase)
-        value = ImageEmbeddings((features.features, features.mask.astype(np.float32)), _TEXT_SIZE, text_store.model_id)
-        with suppress(StoreUnavailableError):
-            text_store.put(text_id, value, announce=False)  # content-addressed: never rewritten
-        return features, "encoded"
+        def load() -> tuple[TextFeatures, Outcome]:
+            with suppress(StoreUnavailableError):
+                features = store.get(kind, text_id).value
+                if features is not None:
+                    return features, Outcome.REDIS
+            features = concepts.encode_text(phrase)
+            with suppress(StoreUnavailableError):
+                store.put(kind, text_id, features)  # content-addressed: never rewritten, never announced
+            return features, Outcome.ENCODED
+
+        features, outcome = self.local.get_or_load(store.key(kind, text_id), load, hit=Outcome.LOCAL)
+        metrics.CONCEPT_LOOKUPS.labels(kind="text", result=outcome).inc()
+        return features
 
 
 def _text_shapes(concepts: ConceptModel) -> list[tuple[int | str, ...]]:

@@ -16,15 +16,14 @@ runs the concept decoder once per concept (`concept_answer` assembles the answer
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
 
 from decoder_service.budget import ResponseBudget, ResponseLimits
-from decoder_service.cache import LOCAL, EmbeddingCache, Loaded
+from decoder_service.cache import LocalCache
 from decoder_service.concept_answer import concept_budget, concept_result
 from decoder_service.concepts import (
     ConceptLimits,
@@ -48,8 +47,9 @@ from sam3_serving import metrics
 from sam3_serving.auth import tenant_of
 from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
+from sam3_serving.outcome import Outcome
 from sam3_serving.roles import Role
-from sam3_serving.store import DETECTOR_KIND, EmbeddingStore
+from sam3_serving.store import DETECTOR_FEATURES, EMBEDDINGS, ValueStore
 from sam3_serving.streams import ReadAhead, StreamLimits
 
 WORKER = Role.DECODER
@@ -58,7 +58,8 @@ WORKER = Role.DECODER
 @dataclass(frozen=True)
 class DecoderSettings:
     prompt_limits: PromptLimits = PromptLimits()
-    # Local embedding LRU: 36 images in 1 GiB, 29.2 MB each in the split click decoder's prepared form.
+    # Local LRU of stored values: 36 images in 1 GiB, 29.2 MB each in the split click decoder's prepared
+    # form (decoder_service/cache.py).
     cache_bytes: int = 1024 * 1024 * 1024
     responses: ResponseLimits = ResponseLimits()
     streams: StreamLimits = StreamLimits()
@@ -79,8 +80,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
     def __init__(
         self,
         model: Sam3Model,
-        store: EmbeddingStore,
-        cache: EmbeddingCache,
+        store: ValueStore,
+        cache: LocalCache,
         settings: DecoderSettings = DecoderSettings(),
     ) -> None:
         self.model = model
@@ -91,7 +92,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         self._concepts: ConceptModel | None = None  # loaded on the first concept query (clicks never pay)
         self._concepts_lock = threading.Lock()
         self._concept_slots = ConceptSlots(settings.concepts.max_concurrent)
-        self._text_cache = TextFeatureCache(settings.concepts.text_cache_entries)
+        self._text_cache = TextFeatureCache(cache)
+        self._embeddings_kind = EMBEDDINGS.expecting(model.embedding_shapes())
 
     def GetModelInfo(
         self, request: common_pb2.GetModelInfoRequest, context: grpc.ServicerContext
@@ -115,7 +117,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         with timer.stage("total"):
             _, outcome = self._embeddings(self.store.for_tenant(tenant_of(context)), request.image_id, timer)
         return decoder_pb2.PrefetchResponse(
-            already_cached=outcome == LOCAL, timings=common_pb2.Timings(milliseconds=timer.milliseconds)
+            already_cached=outcome == Outcome.LOCAL, timings=common_pb2.Timings(milliseconds=timer.milliseconds)
         )
 
     def SegmentConcept(
@@ -156,22 +158,23 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             return self._concepts
 
     def _detector_features(
-        self, store: EmbeddingStore, concepts: ConceptModel, image_id: str, timer: StageTimer
+        self, store: ValueStore, concepts: ConceptModel, image_id: str, timer: StageTimer
     ) -> DetectorFeatures:
         """The image's detector features: local cache, else the store (NOT_FOUND: Encode first)."""
-        detector_store = store.for_kind(DETECTOR_KIND, concepts.detector_shapes)
-        value, outcome = self._cached(detector_store, image_id, lambda stored: stored.astype(np.float32), timer)
+        kind = DETECTOR_FEATURES.expecting(concepts.detector_shapes)
+        with timer.stage("fetch"):
+            features, outcome = self.cache.fetch(store, kind, image_id, lambda features: features)
         metrics.CONCEPT_LOOKUPS.labels(kind="features", result=outcome).inc()
-        if value is None:
+        if features is None:
             raise not_encoded(
                 image_id, self.model.model_id, "concept features (an encoder with concepts on stores them)"
             )
-        return DetectorFeatures.from_embeddings(value)
+        return features
 
     def _concept_result(
         self,
         concepts: ConceptModel,
-        store: EmbeddingStore,
+        store: ValueStore,
         features: DetectorFeatures,
         checked: ConceptPlan,
         index: int,
@@ -208,7 +211,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                         request_id=request.request_id, image_id=request.image_id, error=error.to_item_error()
                     )
 
-    def _segment(self, request: decoder_pb2.SegmentRequest, store: EmbeddingStore) -> decoder_pb2.SegmentResponse:
+    def _segment(self, request: decoder_pb2.SegmentRequest, store: ValueStore) -> decoder_pb2.SegmentResponse:
         timer = StageTimer()
         with timer.stage("total"):
             checked = segment_plan(request, self.settings.prompt_limits)
@@ -237,32 +240,16 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             "image_id": request.image_id,
         }
 
-    def _cached(
-        self,
-        store: EmbeddingStore,
-        image_id: str,
-        convert: Callable[[ImageEmbeddings], ImageEmbeddings],
-        timer: StageTimer,
-    ) -> Loaded:
-        """A stored value through the local cache, keyed by its store key (tenants and kinds never share an
-        entry), converted once on its way in; (None, why) when the store has none."""
-
-        def load() -> Loaded:
-            lookup = store.get(image_id)
-            if lookup.embeddings is None:
-                return None, lookup.outcome
-            return convert(lookup.embeddings), "redis"
-
-        with timer.stage("fetch"):
-            return self.cache.get_or_load(store.key(image_id), load)
-
-    def _embeddings(self, store: EmbeddingStore, image_id: str, timer: StageTimer) -> tuple[ImageEmbeddings, str]:
-        """(embeddings, where from: LOCAL or "redis"): the local cache, else Redis, converted once to what the
-        decoder takes (float32; on its device with I/O binding). NOT_FOUND tells the client to Encode.
+    def _embeddings(self, store: ValueStore, image_id: str, timer: StageTimer) -> tuple[ImageEmbeddings, Outcome]:
+        """(embeddings, where from: LOCAL or REDIS): the local cache, else Redis, converted once to what the
+        decoder takes (`Sam3Model.decoder_embeddings`). NOT_FOUND tells the client to Encode.
 
         The local cache is keyed by the value's store key, so tenants never share a local copy either.
         """
-        embeddings, outcome = self._cached(store, image_id, self.model.decoder_embeddings, timer)
+        with timer.stage("fetch"):
+            embeddings, outcome = self.cache.fetch(
+                store, self._embeddings_kind, image_id, self.model.decoder_embeddings
+            )
         metrics.CACHE_LOOKUPS.labels(outcome).inc()
         if embeddings is None:
             raise not_encoded(image_id, self.model.model_id)

@@ -39,7 +39,7 @@ from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.model_info import model_info
 from sam3_serving.roles import Role
 from sam3_serving.slots import BATCH, INTERACTIVE, PrioritySlots, QueueFull
-from sam3_serving.store import DETECTOR_KIND, EmbeddingStore
+from sam3_serving.store import DETECTOR_FEATURES, EMBEDDINGS, ValueStore
 from sam3_serving.streams import ReadAhead, StreamLimits
 
 WORKER = Role.ENCODER
@@ -64,13 +64,15 @@ class EncoderSettings:
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     """Plain servicer: the gRPC plumbing (health, metrics, errors -> status) is the Worker's (sam3_serving.server)."""
 
-    def __init__(self, model: Sam3Model, store: EmbeddingStore, settings: EncoderSettings = EncoderSettings()) -> None:
+    def __init__(self, model: Sam3Model, store: ValueStore, settings: EncoderSettings = EncoderSettings()) -> None:
         self.model = model
         self.store = store
         self.settings = settings
         self._slots = PrioritySlots(settings.max_concurrent, settings.max_queued)
         self.concepts = settings.concepts and model.has_detector_features
-        self._detector_shapes = model.detector_shapes() if self.concepts else []
+        self._embeddings = EMBEDDINGS.expecting(model.embedding_shapes())
+        self._detector = DETECTOR_FEATURES.expecting(model.detector_shapes() if self.concepts else [])
+        self._written_last = self._detector if self.concepts else self._embeddings
         self._encode_seconds = 0.0  # recent model time (moving average): what a waiter must leave itself
 
     def Encode(self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext) -> encoder_pb2.EncodeResponse:
@@ -137,12 +139,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         store = self.store.for_tenant(tenant_of(context))
         if not request.force and (size := self._stored_size(store, image_id)) is not None:
             return size, True
-        lock = store.lock(image_id)
+        lock = store.locks.take(image_id)
         if lock is None and not request.force:
             size = self._wait_for_other_worker(store, image_id, context, timer)
             if size is not None:
                 return size, True
-            lock = store.lock(image_id)
+            lock = store.locks.take(image_id)
         try:
             # Another worker may have stored it and let go of the lock between our peek and our lock.
             if lock is not None and not request.force and (size := self._stored_size(store, image_id)):
@@ -152,18 +154,15 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             if lock is not None:
                 lock.release()  # never raises: a lock that cannot be released expires by itself
 
-    def _stored_size(self, store: EmbeddingStore, image_id: str) -> tuple[int, int] | None:
+    def _stored_size(self, store: ValueStore, image_id: str) -> tuple[int, int] | None:
         """The stored value's (height, width) when everything this worker would write is stored."""
-        size = store.peek_size(image_id)
-        if size is not None and self.concepts and self._detector_store(store).peek_size(image_id) is None:
+        head = store.peek(self._embeddings, image_id)
+        if head is not None and self.concepts and store.peek(self._detector, image_id) is None:
             return None  # encoded by a click-only encoder, or its features evicted: encode again, once
-        return size
-
-    def _detector_store(self, store: EmbeddingStore) -> EmbeddingStore:
-        return store.for_kind(DETECTOR_KIND, self._detector_shapes)
+        return None if head is None else head.size
 
     def _wait_for_other_worker(
-        self, store: EmbeddingStore, image_id: str, context: grpc.ServicerContext, timer: StageTimer
+        self, store: ValueStore, image_id: str, context: grpc.ServicerContext, timer: StageTimer
     ) -> tuple[int, int] | None:
         """Wait for the lock holder's value, no longer than this call's own deadline."""
         remaining = context.time_remaining()
@@ -172,15 +171,14 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             timeout = min(timeout, remaining)
         # Watch the value the holder writes last: with concepts the detector features (the click value may
         # be there already, from a click-only encoder, while the holder re-encodes for the features).
-        watched = self._detector_store(store) if self.concepts else store
         with timer.stage("single_flight_wait"):
-            waited = watched.wait_for(image_id, timeout, cancelled=lambda: not context.is_active())
+            waited = store.wait_for(self._written_last, image_id, timeout, cancelled=lambda: not context.is_active())
         if waited.outcome == "cancelled" or not context.is_active():
             raise ServiceError(
                 grpc.StatusCode.CANCELLED, "call ended while waiting for another worker's encode", Reason.CANCELLED
             )
         metrics.SINGLE_FLIGHT_WAITS.labels(waited.outcome).inc()
-        return waited.size
+        return None if waited.head is None else waited.head.size
 
     def _take_slot(self, context: grpc.ServicerContext, priority: int, timer: StageTimer) -> None:
         """Wait in line for a model slot while the deadline leaves time to encode, or raise OVERLOADED."""
@@ -215,7 +213,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     def _run_model(
         self,
         image: Image.Image,
-        store: EmbeddingStore,
+        store: ValueStore,
         image_id: str,
         context: grpc.ServicerContext,
         timer: StageTimer,
@@ -250,9 +248,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                     grpc.StatusCode.CANCELLED, "call ended during the encode; nothing stored", Reason.CANCELLED
                 )
             with timer.stage("store_write"):
-                store.put(image_id, embeddings)
+                store.put(self._embeddings, image_id, embeddings)
                 if detector is not None:  # last: what concept-serving waiters watch (see _wait_for_other_worker)
-                    self._detector_store(store).put(image_id, detector.as_embeddings(self.model.model_id))
+                    store.put(self._detector, image_id, detector)
             return embeddings.original_size
         finally:
             self._slots.release()

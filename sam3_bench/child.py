@@ -33,6 +33,7 @@ def encoder(
     from sam3_core.model import RuntimeOptions, Sam3Model
     from sam3_core.predictor import encode
     from sam3_core.timing import StageTimer
+    from sam3_serving.store import EMBEDDINGS
 
     started = time.perf_counter()
     options = RuntimeOptions(intra_op_threads=threads, encoder_runtime=runtime)
@@ -46,7 +47,7 @@ def encoder(
         model_ms.append(timer.milliseconds["model"])
         preprocess_ms.append(timer.milliseconds["preprocess"])
     if save_to:
-        Path(save_to).write_bytes(serialize(embeddings))
+        Path(save_to).write_bytes(serialize(EMBEDDINGS.stored(embeddings, model.model_id, Path(image).name)))
     return {
         "variant": variant,
         "runtime": runtime,

@@ -211,6 +211,7 @@ class Bench:
         """Every encoder variant under every runtime here: time, peak RSS, and against fp32 under ONNX
         Runtime the best-mask IoU on the bench prompts and the embeddings' relative RMS error."""
         from sam3_core.embeddings import deserialize
+        from sam3_serving.store import EMBEDDINGS
 
         rows: dict[str, Any] = {}
         embeddings = {}
@@ -230,7 +231,7 @@ class Bench:
                 },
             )
             if blob.exists():
-                embeddings[name] = deserialize(blob.read_bytes())
+                embeddings[name] = EMBEDDINGS.value(deserialize(blob.read_bytes()))
         if "fp32" in embeddings:
             for name, values in embeddings.items():
                 rows[name]["mask_iou_vs_fp32"] = round(self._mask_iou(embeddings["fp32"], values), 4)
@@ -287,13 +288,14 @@ class Bench:
         from sam3_core.model import RuntimeOptions, Sam3Model
         from sam3_core.predictor import Predictor
         from sam3_core.prompts import build_batches
+        from sam3_serving.store import EMBEDDINGS
 
         blob = self.workdir / "embeddings_fp32.bin"
         if not blob.exists():
             self.log("no fp32 embeddings (the fp32 encoder run failed): skipping the decoder columns")
             return
         model = self.decoder_model
-        base = deserialize(blob.read_bytes())
+        base = EMBEDDINGS.value(deserialize(blob.read_bytes()))
         # The standard graph beside the split one (when the folder has it), interleaved in one run.
         decoders = {"raw_decoder": model}
         if model.split_decoder:

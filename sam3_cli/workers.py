@@ -176,7 +176,7 @@ def run_worker(args: argparse.Namespace, roles: set[Role], *, embedded_redis: bo
     from sam3_core.no_memory import ADDED
     from sam3_serving.logs import configure_logging
     from sam3_serving.redis_server import start_embedded_redis
-    from sam3_serving.store import EmbeddingStore, StoreConfig
+    from sam3_serving.store import StoreConfig, ValueStore
 
     configure_logging(args.log_level, json_logs=args.log_format == "json")
     embedded = None
@@ -188,7 +188,7 @@ def run_worker(args: argparse.Namespace, roles: set[Role], *, embedded_redis: bo
         redis_url = embedded.url
     try:
         model = load_model(args, load_encoder=ENCODER in roles, load_decoder=DECODER in roles)
-        store = EmbeddingStore(
+        store = ValueStore(
             StoreConfig(
                 url=redis_url,
                 ttl_seconds=args.ttl_seconds,
@@ -197,7 +197,6 @@ def run_worker(args: argparse.Namespace, roles: set[Role], *, embedded_redis: bo
                 lock_ttl_seconds=args.lock_ttl_seconds,
             ),
             model.model_id,
-            model.embedding_shapes(),
         )
         worker = start_worker(model, store, roles, server_config(args), **role_settings(args, roles))
         worker.install_signal_handlers()
@@ -281,7 +280,7 @@ def start_worker(
     model: Any, store: Any, roles: set[Role], config: ServerConfig, *, encoder: Any = None, decoder: Any = None
 ) -> Worker:
     """The servicers of `roles` on one started gRPC server, sharing one loaded model and one store client."""
-    from decoder_service.cache import EmbeddingCache
+    from decoder_service.cache import LocalCache
     from decoder_service.servicer import DecoderServicer, DecoderSettings
     from encoder_service.servicer import EncoderServicer, EncoderSettings
     from sam3_client.proto import decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
@@ -300,7 +299,7 @@ def start_worker(
         )
     if DECODER in roles:
         decoder = decoder or DecoderSettings()
-        decoder_servicer = DecoderServicer(model, store, EmbeddingCache(decoder.cache_bytes), decoder)
+        decoder_servicer = DecoderServicer(model, store, LocalCache(decoder.cache_bytes), decoder)
         services.append(
             Service(
                 decoder_pb2.DESCRIPTOR.services_by_name["DecoderService"].full_name,
@@ -313,7 +312,7 @@ def start_worker(
         # Values rewritten by any encoder (Encode force=true, a re-encode after a bad value) leave this
         # decoder's local cache at once; the click path itself never asks Redis when the cache hits.
         worker.run_in_background(
-            "replacements", lambda stopping: store.listen_for_replacements(cache.discard, cache.clear, stopping)
+            "replacements", lambda stopping: store.announcements.listen(cache.discard, cache.clear, stopping)
         )
     return worker
 

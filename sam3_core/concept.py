@@ -21,7 +21,6 @@ import numpy as np
 import onnxruntime as ort
 
 from sam3_core.cache import LruCache
-from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.graphs import (
     BOX_ONLY_TEXT,
     CONCEPT_DECODER_FILE,
@@ -51,14 +50,6 @@ class DetectorFeatures:
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
-
-    def as_embeddings(self, model_id: str) -> ImageEmbeddings:
-        """The same tensors as a serialisable ImageEmbeddings value (how the services store them)."""
-        return ImageEmbeddings(self.tensors, self.original_size, model_id)
-
-    @classmethod
-    def from_embeddings(cls, value: ImageEmbeddings) -> DetectorFeatures:
-        return cls(tuple(np.asarray(t, np.float32) for t in value.tensors), value.original_size)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ HTTP endpoint (`start_metrics_server`, or ServerConfig.metrics_port) exports the
 | sam3_stage_duration_seconds    | histogram | worker, stage         | Time per serving stage, from the Timings the   |
 |                                |           |                       | servicers report (hash, model, fetch, ...).    |
 | sam3_embedding_lookups_total   | counter   | result                | Decoder embedding lookups: local (in-process   |
-|                                |           |                       | LRU), redis, miss, corrupt (failed checks).    |
+|                                |           |                       | LRU), redis, miss, corrupt (failed checks);    |
+|                                |           |                       | the values are sam3_serving.outcome.Outcome's. |
 | sam3_concept_lookups_total     | counter   | kind, result          | Concept inputs by where they came from: kind   |
 |                                |           |                       | "features" (an image's detector features:      |
 |                                |           |                       | local, redis, miss, corrupt) or "text" (a      |
@@ -23,9 +24,9 @@ HTTP endpoint (`start_metrics_server`, or ServerConfig.metrics_port) exports the
 |                                |           |                       | decoder runs).                                 |
 | sam3_in_flight_requests        | gauge     | worker                | Application rpcs running now (admitted, not    |
 |                                |           |                       | finished); the encoder's HPA scales on it.     |
-| sam3_local_cache_bytes         | gauge     | (none)                | Bytes held by the decoder's in-process         |
-|                                |           |                       | embedding LRU.                                 |
-| sam3_local_cache_evictions_total | counter | (none)                | Images the decoder's LRU dropped to stay in    |
+| sam3_local_cache_bytes         | gauge     | (none)                | Bytes held by the decoder's in-process LRU of  |
+|                                |           |                       | stored values (embeddings, concept features).  |
+| sam3_local_cache_evictions_total | counter | (none)                | Values the decoder's LRU dropped to stay in    |
 |                                |           |                       | its byte budget (rising fast: raise --cache-mb)|
 | sam3_encode_queue_seconds      | histogram | priority, outcome     | Time an encode waited for a model slot         |
 |                                |           |                       | (interactive / batch; started, gave_up, full). |
@@ -38,6 +39,8 @@ from collections.abc import Mapping
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+from sam3_serving.outcome import Outcome
 
 __all__ = [
     "CACHE_LOOKUPS",
@@ -105,18 +108,20 @@ ENCODE_QUEUE_SECONDS = Histogram(
     ["priority", "outcome"],
     buckets=STAGE_BUCKETS,
 )
-LOCAL_CACHE_BYTES = Gauge("sam3_local_cache_bytes", "Bytes held by the decoder's in-process embedding LRU.")
+LOCAL_CACHE_BYTES = Gauge("sam3_local_cache_bytes", "Bytes held by the decoder's in-process LRU of stored values.")
 LOCAL_CACHE_EVICTIONS = Counter(
-    "sam3_local_cache_evictions_total", "Images the decoder's in-process LRU dropped to stay within its byte budget."
+    "sam3_local_cache_evictions_total", "Values the decoder's in-process LRU dropped to stay within its byte budget."
 )
 
+# The outcomes each lookup can have (`Outcome`'s values are the `result` labels).
+_STORED_VALUE_OUTCOMES = (Outcome.LOCAL, Outcome.REDIS, Outcome.MISS, Outcome.CORRUPT)
+_TEXT_FEATURE_OUTCOMES = (Outcome.LOCAL, Outcome.REDIS, Outcome.ENCODED)
 # Pre-create the known label values so dashboards and rate() see zeros instead of absent series.
-for _result in ("local", "redis", "miss", "corrupt"):
-    CACHE_LOOKUPS.labels(result=_result)
-for _result in ("local", "redis", "miss", "corrupt"):
-    CONCEPT_LOOKUPS.labels(kind="features", result=_result)
-for _result in ("local", "redis", "encoded"):
-    CONCEPT_LOOKUPS.labels(kind="text", result=_result)
+for _outcome in _STORED_VALUE_OUTCOMES:
+    CACHE_LOOKUPS.labels(result=_outcome)
+    CONCEPT_LOOKUPS.labels(kind="features", result=_outcome)
+for _outcome in _TEXT_FEATURE_OUTCOMES:
+    CONCEPT_LOOKUPS.labels(kind="text", result=_outcome)
 for _outcome in ("ready", "timeout", "holder_failed"):
     SINGLE_FLIGHT_WAITS.labels(outcome=_outcome)
 

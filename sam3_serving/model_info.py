@@ -8,7 +8,7 @@ from sam3_client.proto import common_pb2
 from sam3_core import no_memory
 from sam3_core.graphs import EMBEDDING_NAMES
 from sam3_core.model import Sam3Model
-from sam3_serving.store import EmbeddingStore
+from sam3_serving.store import ValueStore
 
 
 def server_version() -> str:
@@ -25,7 +25,7 @@ _NO_MEMORY_STATES = {
 }
 
 
-def model_info(model: Sam3Model, store: EmbeddingStore) -> common_pb2.ModelInfo:
+def model_info(model: Sam3Model, store: ValueStore) -> common_pb2.ModelInfo:
     """The model id (the store namespace), sizes, and the embeddings as the store keeps them."""
     return common_pb2.ModelInfo(
         model_id=model.model_id,

@@ -11,10 +11,11 @@ from typing import Any
 
 import references
 from sam3_cli.workers import DECODER, ENCODER, start_worker
+from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.model import Sam3Model
 from sam3_serving.config import ServerConfig
 from sam3_serving.server import Worker
-from sam3_serving.store import EmbeddingStore, StoreConfig
+from sam3_serving.store import EMBEDDINGS, Kind, StoreConfig, ValueStore
 from sam3_serving.worker_process import WorkerProcess
 
 
@@ -27,7 +28,8 @@ def shared_model() -> Sam3Model:
 @dataclass
 class Stack:
     worker: Worker
-    store: EmbeddingStore
+    store: ValueStore
+    embeddings: Kind[ImageEmbeddings]  # the model's embeddings, as its workers store them
 
     @property
     def target(self) -> str:
@@ -46,15 +48,13 @@ def running(
     """A worker serving `roles` on a free port, stopped afterwards (`server=` / `store=`: config overrides;
     `model`: another model than the tiny tracker-only one)."""
     model = model or shared_model()
-    store = EmbeddingStore(
-        StoreConfig(url=redis_url, key_prefix=prefix, socket_timeout=1.0, **settings.pop("store", {})),
-        model.model_id,
-        model.embedding_shapes(),
+    store = ValueStore(
+        StoreConfig(url=redis_url, key_prefix=prefix, socket_timeout=1.0, **settings.pop("store", {})), model.model_id
     )
     config = ServerConfig(host="127.0.0.1", port=0, grace_seconds=5.0, **settings.pop("server", {}))
     worker = start_worker(model, store, set(roles), config, **settings)
     try:
-        yield Stack(worker, store)
+        yield Stack(worker, store, EMBEDDINGS.expecting(model.embedding_shapes()))
     finally:
         worker.stop(0)
         store.close()

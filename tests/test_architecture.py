@@ -186,3 +186,41 @@ def test_the_sdk_exports_only_what_a_user_can_construct_or_catch() -> None:
     for name in sam3_client.__all__:
         exported = getattr(sam3_client, name)
         assert inspect.isclass(exported) or inspect.isfunction(exported), f"{name} is neither a class nor a function"
+
+
+def _modules_importing(module: str) -> set[str]:
+    """The project modules (outside tests) that import `module` or one of its submodules, lazily or not."""
+    found = set()
+    for folder in PACKAGES.values():
+        for path in folder.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                if any(name == module or name.startswith(f"{module}.") for name in names):
+                    found.add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_redis_is_spoken_by_the_store_and_the_redis_tooling_only() -> None:
+    """Stored values have one home (sam3_serving/store/): their keys, format checks, lock and announcements
+    are never re-implemented beside it. The embedded servers and the client factory are Redis tooling; the
+    bench reads what a fleet stored, to report its size."""
+    allowed = {"sam3_serving/redis_client.py", "sam3_serving/redis_server.py", "sam3_serving/redis_cluster.py"}
+    allowed |= {"sam3_bench/concepts.py"}
+    speakers = {m for m in _modules_importing("redis") if not m.startswith("sam3_serving/store/")}
+    assert speakers <= allowed, f"Redis outside the store: {sorted(speakers - allowed)}"
+
+
+def test_in_process_caches_are_one_class() -> None:
+    """Where sam3_core.cache.LruCache can be imported, an LRU of its own (OrderedDict.move_to_end) is a second
+    cache to keep right (bounds, thread safety, single flight); the bench's capacity model only simulates the
+    fleet's. Packages that import only the SDK (the Label Studio backend) cannot use it."""
+    keepers = {
+        str(path.relative_to(ROOT))
+        for package, folder in PACKAGES.items()
+        if package == "sam3_core" or "sam3_core" in ALLOWED[package]
+        for path in folder.rglob("*.py")
+        if "move_to_end(" in path.read_text()
+    }
+    assert keepers <= {"sam3_core/cache.py", "sam3_bench/capacity.py"}, sorted(keepers)

@@ -1,16 +1,22 @@
-"""decoder_service.cache: an LRU bounded in bytes, safe under threads, with single-flight loads per image."""
+"""The in-process caches: sam3_core.cache.LruCache (bounded in bytes, thread-safe, single-flight loads) and
+the decoder's LocalCache built on it (counted in the metrics, keyed by store keys, read through to Redis)."""
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from decoder_service.cache import LOCAL, EmbeddingCache, Loaded
+from decoder_service.cache import LocalCache
+from sam3_core.cache import LruCache
 from sam3_core.embeddings import ImageEmbeddings
+from sam3_serving.outcome import Outcome
+from sam3_serving.store import EMBEDDINGS, StoreConfig, ValueStore
 
 KB = 1024
 
@@ -20,13 +26,20 @@ def evictions() -> float:
     return REGISTRY.get_sample_value("sam3_local_cache_evictions_total") or 0.0
 
 
-def emb(nbytes: int = 10 * KB, tag: float = 0.0) -> ImageEmbeddings:
-    """Embeddings of exactly `nbytes` (float32), recognisable by their fill value."""
-    return ImageEmbeddings((np.full((1, nbytes // 4), tag, dtype=np.float32),), (10, 10), "m")
+@dataclass(frozen=True)
+class Value:
+    """Anything with an `nbytes` is cacheable; the tag tells values apart."""
+
+    nbytes: int = 10 * KB
+    tag: float = 0.0
+
+
+def emb(nbytes: int = 10 * KB, tag: float = 0.0) -> Value:
+    return Value(nbytes, tag)
 
 
 def test_lru_order_and_eviction_by_bytes():
-    cache = EmbeddingCache(max_bytes=30 * KB)
+    cache = LocalCache(max_bytes=30 * KB)  # the decoder's: its evictions and bytes are in the metrics
     before = evictions()
     for name in "abc":
         cache.put(name, emb())
@@ -42,7 +55,7 @@ def test_lru_order_and_eviction_by_bytes():
 
 
 def test_eviction_stops_as_soon_as_it_fits():
-    cache = EmbeddingCache(max_bytes=40 * KB)
+    cache = LruCache(max_bytes=40 * KB)
     for name in "abcd":
         cache.put(name, emb())
     cache.put("e", emb(15 * KB))  # 40 + 15 > 40: evict a (30 + 15 > 40) then b (20 + 15 <= 40)
@@ -51,7 +64,7 @@ def test_eviction_stops_as_soon_as_it_fits():
 
 
 def test_oversize_item_is_not_cached():
-    cache = EmbeddingCache(max_bytes=20 * KB)
+    cache = LruCache(max_bytes=20 * KB)
     cache.put("a", emb())
     before = evictions()
     cache.put("huge", emb(21 * KB))
@@ -59,19 +72,19 @@ def test_oversize_item_is_not_cached():
     assert evictions() == before and cache.nbytes == 10 * KB
     cache.put("a", emb(30 * KB))  # an oversize replacement drops the stale old version
     assert "a" not in cache and cache.nbytes == 0
-    assert EmbeddingCache(max_bytes=0).get("x") is None
+    assert LruCache(max_bytes=0).get("x") is None
     with pytest.raises(ValueError):
-        EmbeddingCache(max_bytes=-1)
+        LruCache(max_bytes=-1)
 
 
 def test_replace_updates_size_and_recency():
-    cache = EmbeddingCache(max_bytes=30 * KB)
+    cache = LruCache(max_bytes=30 * KB)
     cache.put("a", emb(10 * KB, tag=1))
     cache.put("b", emb(10 * KB))
     cache.put("a", emb(5 * KB, tag=2))
     assert len(cache) == 2 and cache.nbytes == 15 * KB
     got = cache.get("a")
-    assert got is not None and got.tensors[0][0, 0] == 2
+    assert got is not None and got.tag == 2
     before = evictions()
     cache.put("a", emb(20 * KB, tag=3))
     assert cache.nbytes == 30 * KB and evictions() == before
@@ -80,17 +93,17 @@ def test_replace_updates_size_and_recency():
 
 
 def test_clear():
-    cache = EmbeddingCache(max_bytes=100 * KB)
+    cache = LocalCache(max_bytes=100 * KB)
     assert cache.get("a") is None
     cache.put("a", emb())
-    assert cache.get("a") is not None
+    assert cache.get("a") is not None and REGISTRY.get_sample_value("sam3_local_cache_bytes") == 10 * KB
     cache.clear()
     assert len(cache) == 0 and cache.nbytes == 0 and cache.get("a") is None
     assert REGISTRY.get_sample_value("sam3_local_cache_bytes") == 0
 
 
 def test_thread_safety_smoke():
-    cache = EmbeddingCache(max_bytes=50 * KB)
+    cache = LruCache(max_bytes=50 * KB)
     errors: list[BaseException] = []
     start = threading.Barrier(16)
 
@@ -104,7 +117,7 @@ def test_thread_safety_smoke():
                 if got is None:
                     cache.put(image, emb(KB * (1 + int(tag) % 3), tag=tag))
                 else:
-                    assert got.tensors[0][0, 0] == tag  # never someone else's item
+                    assert got.tag == tag  # never someone else's item
                 assert cache.nbytes <= 50 * KB
         except BaseException as error:
             errors.append(error)
@@ -141,91 +154,135 @@ def _concurrently(count: int, fn) -> tuple[list[object], list[BaseException]]:
 
 
 def test_get_or_load_single_flight():
-    cache = EmbeddingCache(max_bytes=100 * KB)
+    cache = LruCache(max_bytes=100 * KB)
     calls = 0
     value = emb(tag=7)
 
-    def slow_load() -> tuple[ImageEmbeddings, str]:
+    def slow_load() -> tuple[Value, str]:
         nonlocal calls
         calls += 1
         time.sleep(0.2)
-        return value, "redis"
+        return value, "loaded"
 
-    results, errors = _concurrently(8, lambda: cache.get_or_load("img", slow_load))
+    results, errors = _concurrently(8, lambda: cache.get_or_load("img", slow_load, hit="cached"))
     assert not errors and calls == 1
-    assert all(embeddings is value and outcome == "redis" for embeddings, outcome in results)
-    assert cache.get_or_load("img", slow_load) == (value, LOCAL) and calls == 1
+    assert all(got is value and outcome == "loaded" for got, outcome in results)  # the waiters' too
+    assert cache.get_or_load("img", slow_load, hit="cached") == (value, "cached") and calls == 1
 
 
 def test_get_or_load_single_flight_is_per_image():
-    cache = EmbeddingCache(max_bytes=100 * KB)
+    cache = LruCache(max_bytes=100 * KB)
     calls: list[str] = []
     lock = threading.Lock()
 
     def loader():
-        def load() -> tuple[ImageEmbeddings, str]:
+        def load() -> tuple[Value, str]:
             with lock:
                 calls.append(threading.current_thread().name)
             time.sleep(0.1)
-            return emb(), "redis"
+            return emb(), "loaded"
 
         return load
 
     started = time.monotonic()
     counter = iter(range(8))
-    _, errors = _concurrently(8, lambda: cache.get_or_load(f"img{next(counter) % 2}", loader()))
+    _, errors = _concurrently(8, lambda: cache.get_or_load(f"img{next(counter) % 2}", loader(), hit="cached"))
     assert not errors and len(calls) == 2  # one load per image, and the two ran side by side
     assert time.monotonic() - started < 0.5
 
 
 def test_get_or_load_error_reaches_every_waiter_and_nothing_is_cached():
-    cache = EmbeddingCache(max_bytes=100 * KB)
+    cache = LruCache(max_bytes=100 * KB)
     calls = 0
 
-    def failing_load() -> tuple[ImageEmbeddings, str]:
+    def failing_load() -> tuple[Value, str]:
         nonlocal calls
         calls += 1
         time.sleep(0.2)
         raise ConnectionError("redis down")
 
-    results, errors = _concurrently(8, lambda: cache.get_or_load("img", failing_load))
+    results, errors = _concurrently(8, lambda: cache.get_or_load("img", failing_load, hit="cached"))
     assert calls == 1 and not results and len(errors) == 8
     assert all(isinstance(error, ConnectionError) and "redis down" in str(error) for error in errors)
     assert "img" not in cache and len(cache) == 0
     # The failure is not remembered: the next call loads again.
-    assert cache.get_or_load("img", lambda: (emb(tag=1), "redis"))[0].tensors[0][0, 0] == 1
+    assert cache.get_or_load("img", lambda: (emb(tag=1), "loaded"), hit="cached") == (emb(tag=1), "loaded")
 
 
 def test_get_or_load_none_is_not_cached():
-    cache = EmbeddingCache(max_bytes=100 * KB)
-    assert cache.get_or_load("img", lambda: (None, "miss")) == (None, "miss")
+    cache = LruCache(max_bytes=100 * KB)
+    assert cache.get_or_load("img", lambda: (None, "miss"), hit="cached") == (None, "miss")
     assert "img" not in cache
     loaded = emb()
-    assert cache.get_or_load("img", lambda: (loaded, "redis")) == (loaded, "redis")
-    assert cache.get_or_load("img", lambda: (None, "miss")) == (loaded, LOCAL)
+    assert cache.get_or_load("img", lambda: (loaded, "loaded"), hit="cached") == (loaded, "loaded")
+    assert cache.get_or_load("img", lambda: (None, "miss"), hit="cached") == (loaded, "cached")
 
 
 def test_get_or_load_oversize_result_is_returned_but_not_cached():
-    cache = EmbeddingCache(max_bytes=5 * KB)
+    cache = LruCache(max_bytes=5 * KB)
     big = emb(10 * KB)
-    assert cache.get_or_load("img", lambda: (big, "redis")) == (big, "redis")
+    assert cache.get_or_load("img", lambda: (big, "loaded"), hit="cached") == (big, "loaded")
     assert len(cache) == 0
 
 
 def test_discard_drops_one_item_and_a_load_straddling_it_is_not_cached():
-    cache = EmbeddingCache(100 * KB)
+    cache = LruCache(100 * KB)
     cache.put("a", emb(tag=1.0))
     cache.put("b", emb(tag=2.0))
     cache.discard("a")
     cache.discard("never-there")
     assert "a" not in cache and "b" in cache and cache.nbytes == 10 * KB
 
-    def load_while_rewritten() -> Loaded:
+    def load_while_rewritten() -> tuple[Value, str]:
         cache.discard("a")  # the store announces a rewrite while this load is in flight
-        return emb(tag=3.0), "redis"
+        return emb(tag=3.0), "loaded"
 
-    result, outcome = cache.get_or_load("a", load_while_rewritten)
-    assert result is not None and outcome == "redis"
+    result, outcome = cache.get_or_load("a", load_while_rewritten, hit="cached")
+    assert result is not None and outcome == "loaded"
     assert "a" not in cache  # possibly the bytes from before the rewrite: used once, not kept
-    result, outcome = cache.get_or_load("a", lambda: (emb(tag=4.0), "redis"))
-    assert "a" in cache and outcome == "redis"
+    result, outcome = cache.get_or_load("a", lambda: (emb(tag=4.0), "loaded"), hit="cached")
+    assert "a" in cache and outcome == "loaded"
+
+
+def test_get_or_compute_runs_once_for_concurrent_callers():
+    cache = LruCache(max_bytes=100 * KB)
+    calls = 0
+
+    def compute() -> Value:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.2)
+        return emb(tag=5)
+
+    results, errors = _concurrently(4, lambda: cache.get_or_compute("phrase", compute))
+    assert not errors and calls == 1 and results == [emb(tag=5)] * 4
+    assert cache.get_or_compute("phrase", compute) == emb(tag=5) and calls == 1
+
+
+def test_the_decoders_cache_reads_through_to_the_store_keyed_by_the_store_key(redis_url: str) -> None:
+    """LOCAL after the first REDIS; MISS and CORRUPT are what the store said, and nothing is kept for them."""
+    shapes = [(1, 2, 4, 4)]
+    kind = EMBEDDINGS.expecting(shapes)
+    store = ValueStore(StoreConfig(redis_url, key_prefix=f"cache-{uuid.uuid4().hex[:8]}"), "m")
+    value = ImageEmbeddings((np.ones(shapes[0], np.float32),), (10, 20), "m")
+    cache = LocalCache(max_bytes=100 * KB)
+    prepared: list[ImageEmbeddings] = []
+
+    def prepare(embeddings: ImageEmbeddings) -> ImageEmbeddings:
+        prepared.append(embeddings)
+        return embeddings
+
+    try:
+        assert cache.fetch(store, kind, "img", prepare) == (None, Outcome.MISS)
+        store.put(kind, "img", value)
+        got, outcome = cache.fetch(store, kind, "img", prepare)
+        assert outcome == Outcome.REDIS and got is not None and got.original_size == (10, 20)
+        assert cache.fetch(store, kind, "img", prepare) == (got, Outcome.LOCAL) and len(prepared) == 1
+        assert store.key(kind, "img") in cache and "img" not in cache
+        tenant = store.for_tenant("alice")  # another key: never the shared space's entry
+        assert cache.fetch(tenant, kind, "img", prepare) == (None, Outcome.MISS)
+        store.connection.client.set(tenant.key(kind, "img"), b"not a value")
+        assert cache.fetch(tenant, kind, "img", prepare) == (None, Outcome.CORRUPT)
+    finally:
+        store.delete(kind, "img")
+        store.close()

@@ -22,7 +22,8 @@ from sam3_client import Client, Sam3Error
 from sam3_client.proto import decoder_pb2, decoder_pb2_grpc
 from sam3_core.embeddings import ImageEmbeddings, serialize
 from sam3_core.predictor import Predictor
-from sam3_serving.store import EmbeddingStore
+from sam3_serving.outcome import Outcome
+from sam3_serving.store import EMBEDDINGS, ValueStore
 from service_stack import reference_mask, running, shared_model
 from test_service_behaviour import counter, new_image, prefix
 
@@ -51,28 +52,37 @@ def image_id(name: str) -> str:
     return sha256(image(name)).hexdigest()
 
 
-def another_images_value(store: EmbeddingStore, raw: redis.Redis) -> None:
+def key(store: ValueStore, name: str) -> str:
+    return store.key(EMBEDDINGS, image_id(name))  # a key names the kind, not the shapes
+
+
+def stored(embeddings: ImageEmbeddings, name: str) -> bytes:
+    """The bytes an encoder writes for these embeddings under the name's image id."""
+    return serialize(EMBEDDINGS.stored(embeddings, embeddings.model_id, image_id(name)))
+
+
+def another_images_value(store: ValueStore, raw: redis.Redis) -> None:
     """Image B's valid value, copied under A's key."""
-    raw.set(store.key(image_id("a")), serialize(embeddings_of("b"), image_id("b")))
+    raw.set(key(store, "a"), stored(embeddings_of("b"), "b"))
 
 
-def wrong_shapes(store: EmbeddingStore, raw: redis.Redis) -> None:
+def wrong_shapes(store: ValueStore, raw: redis.Redis) -> None:
     """A valid checksum, A's ids, tensors the model cannot take."""
     tensors = tuple(t[:, :, :-1] for t in embeddings_of("a").tensors)
-    raw.set(store.key(image_id("a")), serialize(ImageEmbeddings(tensors, (48, 64), store.model_id), image_id("a")))
+    raw.set(key(store, "a"), stored(ImageEmbeddings(tensors, (48, 64), store.model_id), "a"))
 
 
-def corrupted_width(store: EmbeddingStore, raw: redis.Redis) -> None:
-    raw.set(store.key(image_id("a")), serialize(embeddings_of("a"), image_id("a")))
-    raw.setrange(store.key(image_id("a")), 12, struct.pack("<I", 0xFFFFFFF0))
+def corrupted_width(store: ValueStore, raw: redis.Redis) -> None:
+    raw.set(key(store, "a"), stored(embeddings_of("a"), "a"))
+    raw.setrange(key(store, "a"), 12, struct.pack("<I", 0xFFFFFFF0))
 
 
-def wrong_type(store: EmbeddingStore, raw: redis.Redis) -> None:
-    raw.delete(store.key(image_id("a")))
-    raw.hset(store.key(image_id("a")), "field", "value")
+def wrong_type(store: ValueStore, raw: redis.Redis) -> None:
+    raw.delete(key(store, "a"))
+    raw.hset(key(store, "a"), "field", "value")
 
 
-BAD_VALUES: dict[str, Callable[[EmbeddingStore, redis.Redis], None]] = {
+BAD_VALUES: dict[str, Callable[[ValueStore, redis.Redis], None]] = {
     "another image's value": another_images_value,
     "wrong tensor shapes": wrong_shapes,
     "corrupted width": corrupted_width,
@@ -89,7 +99,7 @@ def test_a_bad_value_is_a_miss_deleted_and_re_encoded(redis_url: str, plant: Cal
         plant(stack.store, raw)
         encoded = client.encode(image("a"))
         assert not encoded.cached and (encoded.width, encoded.height) == A_SIZE
-        assert stack.store.get(image_id("a")).outcome == "hit"
+        assert stack.store.get(stack.embeddings, image_id("a")).outcome == Outcome.REDIS
 
     # A decoder with a fresh local cache: NOT_FOUND (the value is deleted), never INTERNAL or B's mask.
     plant(stack.store, raw)
@@ -107,7 +117,7 @@ def test_a_bad_value_is_a_miss_deleted_and_re_encoded(redis_url: str, plant: Cal
             decoder_pb2_grpc.DecoderServiceStub(channel).Segment(request, timeout=10)
         assert failure.value.code() == grpc.StatusCode.NOT_FOUND
         assert counter("sam3_embedding_lookups_total", result="corrupt") == corrupt_before + 1
-        assert raw.exists(stack.store.key(image_id("a"))) == 0
+        assert raw.exists(key(stack.store, "a")) == 0
         # The SDK re-encodes on NOT_FOUND; the answer is A's, exactly.
         with Client(stack.target) as client:
             result = client.segment(image("a"), points=CLICK)
@@ -127,7 +137,7 @@ def test_force_reaches_every_decoders_local_cache(redis_url: str) -> None:
         running(redis_url, namespace) as decoder_2,
     ):
         wrong = ImageEmbeddings(embeddings_of("b").tensors, (48, 64), encoder.store.model_id)
-        raw.set(encoder.store.key(image_id("a")), serialize(wrong, image_id("a")))
+        raw.set(key(encoder.store, "a"), stored(wrong, "a"))
         clients = [Client(stack.target) for stack in (decoder_1, decoder_2)]
         for client in clients:
             client.segment(image_id("a"), points=CLICK)  # now in each decoder's local cache

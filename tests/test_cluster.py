@@ -7,6 +7,7 @@ the value must share a slot, and a master can die and be replaced by its replica
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,15 +20,17 @@ from decoder_service.servicer import DecoderSettings
 from sam3_cli.workers import DECODER, ENCODER
 from sam3_client import ChannelSettings, Client, Sam3Error
 from sam3_core.embeddings import ImageEmbeddings
+from sam3_serving.outcome import Outcome
 from sam3_serving.redis_client import connect, is_cluster_url
 from sam3_serving.redis_cluster import EmbeddedRedisCluster, start_embedded_cluster
 from sam3_serving.redis_server import free_port
-from sam3_serving.store import EmbeddingStore, StoreConfig, StoreUnavailableError
+from sam3_serving.store import EMBEDDINGS, StoreConfig, StoreUnavailableError, ValueStore
 from service_stack import running
 from test_service_behaviour import new_image
 
 MODEL = "cluster-test-model"
 SHAPES = ((1, 4, 8, 8), (1, 2, 4, 4))
+EMB = EMBEDDINGS.expecting(SHAPES)
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +56,13 @@ def image_ids(count: int) -> list[str]:
     return [uuid.uuid4().hex * 2 for _ in range(count)]
 
 
-def one_image_per_shard(cluster: EmbeddedRedisCluster, store: EmbeddingStore) -> dict[int, bytes]:
+def one_image_per_shard(cluster: EmbeddedRedisCluster, store: ValueStore) -> dict[int, bytes]:
     """New images whose keys land on each master in turn, by master port (a key's slot is its image's hash)."""
     found: dict[int, bytes] = {}
     seed = 1000
     while len(found) < len(cluster.masters):
         data = new_image(seed)
-        port = cluster.primary_for(store.key(hashlib.sha256(data).hexdigest())).port
+        port = cluster.primary_for(store.key(EMB, hashlib.sha256(data).hexdigest())).port
         found.setdefault(port, data)
         seed += 1
     return found
@@ -87,39 +90,69 @@ def test_cluster_urls_choose_the_cluster_client(cluster: EmbeddedRedisCluster) -
 
 def test_values_spread_over_every_shard_and_each_lock_shares_its_value_slot(cluster: EmbeddedRedisCluster) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    store = EmbeddingStore(StoreConfig(url=cluster.url, key_prefix=prefix, socket_timeout=1.0), MODEL, SHAPES)
+    store = ValueStore(StoreConfig(url=cluster.url, key_prefix=prefix, socket_timeout=1.0), MODEL)
     ids = image_ids(24)
     for seed, image_id in enumerate(ids):
-        assert store.put(image_id, embeddings(seed)) > 0
+        assert store.put(EMB, image_id, embeddings(seed)) > 0
     counts = keys_per_master(cluster, prefix)
     assert sum(counts) == 24 and min(counts) > 0, counts  # no MOVED errors, and every shard holds some
     probe = redis.Redis(host="127.0.0.1", port=cluster.masters[0].port)
     for seed, image_id in enumerate(ids):
-        lookup = store.get(image_id)
-        assert lookup.outcome == "hit"
-        for got, want in zip(lookup.embeddings.tensors, embeddings(seed).tensors, strict=True):
+        lookup = store.get(EMB, image_id)
+        assert lookup.outcome == Outcome.REDIS
+        for got, want in zip(lookup.value.tensors, embeddings(seed).tensors, strict=True):
             np.testing.assert_array_equal(got, want)
-        assert store.peek_size(image_id) == (30 + seed, 40)
-        slot = probe.cluster("KEYSLOT", store.key(image_id))
-        assert probe.cluster("KEYSLOT", store.lock_key(image_id)) == slot
+        assert store.peek(EMB, image_id).size == (30 + seed, 40)
+        slot = probe.cluster("KEYSLOT", store.key(EMB, image_id))
+        assert probe.cluster("KEYSLOT", store.locks.key(image_id)) == slot
     probe.close()
     store.close()
 
 
 def test_lock_wait_and_release_run_as_one_slot_transactions(cluster: EmbeddedRedisCluster) -> None:
-    store = EmbeddingStore(StoreConfig(url=cluster.url, key_prefix=f"t{uuid.uuid4().hex[:8]}"), MODEL, SHAPES)
+    store = ValueStore(StoreConfig(url=cluster.url, key_prefix=f"t{uuid.uuid4().hex[:8]}"), MODEL)
     image_id = image_ids(1)[0]
-    token = store.try_lock(image_id)
-    assert token is not None and store.try_lock(image_id) is None
-    assert store.wait_for(image_id, timeout=0.05).outcome == "timeout"  # MULTI/EXEC: locked, no value yet
-    store.put(image_id, embeddings(3))
-    assert store.wait_for(image_id, timeout=1.0) == ((33, 40), "ready")
-    store.release(image_id, "not-the-token")  # the compare-and-delete script, in the key's slot
-    assert store.try_lock(image_id) is None
-    store.release(image_id, token)
-    assert store.try_lock(image_id) is not None
+    token = store.locks.try_take(image_id)
+    assert token is not None and store.locks.try_take(image_id) is None
+    assert store.wait_for(EMB, image_id, timeout=0.05).outcome == "timeout"  # MULTI/EXEC: locked, no value yet
+    store.put(EMB, image_id, embeddings(3))
+    waited = store.wait_for(EMB, image_id, timeout=1.0)
+    assert waited.outcome == "ready" and waited.head.size == (33, 40)
+    store.locks.release(image_id, "not-the-token")  # the compare-and-delete script, in the key's slot
+    assert store.locks.try_take(image_id) is None
+    store.locks.release(image_id, token)
+    assert store.locks.try_take(image_id) is not None
     assert store.ping()
     store.close()
+
+
+def test_rewrites_are_announced_on_a_cluster(cluster: EmbeddedRedisCluster) -> None:
+    """A cluster pipeline refuses PUBLISH, so there the SET and then the PUBLISH go separately: a decoder's
+    listener still hears every rewritten key, from whichever shard holds it."""
+    config = StoreConfig(url=cluster.url, key_prefix=f"t{uuid.uuid4().hex[:8]}", socket_timeout=1.0)
+    writer, listener = ValueStore(config, MODEL), ValueStore(config, MODEL)
+    heard: list[str] = []
+    subscribed, stop = threading.Semaphore(0), threading.Event()
+    thread = threading.Thread(
+        target=listener.announcements.listen, args=(heard.append, subscribed.release, stop), daemon=True
+    )
+    thread.start()
+    try:
+        assert subscribed.acquire(timeout=10)
+        ids = image_ids(6)
+        for seed, image_id in enumerate(ids):
+            writer.put(EMB, image_id, embeddings(seed))
+        deadline = time.monotonic() + 5
+        while len(heard) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert heard == [writer.key(EMB, image_id) for image_id in ids]
+        assert len({cluster.primary_for(key).port for key in heard}) > 1  # from more than one shard
+    finally:
+        stop.set()
+        thread.join(5)
+        writer.close()
+        listener.close()
+    assert not thread.is_alive()
 
 
 def test_encode_and_segment_through_the_workers_on_a_cluster(cluster: EmbeddedRedisCluster) -> None:
@@ -167,15 +200,15 @@ def test_a_master_killed_mid_traffic_costs_its_shard_unavailable_then_fails_over
                 assert time.monotonic() < deadline, "no failover within 20 s"
                 time.sleep(0.2)
         assert result.objects  # the replica had the value: no re-encode needed
-        assert fresh_cluster.primary_for(stack.store.key(on_victim[0])).port != victim.port
+        assert fresh_cluster.primary_for(stack.store.key(EMB, on_victim[0])).port != victim.port
         for image_id in ids.values():
             assert client.segment(image_id, points=[[10, 10]]).objects
 
 
 def test_a_store_on_a_cluster_that_is_down_starts_and_reports_unavailable_without_the_password() -> None:
     url = f"redis+cluster://:s3cret@127.0.0.1:{free_port()}"
-    store = EmbeddingStore(StoreConfig(url=url, socket_timeout=0.5), MODEL, SHAPES)  # a worker starts while it is down
+    store = ValueStore(StoreConfig(url=url, socket_timeout=0.5), MODEL)  # a worker starts while it is down
     assert not store.ping()
     with pytest.raises(StoreUnavailableError) as error:
-        store.get(image_ids(1)[0])
+        store.get(EMB, image_ids(1)[0])
     assert "s3cret" not in str(error.value) and "***" in str(error.value)

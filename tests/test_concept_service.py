@@ -29,7 +29,7 @@ from sam3_client.proto import decoder_pb2, decoder_pb2_grpc
 from sam3_core.concept import ConceptInstance
 from sam3_core.model import Sam3Model
 from sam3_serving.errors import ServiceError
-from sam3_serving.store import DETECTOR_KIND
+from sam3_serving.store import DETECTOR_FEATURES
 from service_stack import Stack, running
 from test_service_behaviour import new_image
 
@@ -144,8 +144,7 @@ def test_an_image_encoded_without_concept_features_is_encoded_again_once(stack: 
     data = new_image(seed=72)
     with Client(stack.target) as client:
         image_id = client.encode(data).image_id
-        detector = stack.store.for_kind(DETECTOR_KIND, [])
-        detector.delete(image_id)  # evicted by Redis, or stored by a click-only encoder
+        stack.store.delete(DETECTOR_FEATURES, image_id)  # evicted by Redis, or stored by a click-only encoder
         result = client.segment_concept(data, "cat", threshold=1.0, mask_format="none")
         assert result.encoded is not None and not result.encoded.cached
         assert result.concepts[0].instances == [] and 0.0 <= result.concepts[0].presence <= 1.0

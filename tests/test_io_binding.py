@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 import references
-from decoder_service.cache import EmbeddingCache
+from decoder_service.cache import LocalCache
 from decoder_service.servicer import DecoderServicer
 from sam3_client import ObjectPrompt
 from sam3_client._messages import segment_request
 from sam3_core.model import DeviceTensor, RuntimeOptions, Sam3Model
 from sam3_core.predictor import decode, encode
 from sam3_core.prompts import Prompt
-from sam3_serving.store import EmbeddingStore, StoreConfig
+from sam3_serving.store import EMBEDDINGS, StoreConfig, ValueStore
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +52,20 @@ def test_bound_decoder_on_device_tensors_equals_the_plain_session(bound_model: S
 
 def test_the_decoder_caches_device_tensors_and_answers_from_them(bound_model: Sam3Model, redis_url: str) -> None:
     prefix = f"iobind-{uuid.uuid4().hex[:8]}"
-    store = EmbeddingStore(
-        StoreConfig(url=redis_url, key_prefix=prefix, dtype="float16"),
-        bound_model.model_id,
-        bound_model.embedding_shapes(),
-    )
-    servicer = DecoderServicer(bound_model, store, EmbeddingCache(1 << 30))
+    store = ValueStore(StoreConfig(url=redis_url, key_prefix=prefix, dtype="float16"), bound_model.model_id)
+    servicer = DecoderServicer(bound_model, store, LocalCache(1 << 30))
     rgb = np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     embeddings = encode(bound_model, rgb)
     image_id = "ab" * 32
-    store.put(image_id, embeddings)
+    store.put(EMBEDDINGS, image_id, embeddings)
     request = segment_request(image_id, [ObjectPrompt([[20, 30]])], mask="all", mask_format="bits")
     try:
         first = servicer.Segment(request, None)
-        cached = servicer.cache.get(store.key(image_id))
+        cached = servicer.cache.get(store.key(EMBEDDINGS, image_id))
         assert cached is not None and all(isinstance(t, DeviceTensor) for t in cached.tensors)
         second = servicer.Segment(request, None)  # bound straight from the cache
     finally:
-        store.delete(image_id)
+        store.delete(EMBEDDINGS, image_id)
         store.close()
     (expected,) = decode(bound_model, embeddings.astype(np.float16).astype(np.float32), [Prompt.of([[20, 30]])])
     for response in (first, second):

@@ -26,7 +26,7 @@ from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.model import Sam3Model
 from sam3_core.predictor import Predictor
 from sam3_serving.model_info import model_info
-from sam3_serving.store import EmbeddingStore, StoreConfig
+from sam3_serving.store import StoreConfig, ValueStore
 
 ENCODER = "vision_encoder.onnx"
 
@@ -105,9 +105,7 @@ def test_our_folder_states_it_in_the_manifest_and_in_model_info() -> None:
     assert model().no_memory_embedding == no_memory.NoMemoryEmbedding(
         no_memory.ADDED, f"manifest.json: {no_memory.MANIFEST_KEY} = True"
     )
-    store = EmbeddingStore(
-        StoreConfig(url="redis://127.0.0.1:9"), model().model_id, model().embedding_shapes()
-    )  # never contacted
+    store = ValueStore(StoreConfig(url="redis://127.0.0.1:9"), model().model_id)  # never contacted
     assert model_info(model(), store).no_memory_embedding == common_pb2.NO_MEMORY_EMBEDDING_ADDED
 
 
@@ -142,7 +140,7 @@ def test_without_a_manifest_the_graph_constant_decides_or_it_is_unknown(
     loaded = Sam3Model(folder_without_manifest(tmp_path, constant_name), load_decoder=False)
     assert loaded.no_memory_embedding.state == state
     assert ENCODER in loaded.no_memory_embedding.evidence
-    store = EmbeddingStore(StoreConfig(url="redis://127.0.0.1:9"), loaded.model_id, loaded.embedding_shapes())
+    store = ValueStore(StoreConfig(url="redis://127.0.0.1:9"), loaded.model_id)
     assert model_info(loaded, store).no_memory_embedding == info
 
 

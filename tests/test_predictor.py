@@ -14,6 +14,7 @@ from sam3_core.model import Sam3Model
 from sam3_core.predictor import Predictor, decode
 from sam3_core.prompts import Prompt, PromptError, PromptLimits
 from sam3_core.timing import StageTimer
+from sam3_serving.store import EMBEDDINGS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "model-tiny"
 HEIGHT, WIDTH = 90, 120  # not square, so (H, W) and (W, H) cannot be confused
@@ -204,8 +205,14 @@ def test_decode_records_stages(model, embeddings):
 # ------------------------------------------------------------------------------------------------
 
 
+def stored_and_read(embeddings: ImageEmbeddings, model_id: str) -> ImageEmbeddings:
+    """The embeddings through the store's value format and back, as a decoder reads them."""
+    blob = serialize(EMBEDDINGS.stored(embeddings, embeddings.model_id, "img"))
+    return EMBEDDINGS.value(deserialize(blob, kind=EMBEDDINGS.name, model_id=model_id, subject="img"))
+
+
 def test_serialized_embeddings_predict_identically(model, embeddings, fp32_results):
-    restored = deserialize(serialize(embeddings), expected_model_id=model.model_id)
+    restored = stored_and_read(embeddings, model.model_id)
     other = Predictor(model)
     other.set_embeddings(restored)
     for a, b in zip(fp32_results, other.predict_objects(PROMPTS), strict=True):
@@ -213,7 +220,7 @@ def test_serialized_embeddings_predict_identically(model, embeddings, fp32_resul
 
 
 def test_float16_embeddings_agree(model, embeddings, fp32_results):
-    half = deserialize(serialize(embeddings.astype(np.float16)))
+    half = stored_and_read(embeddings.astype(np.float16), model.model_id)
     assert half.nbytes * 2 == embeddings.nbytes
     other = Predictor(model)
     other.set_embeddings(half)

@@ -90,7 +90,7 @@ def test_redis_paused_while_an_encode_holds_the_lock(redis_server) -> None:
 
         thread = threading.Thread(target=encode)
         thread.start()
-        _wait_for_key(raw, stack.store.lock_key(image_id))
+        _wait_for_key(raw, stack.store.locks.key(image_id))
         os.kill(redis_server.pid, signal.SIGSTOP)
         time.sleep(LOCK_TTL + 1.5)
         os.kill(redis_server.pid, signal.SIGCONT)
@@ -99,7 +99,7 @@ def test_redis_paused_while_an_encode_holds_the_lock(redis_server) -> None:
         assert outcome and (not isinstance(outcome[0], Sam3Error) or outcome[0].code == grpc.StatusCode.UNAVAILABLE), (
             outcome
         )
-        while raw.exists(stack.store.lock_key(image_id)):
+        while raw.exists(stack.store.locks.key(image_id)):
             assert time.monotonic() - resumed < LOCK_TTL + 1, "the lock outlived its holder's pause"
             time.sleep(0.05)
         again = client.encode(data, timeout=60)  # the image is not blocked
@@ -120,7 +120,7 @@ def test_encoder_sigkilled_while_holding_the_lock(redis_url: str) -> None:
         Client(target) as doomed,
         Client(survivor.target) as client,
     ):
-        lock_key = survivor.store.lock_key(sha256(data).hexdigest())
+        lock_key = survivor.store.locks.key(sha256(data).hexdigest())
 
         def encode_and_die() -> None:
             with pytest.raises(Sam3Error):  # its worker is killed under it

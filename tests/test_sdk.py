@@ -40,6 +40,7 @@ from sam3_client import (
 from sam3_client._images import image_payload
 from sam3_client.proto import common_pb2, encoder_pb2
 from sam3_serving.config import ServerConfig
+from sam3_serving.outcome import Outcome
 from service_stack import Stack, image_bytes, running, shared_model
 
 T = TypeVar("T")
@@ -264,8 +265,8 @@ def test_unknown_id_without_the_image_is_not_found_with_advice(stack: Stack, kin
 def test_segment_re_encodes_after_the_store_lost_the_image(
     redis_url: str, namespace: str, stack: Stack, known: EncodeResult, kind: str
 ) -> None:
-    stack.store.delete(known.image_id)
-    assert stack.store.peek_size(known.image_id) is None
+    stack.store.delete(stack.embeddings, known.image_id)
+    assert stack.store.peek(stack.embeddings, known.image_id) is None
     # A fresh decoder: the module's decoder would still answer from its local cache.
     with running(redis_url, namespace, {DECODER}) as fresh:
 
@@ -276,7 +277,7 @@ def test_segment_re_encodes_after_the_store_lost_the_image(
     assert result.encoded is not None and not result.encoded.cached
     assert result.encoded.image_id == result.image_id == known.image_id
     assert result.mask is not None and result.mask.shape == (480, 640)
-    assert stack.store.get(known.image_id).outcome == "hit"
+    assert stack.store.get(stack.embeddings, known.image_id).outcome == Outcome.REDIS
 
 
 @pytest.mark.parametrize("kind", KINDS)

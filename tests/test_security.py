@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from certs import Authority
 from sam3_client import ChannelSettings, Client, ObjectPrompt, Sam3Error
 from sam3_serving.health_check import check
+from sam3_serving.outcome import Outcome
 from sam3_serving.redis_server import find_server_binary, free_port
 from service_stack import running
 from test_service_behaviour import new_image, prefix
@@ -202,7 +203,7 @@ def test_redis_over_tls(tls_redis: str) -> None:
     with running(tls_redis, namespace) as stack, Client(stack.target) as client:
         first = client.segment(new_image(202), points=[[4, 4]])
         assert first.encoded is not None and not first.encoded.cached
-        assert stack.store.get(first.image_id).outcome == "hit"
+        assert stack.store.get(stack.embeddings, first.image_id).outcome == Outcome.REDIS
         plaintext = tls_redis.replace("rediss://", "redis://").split("?")[0]
         with pytest.raises(redis.exceptions.ConnectionError):
             redis.Redis.from_url(plaintext, socket_timeout=1).ping()  # the port speaks TLS only

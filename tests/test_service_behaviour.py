@@ -21,6 +21,7 @@ from sam3_cli.workers import DECODER, ENCODER
 from sam3_client import Client, Reason, Sam3Error
 from sam3_client.proto import decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
 from sam3_core.images import ImageLimits
+from sam3_serving.outcome import Outcome
 from service_stack import image_bytes, running, serve_subprocess
 
 
@@ -90,12 +91,12 @@ def test_corrupted_value_is_a_miss_and_gets_re_encoded(redis_url: str) -> None:
     with running(redis_url, namespace) as stack, Client(stack.target) as client:
         data = new_image(3)
         image_id = client.encode(data, prefetch=False).image_id  # the decoder must read the bad value
-        stack.store._client.setrange(stack.store.key(image_id), 200, b"\x00garbage\xff")
+        stack.store.connection.client.setrange(stack.store.key(stack.embeddings, image_id), 200, b"\x00garbage\xff")
         corrupt_before = counter("sam3_embedding_lookups_total", result="corrupt")
         result = client.segment(data, points=[[5, 5]])
         assert counter("sam3_embedding_lookups_total", result="corrupt") == corrupt_before + 1
         assert result.encoded is not None and not result.encoded.cached
-        assert stack.store.get(image_id).outcome == "hit"
+        assert stack.store.get(stack.embeddings, image_id).outcome == Outcome.REDIS
 
 
 def test_unknown_image_id_is_not_found_with_a_reason(redis_url: str) -> None:
@@ -169,7 +170,7 @@ def test_expired_encode_stores_nothing(redis_url: str) -> None:
         time.sleep(3)  # long enough for an encode that was not stopped to finish and write
         from hashlib import sha256
 
-        assert stack.store.peek_size(sha256(data).hexdigest()) is None
+        assert stack.store.peek(stack.embeddings, sha256(data).hexdigest()) is None
 
 
 def test_encode_batch_answers_each_image_and_survives_a_bad_one(redis_url: str) -> None:
@@ -336,9 +337,9 @@ def test_a_lock_that_cannot_be_released_does_not_change_the_answer(redis_url: st
         def fail(image_id: str, token: str) -> None:
             raise StoreUnavailableError("redis went away after the write")
 
-        stack.store.release = fail  # a real store whose release fails: the encode itself succeeded
+        stack.store.locks.release = fail  # a real store whose release fails: the encode itself succeeded
         result = client.encode(new_image(11))
-        assert not result.cached and stack.store.peek_size(result.image_id) is not None
+        assert not result.cached and stack.store.peek(stack.embeddings, result.image_id) is not None
 
 
 @pytest.mark.parametrize(
@@ -359,7 +360,7 @@ def test_a_segment_request_is_checked_in_full_before_any_fetch(redis_url: str, c
     request = wire_request("0" * 64, [decoder_pb2.ObjectPrompt(points=[click(1, 1)])])
     change(request)
     with running(redis_url, prefix(), {DECODER}) as stack:
-        stack.store.get = lambda image_id: pytest.fail(f"fetched {image_id} for a request that cannot run")
+        stack.store.get = lambda kind, image_id: pytest.fail(f"fetched {image_id} for a request that cannot run")
         with grpc.insecure_channel(stack.target) as channel, pytest.raises(grpc.RpcError) as failure:
             decoder_pb2_grpc.DecoderServiceStub(channel).Segment(request, timeout=10)
     error = Sam3Error.from_rpc(failure.value)
@@ -373,7 +374,7 @@ def test_a_segment_request_is_checked_in_full_before_any_fetch(redis_url: str, c
 def test_an_image_header_is_checked_before_the_lock_and_the_slot(redis_url: str) -> None:
     limits = ImageLimits(max_pixels=64 * 48)
     with running(redis_url, prefix(), {ENCODER}, encoder=EncoderSettings(image_limits=limits)) as stack:
-        stack.store.try_lock = lambda image_id: pytest.fail("took the encode lock for an image it cannot encode")
+        stack.store.locks.try_take = lambda image_id: pytest.fail("took the encode lock for an image it cannot encode")
         with Client(stack.target) as client:
             with pytest.raises(Sam3Error) as too_large:
                 client.encode(new_image(12, (65, 48)))
@@ -395,9 +396,9 @@ def test_single_flight_waits_are_counted_under_the_documented_labels(redis_url: 
     with running(redis_url, namespace, {ENCODER}) as stack, Client(stack.target) as client:
         data = new_image(13)
         image_id = client.encode(data).image_id
-        stack.store.delete(image_id)
-        holder = stack.store.try_lock(image_id)  # another replica holds the lock and then fails
-        threading.Timer(0.3, stack.store.release, (image_id, holder)).start()
+        stack.store.delete(stack.embeddings, image_id)
+        holder = stack.store.locks.try_take(image_id)  # another replica holds the lock and then fails
+        threading.Timer(0.3, stack.store.locks.release, (image_id, holder)).start()
         before = counter("sam3_single_flight_waits_total", outcome="holder_failed")
         assert client.encode(data).cached is False
         assert counter("sam3_single_flight_waits_total", outcome="holder_failed") - before == 1

@@ -1,0 +1,37 @@
+"""The store: the values a model computes, kept in Redis by kind and shared by every encoder and decoder.
+
+Three kinds today (`kinds`): an image's embeddings (what clicks read), its concept detector features, a
+phrase's text features; each value is self-describing (`sam3_core.embeddings`). Redis is a cache here
+(docs/architecture.md): losing it costs re-encodes, never correctness.
+
+- `values`: `ValueStore`, get / peek / put / delete / wait for another worker's value, per tenant
+  (a lookup's `Outcome` is `sam3_serving.outcome`'s, shared with the metrics);
+- `kinds`: `Kind`, what a stored value is and how it becomes tensors and comes back;
+- `keys`: the key layout (hash tags for Redis Cluster, tenants, the format version);
+- `encode_lock`: the short lock that makes concurrent encodes of one image run once;
+- `announcements`: the pub/sub notice of every rewritten value, which decoders' local copies follow;
+- `connection`: the client and its failure policy (bounded calls, `StoreUnavailableError`);
+- `config`: `StoreConfig`.
+"""
+
+from sam3_serving.store.config import StoreConfig, redact_url
+from sam3_serving.store.connection import StoreUnavailableError
+from sam3_serving.store.encode_lock import HeldLock
+from sam3_serving.store.keys import TENANT_NAME
+from sam3_serving.store.kinds import DETECTOR_FEATURES, EMBEDDINGS, TEXT_FEATURES, Kind
+from sam3_serving.store.values import Lookup, ValueStore, Waited
+
+__all__ = [
+    "DETECTOR_FEATURES",
+    "EMBEDDINGS",
+    "TENANT_NAME",
+    "TEXT_FEATURES",
+    "HeldLock",
+    "Kind",
+    "Lookup",
+    "StoreConfig",
+    "StoreUnavailableError",
+    "ValueStore",
+    "Waited",
+    "redact_url",
+]
