@@ -8,12 +8,14 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
+from subprocess import PIPE
 
 import grpc
 import numpy as np
@@ -392,11 +394,49 @@ def test_encode_reports_missing_paths_and_needs_a_server(tmp_path, server, capsy
 def test_encode_stops_when_the_server_is_unreachable(tmp_path, capsys):
     images = [write_random_png(tmp_path / f"{i}.png", i) for i in range(3)]
     target = dead_target()
-    assert main(["encode", *map(str, images), "--server", target]) == 1
+    records = tmp_path / "encoded.json"
+    assert main(["encode", *map(str, images), "--server", target, "--json", str(records)]) == 1
     captured = capsys.readouterr()
     assert f"cannot reach {target}: connection refused" in captured.err
-    assert "stopped early, 3 not tried" in captured.out
+    assert "stopped early, 3 not finished" in captured.out
     assert "Traceback" not in captured.err
+    written = json.loads(records.read_text())
+    assert [r["path"] for r in written] == list(map(str, images))
+    assert {r["status"] for r in written} == {"unfinished"}
+    assert all("the run stopped (cannot reach" in r["error"] for r in written)
+
+
+def test_ctrl_c_stops_encode_within_the_calls_in_flight_and_writes_the_json(server, tmp_path):
+    """SIGINT to a real `sam3 encode -j 2`: the calls in flight are cancelled, not waited for, and the
+    images never started are not started; --json lists what finished and marks the rest; exit code 130."""
+    jobs, count = 2, 24
+    folder = tmp_path / "photos"
+    for i in range(count):
+        write_random_png(folder / f"{i:02}.png", 100 + i)
+    records = tmp_path / "encoded.json"
+    command = [str(SAM3)] if SAM3.exists() else [sys.executable, "-m", "sam3_cli"]
+    flags = ["--server", server, "-j", str(jobs), "--json", str(records), "--progress"]
+    process = subprocess.Popen([*command, "encode", str(folder), *flags], stdout=PIPE, stderr=PIPE)
+    progress = b""
+    while not re.search(rb" [1-9]\d*/%d " % count, progress):  # tqdm's "n/24": the first image is done
+        byte = process.stderr.read(1)
+        assert byte, f"sam3 encode ended before the first image: {progress.decode(errors='replace')}"
+        progress += byte
+    finished_before = max(int(n) for n in re.findall(rb" (\d+)/%d " % count, progress))
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err.decode(errors="replace")
+    assert "sam3: interrupted" in err.decode() and b"Traceback" not in err
+
+    written = {Path(r["path"]).name: r for r in json.loads(records.read_text())}
+    assert len(written) == count  # every image is listed, finished or not
+    finished = [r for r in written.values() if r["status"] in ("encoded", "cached")]
+    unfinished = [r for r in written.values() if r["status"] == "unfinished"]
+    assert len(finished) + len(unfinished) == count
+    assert finished_before <= len(finished) <= finished_before + jobs  # at most the calls in flight completed
+    assert all(r["error"] == "not finished: interrupted (Ctrl-C)" for r in unfinished)
+    assert f"interrupted, {len(unfinished)} not finished" in out.decode()
+    assert sam3("health", "--target", server).returncode == 0  # the cancelled calls left the server serving
 
 
 # ---------------------------------------------------------------- errors from the service
