@@ -27,6 +27,7 @@ from sam3_cli.errors import explain
 from sam3_cli.main import main
 from sam3_cli.models import human_size
 from sam3_cli.segment import join_negative_coordinates
+from sam3_cli.workers import ENCODER
 from sam3_client import Reason, Sam3Error
 from sam3_core.images import load_image
 from sam3_core.model import Preprocessing, compute_model_id, graph_path
@@ -145,6 +146,47 @@ def test_usage_errors_exit_2(capsys):
     assert main(["segment", "-i", str(IMAGE), "--mask-index", "3", "--point", "1,1"]) == 2
     assert main([]) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "message"),
+    [
+        (["helth"], "sam3", "invalid choice: 'helth' (choose from"),
+        (["helth"], "sam3", "; did you mean 'health'?"),
+        (["models", "pul"], "sam3 models", "did you mean 'pull'?"),
+        (
+            ["encode", "photos", "--sever", "localhost:50051"],
+            "sam3 encode",
+            "unrecognized arguments: --sever localhost:50051; did you mean --server?",
+        ),
+        (
+            ["encode", "--forse", "--sever", "x", "photos"],
+            "sam3 encode",
+            "did you mean --force for --forse, --server for --sever?",
+        ),
+        (
+            ["segment", "--imgae", "a.jpg", "--point", "1,1"],
+            "sam3 segment",
+            "unrecognized arguments: --imgae; did you mean --image?",
+        ),
+        (["health", "--targt", "localhost:50051"], "sam3 health", "did you mean --target?"),
+        (["--dbug", "health"], "sam3", "unrecognized arguments: --dbug; did you mean --debug?"),
+        (["segment", "-i", "a.jpg", "--format", "pgn"], "sam3 segment", "invalid choice: 'pgn'"),
+        (["serve", "--log-format", "txt"], "sam3 serve", "did you mean 'text'?"),
+        (["models", "list", "--zzz"], "sam3 models list", "unrecognized arguments: --zzz\n"),
+    ],
+)
+def test_a_misspelled_flag_or_command_is_named_with_a_suggestion_under_its_own_usage(argv, usage, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {usage} ")
+    assert message in err
+
+
+def test_flags_given_as_prefixes_or_with_attached_values_are_not_taken_for_typos(server, tmp_path, capsys):
+    image = write_random_png(tmp_path / "a.png", 3)
+    assert main(["encode", "-j2", "--serv", server, "--jso", str(tmp_path / "out.json"), str(image)]) == 0
+    assert "1 encoded" in capsys.readouterr().out
 
 
 def test_negative_coordinates_are_joined_to_their_flag():
@@ -640,7 +682,7 @@ def test_health_of_a_live_server_and_a_dead_port(server):
     assert decoder.returncode == 0
     unknown = sam3("health", "--target", server, "--service", "nope")
     assert unknown.returncode == 1
-    assert "does not know the service 'nope'" in unknown.stderr
+    assert "does not report health for 'nope'; it knows: '' (the whole worker), liveness" in unknown.stderr
 
     target = dead_target()
     started = time.monotonic()
@@ -649,6 +691,37 @@ def test_health_of_a_live_server_and_a_dead_port(server):
     assert time.monotonic() - started < 10
     assert f"cannot reach {target}: connection refused" in dead.stderr
     assert "Traceback" not in dead.stderr
+
+
+def test_health_of_a_service_the_worker_lacks_names_the_ones_it_has(redis_url, redis_namespace, capsys):
+    with running(redis_url, redis_namespace, {ENCODER}) as encoder:
+        assert main(["health", "--target", encoder.target, "--service", "sam3.v1.DecoderService"]) == 1
+    assert capsys.readouterr().err == (
+        f"sam3: error: {encoder.target} does not report health for 'sam3.v1.DecoderService'; "
+        "it knows: '' (the whole worker), liveness, sam3.v1.EncoderService\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--auth-token", "bad token!"], "--auth-token must be a non-empty RFC 6750 bearer token"),
+        (
+            ["--auth-token", "a", "--tenants-file", "t"],
+            "use either --auth-token (one shared namespace) or --tenants-file",
+        ),
+        (["--tenant-from", "cert"], "--tenant-from cert needs --tls-client-ca"),
+        (["--tls-cert", "c.pem"], "TLS needs both --tls-cert and --tls-key"),
+        (["--handler-threads", "4", "--max-streams", "4"], "--max-streams must be 1..3 (below the 4 handler threads"),
+    ],
+)
+def test_worker_settings_errors_speak_flags_before_the_model_loads(flags, message, tmp_path, capsys):
+    """The settings classes word their checks for Python callers (auth_token, None); the command names its flags.
+    The folder does not exist: the settings are checked first, not after minutes of model loading."""
+    assert main(["serve", "--model-dir", str(tmp_path / "not-loaded"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sam3: error: ") and message in err
+    assert "None" not in err and not re.search(r"\b[a-z]+_[a-z_]+\b", err)  # no Python field names
 
 
 def test_health_loads_no_model_runtime(server):
