@@ -91,8 +91,15 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def sam3_tours() -> list[tuple[str, str]]:
+    """The console blocks that run the `sam3` command (the Node.js one runs in tests/test_node_client.py)."""
+    return [(where, block) for where, block in snippets("console") if block.startswith("$ sam3 ")]
+
+
 def test_every_snippet_file_has_snippets() -> None:
-    assert len(snippets("python")) >= 3 and len(snippets("console")) >= 2
+    assert len(snippets("python")) >= 3 and len(sam3_tours()) >= 3
+    others = [block for _, block in snippets("console") if not block.startswith("$ sam3 ")]
+    assert [re.findall(r"^\$ (\S+)", block, re.M) for block in others] == [["npm", "NODE_PATH=tests/node/node_modules"]]
 
 
 @pytest.mark.parametrize(("where", "code"), snippets("python"), ids=lambda v: v if v.endswith(".md") else "")
@@ -110,7 +117,7 @@ def test_python_snippets_run_as_printed(where: str, code: str, target: str, work
         assert same_output(ran.stdout, expected), f"{where} prints:\n{ran.stdout}\nnot:\n{expected}"
 
 
-@pytest.mark.parametrize(("where", "block"), snippets("console"), ids=lambda v: v if v.endswith(".md") else "")
+@pytest.mark.parametrize(("where", "block"), sam3_tours(), ids=lambda v: v if v.endswith(".md") else "")
 def test_console_snippets_run_as_printed(where: str, block: str, target: str, workdir: Path) -> None:
     command, _, expected = block.partition("\n$ ")[0].removeprefix("$ ").partition("\n" + _output_start(block))
     command = command.replace("\\\n", " ").replace(DOCUMENTED_TARGET, target)
