@@ -2,13 +2,17 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Two stamps in one venv: serving needs the runtime only; testing, linting and benchmarking add their
+# tooling on top (`make serve` first installs the runtime alone, `make test` after it adds the rest).
+RUNTIME := $(VENV)/.runtime
+TOOLING := $(VENV)/.installed
 
 .PHONY: test lint serve proto bench clean
 
-test: $(VENV)/.installed lint
+test: $(TOOLING) lint
 	$(BIN)/python -m pytest
 
-lint: $(VENV)/.installed
+lint: $(TOOLING)
 	$(BIN)/python protos/generate.py --check
 	$(BIN)/python protos/lint.py
 	$(BIN)/python protos/breaking.py
@@ -18,21 +22,26 @@ lint: $(VENV)/.installed
 
 # The whole service on one port, with an embedded Redis and the committed tiny model. Loopback only:
 # it has no authentication (a container or a fleet sets --host / SAM3_HOST, and --auth-token).
-serve: $(VENV)/.installed
+serve: $(RUNTIME)
 	$(BIN)/sam3 serve --model-dir tests/fixtures/model-tiny --host 127.0.0.1 --port 50051
 
 # Side-by-side benchmark on the full-size model (exported into models/full on first use: needs the export extra).
-bench: $(VENV)/.installed
+bench: $(TOOLING)
 	$(BIN)/sam3 bench
 
 # Regenerate client/sam3_client/proto after editing protos/.
-proto: $(VENV)/.installed
+proto: $(TOOLING)
 	$(BIN)/python protos/generate.py
 
 # Two distributions, both editable: the SDK (client/, sam3-client) and the service that depends on it.
-$(VENV)/.installed: pyproject.toml client/pyproject.toml
+$(RUNTIME): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ./client -e .
+	touch $@
+
+# The test extra (pytest, linters, type checkers, the proto compiler, OpenVINO, ...) and the bench extra.
+$(TOOLING): $(RUNTIME)
 	$(BIN)/pip install --quiet -e ./client -e '.[test,bench]'
 	touch $@
 
