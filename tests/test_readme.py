@@ -39,6 +39,29 @@ def test_first_screen_gives_the_two_commands_and_they_exist() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_make_serve_installs_the_runtime_only_and_make_test_adds_the_tooling(tmp_path: Path) -> None:
+    """From a fresh clone in either order (make's dry run, on a venv path that does not exist yet)."""
+    venv = tmp_path / "venv"
+
+    def installs(target: str) -> list[str]:
+        ran = subprocess.run(["make", "-n", f"VENV={venv}", target], cwd=ROOT, capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr
+        return [
+            line.split("pip install --quiet ", 1)[1]
+            for line in ran.stdout.splitlines()
+            if "pip install --quiet -e" in line
+        ]
+
+    runtime, tooling = "-e ./client -e .", "-e ./client -e '.[test,bench]'"
+    assert installs("serve") == [runtime]
+    assert installs("test") == [runtime, tooling]
+    venv.mkdir()
+    (venv / ".runtime").touch()  # `make serve` ran first
+    assert installs("test") == [tooling]
+    (venv / ".installed").touch()  # then `make test`
+    assert installs("serve") == []
+
+
 def test_every_worker_flag_and_its_environment_variable_is_documented() -> None:
     for flag, action in worker_options().items():
         assert f"`{flag}`" in README, f"{flag} missing from the README's configuration table"
