@@ -62,6 +62,16 @@ def test_make_serve_installs_the_runtime_only_and_make_test_adds_the_tooling(tmp
     assert installs("serve") == []
 
 
+def test_the_readme_quotes_the_parity_figures_of_the_model_contract() -> None:
+    """One measurement (`python tests/test_parity.py` prints it in this form), quoted alike in both places."""
+    figures = re.compile(
+        r"worst mask agreement [\d.]+%, IoU scores within [\d.]+e-\d+, presence logits within [\d.]+e-\d+"
+    )
+    contract = figures.findall(" ".join((ROOT / "docs" / "model-contract.md").read_text().split()))
+    assert len(contract) == 1
+    assert figures.findall(" ".join(README.split())) == contract
+
+
 def test_every_worker_flag_and_its_environment_variable_is_documented() -> None:
     for flag, action in worker_options().items():
         assert f"`{flag}`" in README, f"{flag} missing from the README's configuration table"
