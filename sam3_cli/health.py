@@ -12,9 +12,6 @@ from pathlib import Path
 
 from sam3_cli.errors import CliError, unreachable
 
-# What a sam3 worker may report: the whole worker, each service it serves, and the one for liveness probes.
-KNOWN_SERVICES = ("", "sam3.v1.EncoderService", "sam3.v1.DecoderService", "liveness")
-
 
 def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     from sam3_cli.options import HelpFormatter, add_client_certificate_options, option, positive_seconds
@@ -70,10 +67,11 @@ def _unknown_service(args: argparse.Namespace) -> str:
 
     from sam3_cli.options import tls_options
     from sam3_serving.health_check import services
+    from sam3_serving.health_service import LIVENESS
 
     try:
         names = services(args.target, timeout=args.timeout, **tls_options(args))
-    except grpc.RpcError:
-        names = KNOWN_SERVICES  # a server without Health/List: the names a sam3 worker may have
+    except grpc.RpcError:  # a server without Health/List: the names a sam3 worker may have
+        names = ["", "sam3.v1.EncoderService", "sam3.v1.DecoderService", LIVENESS]
     shown = ", ".join("'' (the whole worker)" if name == "" else name for name in names)
     return f"{args.target} does not report health for {args.service!r}; it knows: {shown}"
