@@ -458,6 +458,12 @@ def test_ctrl_c_stops_encode_within_the_calls_in_flight_and_writes_the_json(serv
     records = tmp_path / "encoded.json"
     command = [str(SAM3)] if SAM3.exists() else [sys.executable, "-m", "sam3_cli"]
     flags = ["--server", server, "-j", str(jobs), "--json", str(records), "--progress"]
+    # As from a terminal: SIGINT handled by default even when pytest itself runs where it is ignored
+    # (a background job), which Python would pass on to the command, and Python then never raises Ctrl-C.
+    as_typed = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    command = [sys.executable, "-c", as_typed, *command]
     process = subprocess.Popen([*command, "encode", str(folder), *flags], stdout=PIPE, stderr=PIPE)
     progress = b""
     while not re.search(rb" [1-9]\d*/%d " % count, progress):  # tqdm's "n/24": the first image is done
