@@ -2,18 +2,22 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Two stamps in one venv: serving needs the runtime only; testing, linting and benchmarking add their
+# tooling on top (`make serve` first installs the runtime alone, `make test` after it adds the rest).
+RUNTIME := $(VENV)/.runtime
+TOOLING := $(VENV)/.installed
 
 .PHONY: test test-labelstudio lint serve proto bench clean
 
-test: $(VENV)/.installed lint
+test: $(TOOLING) lint
 	$(BIN)/python -m pytest
 
 # The Label Studio ML backend against a real Label Studio, installed into the test's own venv: minutes of
 # pip install and database migrations, so not part of `make test` (labelstudio/README.md has the times).
-test-labelstudio: $(VENV)/.installed
+test-labelstudio: $(TOOLING)
 	$(BIN)/python -m pytest -m labelstudio tests/test_labelstudio_server.py
 
-lint: $(VENV)/.installed
+lint: $(TOOLING)
 	$(BIN)/python protos/generate.py --check
 	$(BIN)/python protos/lint.py
 	$(BIN)/python protos/breaking.py
@@ -24,22 +28,27 @@ lint: $(VENV)/.installed
 
 # The whole service on one port, with an embedded Redis and the committed tiny model. Loopback only:
 # it has no authentication (a container or a fleet sets --host / SAM3_HOST, and --auth-token).
-serve: $(VENV)/.installed
+serve: $(RUNTIME)
 	$(BIN)/sam3 serve --model-dir tests/fixtures/model-tiny --host 127.0.0.1 --port 50051
 
 # Side-by-side benchmark on the full-size model (exported into models/full on first use: needs the export extra).
-bench: $(VENV)/.installed
+bench: $(TOOLING)
 	$(BIN)/sam3 bench
 
 # Regenerate client/sam3_client/proto after editing protos/.
-proto: $(VENV)/.installed
+proto: $(TOOLING)
 	$(BIN)/python protos/generate.py
 
-# Three distributions, all editable: the SDK (client/, sam3-client), the service that depends on it, and
-# the Label Studio ML backend (labelstudio/, sam3-label-studio), another SDK user.
-$(VENV)/.installed: pyproject.toml client/pyproject.toml labelstudio/pyproject.toml
+# Two distributions, both editable: the SDK (client/, sam3-client) and the service that depends on it.
+$(RUNTIME): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ./client -e .
+	touch $@
+
+# The test extra (pytest, linters, type checkers, the proto compiler, OpenVINO, ...), the bench extra and
+# the Label Studio ML backend (labelstudio/, sam3-label-studio), another SDK user that the tests cover.
+$(TOOLING): $(RUNTIME) labelstudio/pyproject.toml
 	$(BIN)/pip install --quiet -e ./client -e '.[test,bench]' -e ./labelstudio
 	touch $@
 

@@ -50,11 +50,19 @@ def requested(args: argparse.Namespace) -> bool:
 class Found:
     """One instance as the command reports it, from either mode."""
 
-    concept: str
     score: float
-    presence: float
     box: tuple[float, ...]
     mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One concept's answer: its presence score (is it in the image at all: printed even when no instance
+    passed the threshold, the first thing to look at when nothing was found) and its instances."""
+
+    concept: str
+    presence: float
+    instances: list[Found]
 
 
 def palette(count: int) -> np.ndarray:
@@ -102,18 +110,22 @@ def run(args: argparse.Namespace, data: bytes, rgb: np.ndarray, remote: bool) ->
     phrases: list[str | None] = list(args.text) or [None]
     started = time.perf_counter()
     if remote:
-        found, timings = _found_remote(args, data, phrases, exemplars)
+        answers, timings = _found_remote(args, data, phrases, exemplars)
     else:
-        found, timings = _found_in_process(args, rgb, phrases, exemplars)
+        answers, timings = _found_in_process(args, rgb, phrases, exemplars)
+    found = [(answer, item) for answer in answers for item in answer.instances]  # numbered from 1, in this order
     height, width = rgb.shape[:2]
-    labels = label_image([f.mask for f in found], [f.score for f in found], height, width)
+    labels = label_image([item.mask for _, item in found], [item.score for _, item in found], height, width)
     output = args.output or Path("instances.png")
     output.write_bytes(to_label_png(labels))
-    asked = ", ".join(repr(p) for p in phrases if p) or "the exemplars"
-    print(f"{len(found)} instance(s) above {args.threshold} for {asked}")
-    for k, item in enumerate(found, start=1):
-        box = ", ".join(f"{v:.1f}" for v in item.box)
-        print(f"  {k}: {item.concept!r} score {item.score:.4f} box [{box}] area {int(item.mask.sum())}")
+    number = 0
+    for answer in answers:
+        count = f"{len(answer.instances)} instance(s) above {args.threshold:g}"
+        print(f"{answer.concept!r}: presence {answer.presence:.4f}, {count}")
+        for item in answer.instances:
+            number += 1
+            box = ", ".join(f"{v:.1f}" for v in item.box)
+            print(f"  {number}: score {item.score:.4f} box [{box}] area {int(item.mask.sum())}")
     print(f"Label image written to {output} (pixel value = instance number, 0 = background)")
     if args.overlay:
         from sam3_cli.overlay import write_overlay
@@ -129,16 +141,20 @@ def run(args: argparse.Namespace, data: bytes, rgb: np.ndarray, remote: bool) ->
             "threshold": args.threshold,
             "output": str(output),
             "exemplars": [{"box": list(box), "positive": positive} for box, positive in exemplars],
+            "concepts": [
+                {"concept": answer.concept, "presence": answer.presence, "instances": len(answer.instances)}
+                for answer in answers
+            ],
             "instances": [
                 {
                     "index": k,
-                    "concept": item.concept,
+                    "concept": answer.concept,
                     "score": item.score,
-                    "presence": item.presence,
+                    "presence": answer.presence,
                     "box": list(item.box),
                     "area": int(item.mask.sum()),
                 }
-                for k, item in enumerate(found, start=1)
+                for k, (answer, item) in enumerate(found, start=1)
             ],
         }
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
@@ -148,7 +164,7 @@ def run(args: argparse.Namespace, data: bytes, rgb: np.ndarray, remote: bool) ->
 
 def _found_in_process(
     args: argparse.Namespace, rgb: np.ndarray, phrases: Sequence[str | None], exemplars: list[Any]
-) -> tuple[list[Found], str]:
+) -> tuple[list[Answer], str]:
     from sam3_cli.options import load_model
     from sam3_core.concept import ConceptModel
     from sam3_core.model import ConceptsNotSupportedError
@@ -161,23 +177,24 @@ def _found_in_process(
     predictor = Predictor(model, concepts=ConceptModel(model.folder, runtime=model.runtime))
     predictor.set_image(rgb)
     encoded = time.perf_counter()
-    found: list[Found] = []
+    answers: list[Answer] = []
     for phrase in phrases:
         try:
-            instances = predictor.predict_concept(phrase, exemplars, threshold=args.threshold)
+            answer = predictor.detect_concept(phrase, exemplars, threshold=args.threshold)
         except ValueError as error:
             raise UsageError(f"{'--text ' + repr(phrase) if phrase else '--exemplar'}: {error}") from error
-        found += [Found(phrase or "exemplars", i.score, i.presence, i.box, i.mask()) for i in instances]
+        instances = [Found(i.score, i.box, i.mask()) for i in answer.instances]
+        answers.append(Answer(phrase or "exemplars", answer.presence, instances))
     queries = f"{len(phrases)} concept quer{'y' if len(phrases) == 1 else 'ies'}"
     return (
-        found,
+        answers,
         f"encoder {encoded - started:.2f} s (model load included), {queries} {time.perf_counter() - encoded:.2f} s",
     )
 
 
 def _found_remote(
     args: argparse.Namespace, data: bytes, phrases: Sequence[str | None], exemplars: list[Any]
-) -> tuple[list[Found], str]:
+) -> tuple[list[Answer], str]:
     import grpc
 
     from sam3_cli.options import channel_settings, tls_options
@@ -198,11 +215,13 @@ def _found_remote(
             if error.code == grpc.StatusCode.UNAVAILABLE and len(targets) > 1:
                 target = first_unreachable(targets, **tls_options(args)) or target
             raise CliError(explain(error, target, timeout=args.timeout)) from error
-    found = [
-        Found(answer.text or "exemplars", i.score, answer.presence, i.box, i.mask)
+    answers = [
+        Answer(
+            answer.text or "exemplars",
+            answer.presence,
+            [Found(i.score, i.box, i.mask) for i in answer.instances if i.mask is not None],
+        )
         for answer in result.concepts
-        for i in answer.instances
-        if i.mask is not None
     ]
     encoded = "" if result.encoded is None else f"encode {result.encoded.timings.get('total', 0):.0f} ms, "
-    return found, encoded + f"concepts server-side {result.timings.get('total', 0):.0f} ms"
+    return answers, encoded + f"concepts server-side {result.timings.get('total', 0):.0f} ms"

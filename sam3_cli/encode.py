@@ -3,7 +3,9 @@
 Each image is sent to the encoder once; images it already holds answer at once and count as cached
 (`--force` encodes them again). A file that fails (not an image, too large, unreadable) is counted
 and reported with its reason, and the run goes on; a server that cannot be reached stops the run,
-since every other file would fail the same way. Exit code 1 when anything failed.
+since every other file would fail the same way. Ctrl-C stops it too, cancelling the calls in flight
+rather than waiting for them. Either way --json still lists every image, those not finished with
+status "unfinished". Exit code 1 when anything failed, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ _FATAL_CODES = frozenset(
 @dataclass
 class Outcome:
     path: str
-    status: str  # "encoded", "cached" or "failed"
+    status: str  # "encoded", "cached", "failed", or "unfinished" (the run stopped first; `error` says why)
     image_id: str | None = None
     width: int | None = None
     height: int | None = None
@@ -87,7 +89,13 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
     parser.add_argument(
         "--timeout", type=positive_seconds, default=300.0, help="seconds one encode may take (default 300)"
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write one record per image as JSON")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="also write one record per image as JSON, even when stopped early or by Ctrl-C (then the images "
+        "not finished have status 'unfinished')",
+    )
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -112,24 +120,28 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) found in {' '.join(map(str, args.paths))}")
     started = time.perf_counter()
     outcomes: list[Outcome] = list(missing)
-    fatal: Fatal | None = None
+    stop: Fatal | KeyboardInterrupt | None = None
     progress = tqdm(total=len(images), unit="img", file=sys.stderr, disable=_progress_disabled(args.progress))
     with Client(target, settings=channel_settings(args)) as client, progress:
-        for outcome in _encode_all(client, images, args):
-            if isinstance(outcome, Fatal):
-                fatal = outcome  # reported below as the error, not as one more failed file
-                break
-            outcomes.append(outcome)
-            progress.set_postfix_str(_counts(outcomes), refresh=False)  # shown by the update: never a step behind
-            progress.update(1)
-    _print_summary(outcomes, len(images) + len(missing) - len(outcomes), time.perf_counter() - started)
+        try:
+            for outcome in _encode_all(client, images, args):
+                outcomes.append(outcome)
+                progress.set_postfix_str(_counts(outcomes), refresh=False)  # shown by the update: never a step behind
+                progress.update(1)
+        except (Fatal, KeyboardInterrupt) as reason:  # a Fatal is reported below as the error, not as a file
+            stop = reason
+    unfinished = _unfinished(images, outcomes, stop)
+    interrupted = isinstance(stop, KeyboardInterrupt)
+    _print_summary(outcomes, len(unfinished), time.perf_counter() - started, interrupted=interrupted)
     if args.json:
-        records = sorted((asdict(o) for o in outcomes), key=lambda r: r["path"])
+        records = sorted((asdict(o) for o in [*outcomes, *unfinished]), key=lambda r: r["path"])
         args.json.write_text(json.dumps(records, indent=2) + "\n")
-    if fatal is not None:
+    if isinstance(stop, KeyboardInterrupt):
+        raise stop  # the command's usual exit for Ctrl-C (130), now that what finished is written
+    if isinstance(stop, Fatal):
         targets = targets_of(args.server, args.encoder_server, None)
         down = first_unreachable(targets, **tls_options(args))
-        raise CliError(explain(fatal.error, down or target, timeout=args.timeout))
+        raise CliError(explain(stop.error, down or target, timeout=args.timeout))
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
@@ -137,26 +149,32 @@ def _progress_disabled(wanted: bool | None) -> bool | None:
     return None if wanted is None else not wanted  # tqdm: None = only on a terminal
 
 
-def _encode_all(client: Any, images: list[Path], args: argparse.Namespace) -> Iterable[Outcome | Fatal]:
-    """Outcomes in completion order; stops at the first service-wide failure (returned as a Fatal)."""
-    if args.jobs == 1:
-        for path in images:
-            try:
-                yield _encode_one(client, path, args)
-            except Fatal as fatal:
-                yield fatal
-                return
-        return
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+def _encode_all(client: Any, images: list[Path], args: argparse.Namespace) -> Iterator[Outcome]:
+    """Outcomes in completion order, `args.jobs` calls in flight. A service-wide failure (Fatal) or Ctrl-C
+    (KeyboardInterrupt, raised in this, the main, thread) stops the run within the calls in flight: images
+    not started are dropped and the client is closed, which cancels those calls instead of waiting for them."""
+    pool = ThreadPoolExecutor(max_workers=args.jobs)
+    try:
         futures = [pool.submit(_encode_one, client, path, args) for path in images]
-        for future in futures:
-            try:
-                yield future.result()
-            except Fatal as fatal:
-                for pending in futures:
-                    pending.cancel()
-                yield fatal
-                return
+        for future in as_completed(futures):
+            yield future.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        client.close()
+        raise
+    pool.shutdown()
+
+
+def _unfinished(images: list[Path], outcomes: Sequence[Outcome], stop: BaseException | None) -> list[Outcome]:
+    """A record for every image the run did not finish, saying why (for --json: nothing goes missing)."""
+    if isinstance(stop, Fatal):
+        why = f"not finished: the run stopped ({stop.outcome.error})"
+    elif isinstance(stop, KeyboardInterrupt):
+        why = "not finished: interrupted (Ctrl-C)"
+    else:
+        return []
+    done = {o.path for o in outcomes}
+    return [Outcome(str(path), "unfinished", error=why) for path in images if str(path) not in done]
 
 
 def _encode_one(client: Any, path: Path, args: argparse.Namespace) -> Outcome:
@@ -191,8 +209,8 @@ def _counts(outcomes: Sequence[Outcome]) -> str:
     return ", ".join(f"{count} {status}" for status, count in tally.items())
 
 
-def _print_summary(outcomes: Sequence[Outcome], not_tried: int, seconds: float) -> None:
-    stopped = f"; stopped early, {not_tried} not tried" if not_tried else ""
+def _print_summary(outcomes: Sequence[Outcome], unfinished: int, seconds: float, *, interrupted: bool) -> None:
+    stopped = f"; {'interrupted' if interrupted else 'stopped early'}, {unfinished} not finished" if unfinished else ""
     images = "1 image" if len(outcomes) == 1 else f"{len(outcomes)} images"
     print(f"Summary: {_counts(outcomes)} ({images} in {seconds:.1f} s{stopped})")
     for outcome in outcomes:

@@ -51,10 +51,7 @@ def run(args: argparse.Namespace) -> int:
     except grpc.RpcError as error:
         code = error.code()
         if code == grpc.StatusCode.NOT_FOUND:
-            raise CliError(
-                f"{args.target} does not know the service {args.service!r}; ask for '' (the whole worker), "
-                "sam3.v1.EncoderService or sam3.v1.DecoderService"
-            ) from None
+            raise CliError(_unknown_service(args)) from None
         if code == grpc.StatusCode.UNAVAILABLE:
             raise CliError(unreachable(args.target, error.details() or "")) from None
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -62,3 +59,19 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{args.target}: {code.name}: {error.details()}") from None
     print(f"{args.target} {shown}: {status}")
     return 0 if status == "SERVING" else 1
+
+
+def _unknown_service(args: argparse.Namespace) -> str:
+    """The names this worker does report (an encoder has no DecoderService), asked of the worker itself."""
+    import grpc
+
+    from sam3_cli.options import tls_options
+    from sam3_serving.health_check import services
+    from sam3_serving.health_service import LIVENESS
+
+    try:
+        names = services(args.target, timeout=args.timeout, **tls_options(args))
+    except grpc.RpcError:  # a server without Health/List: the names a sam3 worker may have
+        names = ["", "sam3.v1.EncoderService", "sam3.v1.DecoderService", LIVENESS]
+    shown = ", ".join("'' (the whole worker)" if name == "" else name for name in names)
+    return f"{args.target} does not report health for {args.service!r}; it knows: {shown}"

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from sam3_cli import encode, health, models, segment
 from sam3_cli.errors import CliError, UsageError, explain
 from sam3_cli.options import HelpFormatter
+from sam3_cli.parsing import Parser
 
 __all__ = ["CliError", "build_parser", "main"]
 
@@ -56,7 +57,7 @@ def _add_workers(commands: argparse._SubParsersAction, parents: list[argparse.Ar
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sam3",
         description="Interactive image segmentation with Segment Anything 3 (SAM3) on ONNX Runtime: segment "
         "in this process, or run the encoder/decoder services and talk to them.",

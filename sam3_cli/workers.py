@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from sam3_cli.errors import UsageError
 from sam3_cli.options import add_model_options, load_model, option, positive_seconds, whole_number
 from sam3_serving.roles import Role
 
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from sam3_serving.config import ServerConfig
     from sam3_serving.server import Worker
 
+T = TypeVar("T")
 MIB = 1024 * 1024
 ENCODER, DECODER = Role.ENCODER, Role.DECODER
 
@@ -106,7 +109,7 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[Role], *, emb
     option(
         store,
         "--lock-ttl-seconds",
-        type=float,
+        type=positive_seconds,
         default=10.0,
         help="encode lock lifetime, renewed while the encode runs: a dead encoder's lock frees after this",
     )
@@ -179,6 +182,7 @@ def run_worker(args: argparse.Namespace, roles: set[Role], *, embedded_redis: bo
     from sam3_serving.store import StoreConfig, ValueStore
 
     configure_logging(args.log_level, json_logs=args.log_format == "json")
+    config = server_config(args)  # settings are checked before minutes of model loading, not after
     embedded = None
     redis_url = args.redis_url
     if not redis_url:
@@ -187,18 +191,17 @@ def run_worker(args: argparse.Namespace, roles: set[Role], *, embedded_redis: bo
         embedded = start_embedded_redis()
         redis_url = embedded.url
     try:
-        model = load_model(args, load_encoder=ENCODER in roles, load_decoder=DECODER in roles)
-        store = ValueStore(
-            StoreConfig(
-                url=redis_url,
-                ttl_seconds=args.ttl_seconds,
-                dtype=args.store_dtype,
-                key_prefix=args.key_prefix,
-                lock_ttl_seconds=args.lock_ttl_seconds,
-            ),
-            model.model_id,
+        store_config = from_flags(
+            StoreConfig,
+            url=("--redis-url", redis_url),
+            ttl_seconds=("--ttl-seconds", args.ttl_seconds),
+            dtype=("--store-dtype", args.store_dtype),
+            key_prefix=("--key-prefix", args.key_prefix),
+            lock_ttl_seconds=("--lock-ttl-seconds", args.lock_ttl_seconds),
         )
-        worker = start_worker(model, store, roles, server_config(args), **role_settings(args, roles))
+        model = load_model(args, load_encoder=ENCODER in roles, load_decoder=DECODER in roles)
+        store = ValueStore(store_config, model.model_id)
+        worker = start_worker(model, store, roles, config, **role_settings(args, roles))
         worker.install_signal_handlers()
         no_memory = model.no_memory_embedding
         if no_memory.state != ADDED:
@@ -221,23 +224,40 @@ def run_worker(args: argparse.Namespace, roles: set[Role], *, embedded_redis: bo
 def server_config(args: argparse.Namespace) -> ServerConfig:
     from sam3_serving.config import ServerConfig
 
-    return ServerConfig(
-        host=args.host,
-        port=args.port,
-        max_receive_bytes=args.max_message_mb * MIB,
-        max_send_bytes=args.max_message_mb * MIB,
-        max_workers=args.handler_threads,
-        max_streams=args.max_streams,
-        grace_seconds=args.grace_seconds,
-        metrics_port=args.metrics_port,
-        max_connection_age_seconds=args.max_connection_age_seconds,
-        auth_token=args.auth_token,
-        tenants_file=args.tenants_file,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        tenant_from_cert=args.tenant_from == "cert",
+    return from_flags(
+        ServerConfig,
+        host=("--host", args.host),
+        port=("--port", args.port),
+        max_receive_bytes=("--max-message-mb", args.max_message_mb * MIB),
+        max_send_bytes=("--max-message-mb", args.max_message_mb * MIB),
+        max_workers=("--handler-threads", args.handler_threads),
+        max_streams=("--max-streams", args.max_streams),
+        grace_seconds=("--grace-seconds", args.grace_seconds),
+        metrics_port=("--metrics-port", args.metrics_port),
+        max_connection_age_seconds=("--max-connection-age-seconds", args.max_connection_age_seconds),
+        auth_token=("--auth-token", args.auth_token),
+        tenants_file=("--tenants-file", args.tenants_file),
+        tls_cert=("--tls-cert", args.tls_cert),
+        tls_key=("--tls-key", args.tls_key),
+        tls_client_ca=("--tls-client-ca", args.tls_client_ca),
+        tenant_from_cert=("--tenant-from cert", args.tenant_from == "cert"),
     )
+
+
+def from_flags(settings: Callable[..., T], **fields: tuple[str, Any]) -> T:
+    """`settings(field=value, ...)` from `field=(flag, value)`; a ValueError it raises becomes a usage error
+    that names the flags instead of the fields.
+
+    The settings classes check their own values and word their errors for Python callers; a command line
+    user typed flags, and should read them back (`--auth-token must be ...`, not `auth_token must be ...`).
+    """
+    try:
+        return settings(**{name: value for name, (_, value) in fields.items()})
+    except ValueError as error:
+        message = str(error)
+        for name, (flag, _) in fields.items():
+            message = re.sub(rf"\b{name}\b", flag, message)
+        raise UsageError(message) from None
 
 
 def role_settings(args: argparse.Namespace, roles: set[Role]) -> dict[str, Any]:

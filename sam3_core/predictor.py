@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from sam3_core.concept import DEFAULT_THRESHOLD, ConceptInstance, ConceptModel, DetectorFeatures, Exemplar
+from sam3_core.concept import (
+    DEFAULT_THRESHOLD,
+    ConceptAnswer,
+    ConceptInstance,
+    ConceptModel,
+    DetectorFeatures,
+    Exemplar,
+)
 from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.images import ImageInput, ImageLimits, load_image
 from sam3_core.masks import CocoRle
@@ -183,11 +190,20 @@ class Predictor:
         threshold: float = DEFAULT_THRESHOLD,
     ) -> list[ConceptInstance]:
         """Every instance of a noun phrase and/or like the exemplar boxes ((x1, y1, x2, y2), positive)."""
+        return self.detect_concept(text, exemplars, threshold).instances
+
+    def detect_concept(
+        self,
+        text: str | None = None,
+        exemplars: Iterable[Exemplar | tuple[Sequence[float], bool] | Sequence[float]] = (),
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> ConceptAnswer:
+        """`predict_concept` with the presence score, which is there even when no instance passes the threshold."""
         if self._detector_features is None:
             if self._embeddings is None or self.model.has_detector_features:
                 raise RuntimeError("call set_image() before predict_concept()")
             raise ConceptsNotSupportedError(self.model.folder)
-        return self.concepts.predict(self._detector_features, text, exemplars, threshold)
+        return self.concepts.detect(self._detector_features, text, exemplars, threshold)
 
     @property
     def embeddings(self) -> ImageEmbeddings:

@@ -54,8 +54,8 @@ class ServerConfig:
             raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.auth_token is not None and not valid_token(self.auth_token):
             raise ValueError(
-                "auth_token must be a non-empty RFC 6750 bearer token (A-Z a-z 0-9 -._~+/ then =); "
-                "pass None to disable authentication"
+                "auth_token must be a non-empty RFC 6750 bearer token (A-Z a-z 0-9 -._~+/ then =), "
+                "or unset for no authentication"
             )
         if self.auth_token is not None and self.tenants_file is not None:
             raise ValueError("use either auth_token (one shared namespace) or tenants_file, not both")

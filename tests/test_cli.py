@@ -8,12 +8,14 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
+from subprocess import PIPE
 
 import grpc
 import numpy as np
@@ -25,6 +27,7 @@ from sam3_cli.errors import explain
 from sam3_cli.main import main
 from sam3_cli.models import human_size
 from sam3_cli.segment import join_negative_coordinates
+from sam3_cli.workers import ENCODER
 from sam3_client import Reason, Sam3Error
 from sam3_core.images import load_image
 from sam3_core.model import Preprocessing, compute_model_id, graph_path
@@ -143,6 +146,47 @@ def test_usage_errors_exit_2(capsys):
     assert main(["segment", "-i", str(IMAGE), "--mask-index", "3", "--point", "1,1"]) == 2
     assert main([]) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "message"),
+    [
+        (["helth"], "sam3", "invalid choice: 'helth' (choose from"),
+        (["helth"], "sam3", "; did you mean 'health'?"),
+        (["models", "pul"], "sam3 models", "did you mean 'pull'?"),
+        (
+            ["encode", "photos", "--sever", "localhost:50051"],
+            "sam3 encode",
+            "unrecognized arguments: --sever localhost:50051; did you mean --server?",
+        ),
+        (
+            ["encode", "--forse", "--sever", "x", "photos"],
+            "sam3 encode",
+            "did you mean --force for --forse, --server for --sever?",
+        ),
+        (
+            ["segment", "--imgae", "a.jpg", "--point", "1,1"],
+            "sam3 segment",
+            "unrecognized arguments: --imgae; did you mean --image?",
+        ),
+        (["health", "--targt", "localhost:50051"], "sam3 health", "did you mean --target?"),
+        (["--dbug", "health"], "sam3", "unrecognized arguments: --dbug; did you mean --debug?"),
+        (["segment", "-i", "a.jpg", "--format", "pgn"], "sam3 segment", "invalid choice: 'pgn'"),
+        (["serve", "--log-format", "txt"], "sam3 serve", "did you mean 'text'?"),
+        (["models", "list", "--zzz"], "sam3 models list", "unrecognized arguments: --zzz\n"),
+    ],
+)
+def test_a_misspelled_flag_or_command_is_named_with_a_suggestion_under_its_own_usage(argv, usage, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {usage} ")
+    assert message in err
+
+
+def test_flags_given_as_prefixes_or_with_attached_values_are_not_taken_for_typos(server, tmp_path, capsys):
+    image = write_random_png(tmp_path / "a.png", 3)
+    assert main(["encode", "-j2", "--serv", server, "--jso", str(tmp_path / "out.json"), str(image)]) == 0
+    assert "1 encoded" in capsys.readouterr().out
 
 
 def test_negative_coordinates_are_joined_to_their_flag():
@@ -392,11 +436,55 @@ def test_encode_reports_missing_paths_and_needs_a_server(tmp_path, server, capsy
 def test_encode_stops_when_the_server_is_unreachable(tmp_path, capsys):
     images = [write_random_png(tmp_path / f"{i}.png", i) for i in range(3)]
     target = dead_target()
-    assert main(["encode", *map(str, images), "--server", target]) == 1
+    records = tmp_path / "encoded.json"
+    assert main(["encode", *map(str, images), "--server", target, "--json", str(records)]) == 1
     captured = capsys.readouterr()
     assert f"cannot reach {target}: connection refused" in captured.err
-    assert "stopped early, 3 not tried" in captured.out
+    assert "stopped early, 3 not finished" in captured.out
     assert "Traceback" not in captured.err
+    written = json.loads(records.read_text())
+    assert [r["path"] for r in written] == list(map(str, images))
+    assert {r["status"] for r in written} == {"unfinished"}
+    assert all("the run stopped (cannot reach" in r["error"] for r in written)
+
+
+def test_ctrl_c_stops_encode_within_the_calls_in_flight_and_writes_the_json(server, tmp_path):
+    """SIGINT to a real `sam3 encode -j 2`: the calls in flight are cancelled, not waited for, and the
+    images never started are not started; --json lists what finished and marks the rest; exit code 130."""
+    jobs, count = 2, 24
+    folder = tmp_path / "photos"
+    for i in range(count):
+        write_random_png(folder / f"{i:02}.png", 100 + i)
+    records = tmp_path / "encoded.json"
+    command = [str(SAM3)] if SAM3.exists() else [sys.executable, "-m", "sam3_cli"]
+    flags = ["--server", server, "-j", str(jobs), "--json", str(records), "--progress"]
+    # As from a terminal: SIGINT handled by default even when pytest itself runs where it is ignored
+    # (a background job), which Python would pass on to the command, and Python then never raises Ctrl-C.
+    as_typed = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    command = [sys.executable, "-c", as_typed, *command]
+    process = subprocess.Popen([*command, "encode", str(folder), *flags], stdout=PIPE, stderr=PIPE)
+    progress = b""
+    while not re.search(rb" [1-9]\d*/%d " % count, progress):  # tqdm's "n/24": the first image is done
+        byte = process.stderr.read(1)
+        assert byte, f"sam3 encode ended before the first image: {progress.decode(errors='replace')}"
+        progress += byte
+    finished_before = max(int(n) for n in re.findall(rb" (\d+)/%d " % count, progress))
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err.decode(errors="replace")
+    assert "sam3: interrupted" in err.decode() and b"Traceback" not in err
+
+    written = {Path(r["path"]).name: r for r in json.loads(records.read_text())}
+    assert len(written) == count  # every image is listed, finished or not
+    finished = [r for r in written.values() if r["status"] in ("encoded", "cached")]
+    unfinished = [r for r in written.values() if r["status"] == "unfinished"]
+    assert len(finished) + len(unfinished) == count
+    assert finished_before <= len(finished) <= finished_before + jobs  # at most the calls in flight completed
+    assert all(r["error"] == "not finished: interrupted (Ctrl-C)" for r in unfinished)
+    assert f"interrupted, {len(unfinished)} not finished" in out.decode()
+    assert sam3("health", "--target", server).returncode == 0  # the cancelled calls left the server serving
 
 
 # ---------------------------------------------------------------- errors from the service
@@ -600,7 +688,7 @@ def test_health_of_a_live_server_and_a_dead_port(server):
     assert decoder.returncode == 0
     unknown = sam3("health", "--target", server, "--service", "nope")
     assert unknown.returncode == 1
-    assert "does not know the service 'nope'" in unknown.stderr
+    assert "does not report health for 'nope'; it knows: '' (the whole worker), liveness" in unknown.stderr
 
     target = dead_target()
     started = time.monotonic()
@@ -609,6 +697,37 @@ def test_health_of_a_live_server_and_a_dead_port(server):
     assert time.monotonic() - started < 10
     assert f"cannot reach {target}: connection refused" in dead.stderr
     assert "Traceback" not in dead.stderr
+
+
+def test_health_of_a_service_the_worker_lacks_names_the_ones_it_has(redis_url, redis_namespace, capsys):
+    with running(redis_url, redis_namespace, {ENCODER}) as encoder:
+        assert main(["health", "--target", encoder.target, "--service", "sam3.v1.DecoderService"]) == 1
+    assert capsys.readouterr().err == (
+        f"sam3: error: {encoder.target} does not report health for 'sam3.v1.DecoderService'; "
+        "it knows: '' (the whole worker), liveness, sam3.v1.EncoderService\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--auth-token", "bad token!"], "--auth-token must be a non-empty RFC 6750 bearer token"),
+        (
+            ["--auth-token", "a", "--tenants-file", "t"],
+            "use either --auth-token (one shared namespace) or --tenants-file",
+        ),
+        (["--tenant-from", "cert"], "--tenant-from cert needs --tls-client-ca"),
+        (["--tls-cert", "c.pem"], "TLS needs both --tls-cert and --tls-key"),
+        (["--handler-threads", "4", "--max-streams", "4"], "--max-streams must be 1..3 (below the 4 handler threads"),
+    ],
+)
+def test_worker_settings_errors_speak_flags_before_the_model_loads(flags, message, tmp_path, capsys):
+    """The settings classes word their checks for Python callers (auth_token, None); the command names its flags.
+    The folder does not exist: the settings are checked first, not after minutes of model loading."""
+    assert main(["serve", "--model-dir", str(tmp_path / "not-loaded"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sam3: error: ") and message in err
+    assert "None" not in err and not re.search(r"\b[a-z]+_[a-z_]+\b", err)  # no Python field names
 
 
 def test_health_loads_no_model_runtime(server):

@@ -41,8 +41,9 @@ def test_text_and_exemplars_write_a_label_image_and_the_instances(tmp_path: Path
     )
     assert code == 0, capsys.readouterr().err
     exemplars = [((100, 100, 300, 250), True), ((-5, 300, 200, 400), False)]
-    expected = [("a dog", i) for i in predictor_for(IMAGE).predict_concept("a dog", exemplars, threshold=0.3)]
-    expected += [("cat", i) for i in predictor_for(IMAGE).predict_concept("cat", exemplars, threshold=0.3)]
+    predictor = predictor_for(IMAGE)
+    answers = {phrase: predictor.detect_concept(phrase, exemplars, threshold=0.3) for phrase in ("a dog", "cat")}
+    expected = [(phrase, instance) for phrase, answer in answers.items() for instance in answer.instances]
     listed = json.loads(summary.read_text())["instances"]
     assert [(item["index"], item["concept"]) for item in listed] == [(k + 1, c) for k, (c, _) in enumerate(expected)]
     for item, (_, instance) in zip(listed, expected, strict=True):
@@ -53,7 +54,23 @@ def test_text_and_exemplars_write_a_label_image_and_the_instances(tmp_path: Path
     assert set(np.unique(labels)) <= set(range(len(expected) + 1))
     assert Image.open(overlay).size == (640, 480)
     out = capsys.readouterr().out
-    assert f"{len(expected)} instance(s) above 0.3" in out
+    for phrase, answer in answers.items():
+        assert f"{phrase!r}: presence {answer.presence:.4f}, {len(answer.instances)} instance(s) above 0.3\n" in out
+
+
+def test_presence_is_printed_and_written_when_nothing_passes_the_threshold(tmp_path: Path, capsys) -> None:
+    """The first thing to look at when a phrase finds nothing: is the concept in the image at all."""
+    summary = tmp_path / "instances.json"
+    image, flags = str(refs.IMAGES_DIR / IMAGE), ["--model-dir", str(refs.MODEL_DIR), "--json", str(summary)]
+    assert (
+        main(["segment", "-i", image, "--text", "cat", "--threshold", "1", "-o", str(tmp_path / "i.png"), *flags]) == 0
+    )
+    presence = predictor_for(IMAGE).detect_concept("cat", threshold=1.0).presence
+    assert 0 < presence < 1
+    assert f"'cat': presence {presence:.4f}, 0 instance(s) above 1\n" in capsys.readouterr().out
+    written = json.loads(summary.read_text())
+    assert written["instances"] == []
+    assert written["concepts"] == [{"concept": "cat", "presence": pytest.approx(presence), "instances": 0}]
 
 
 def test_overlapping_instances_go_to_the_higher_score() -> None:

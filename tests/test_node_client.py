@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -43,24 +44,30 @@ SELECTIONS = {"MASK_SELECTION_BEST": "best", "MASK_SELECTION_ALL": "all"}
 LABELS = {"POINT_LABEL_FOREGROUND": 1, "POINT_LABEL_BACKGROUND": 0}
 
 
+def readme_tour() -> tuple[str, list[str], list[str]]:
+    """The README's Node.js script, the commands that install and run it, and what they print."""
+    found = re.search(r"```js\n(.*?)```\n.*?```console\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert found, "the README shows a Node.js script followed by the console commands that run it"
+    script, console = found.groups()
+    commands = [line[2:] for line in console.splitlines() if line.startswith("$ ")]
+    return script, commands, [line for line in console.splitlines() if not line.startswith("$ ")]
+
+
 @pytest.fixture(scope="module")
 def node() -> str:
-    """The node binary, with tests/node's packages installed exactly as locked (`npm ci`)."""
+    """The node binary, with tests/node's packages installed exactly as locked, by the README's own
+    install command run from the repository root (again only when the lock file changed)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("node and npm are not on PATH: the second-language client test needs Node.js >= 18")
+    install = readme_tour()[1][0]
+    assert install.startswith("npm ci --prefix tests/node"), install
     lock = (NODE_DIR / "package-lock.json").read_bytes()
     stamp = NODE_DIR / "node_modules" / ".sam3-lock-sha256"
     if not stamp.is_file() or stamp.read_text() != hashlib.sha256(lock).hexdigest():
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert result.returncode == 0, f"npm ci in tests/node failed:\n{result.stdout}{result.stderr}"
+        command = [npm, *shlex.split(install)[1:]]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+        assert result.returncode == 0, f"{install} failed:\n{result.stdout}{result.stderr}"
         stamp.write_text(hashlib.sha256(lock).hexdigest())
     return node
 
@@ -190,20 +197,39 @@ def test_node_client_reads_the_standard_error_details(node_run: tuple[int, list,
 
 
 def js_snippets() -> list[tuple[str, str]]:
-    """(document, code) of every ```js block in the README and docs/."""
-    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    """(document, code) of every ```js block in docs/ (the README's is run by its own instructions, below)."""
+    docs = sorted((ROOT / "docs").glob("*.md"))
     return [(d.name, block) for d in docs for block in re.findall(r"```js\n(.*?)```", d.read_text(), re.S)]
 
 
 def test_the_docs_show_node_calls() -> None:
-    assert {doc for doc, _ in js_snippets()} >= {"README.md", "api.md"}
+    assert {doc for doc, _ in js_snippets()} >= {"api.md"}
+    assert readme_tour()[0].startswith('const grpc = require("@grpc/grpc-js");')
+
+
+def test_the_readme_node_tour_runs_as_written(node: str, server: str, tmp_path: Path) -> None:
+    """The README's commands, as a user types them, in a folder laid out like the repository root (its
+    protos/ and tests/), with nothing in the environment that the README does not set (no NODE_PATH)."""
+    script, (_install, run), printed = readme_tour()
+    name = re.fullmatch(r"NODE_PATH=\S+ node (\S+\.js)", run)
+    assert name, run
+    for folder in ("protos", "tests"):
+        (tmp_path / folder).symlink_to(ROOT / folder)
+    (tmp_path / name[1]).write_text(script.replace("localhost:50051", server), encoding="utf-8")
+    environment = {key: value for key, value in os.environ.items() if key != "NODE_PATH"}
+    result = subprocess.run(
+        run, shell=True, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, f"{run} failed:\n{result.stderr}"
+    assert result.stdout.splitlines() == printed
 
 
 @pytest.mark.parametrize(("doc", "snippet"), js_snippets(), ids=lambda value: value if value.endswith(".md") else "")
 def test_documented_node_snippets_print_what_they_say(
     node: str, server: str, tmp_path: Path, doc: str, snippet: str
 ) -> None:
-    """Each snippet ends with its output as // comments; run as printed (against the test server)."""
+    """Each snippet ends with its output as // comments; run as printed (against the test server), with
+    the packages where the README's tour puts them."""
     lines = snippet.rstrip().splitlines()
     expected: list[str] = []
     while lines and lines[-1].startswith("// "):

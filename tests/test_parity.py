@@ -1,4 +1,8 @@
-"""The in-process core against transformers itself (processor + model + post_process_masks), every case."""
+"""The in-process core against transformers itself (processor + model + post_process_masks), every case.
+
+`python tests/test_parity.py` prints the worst differences over every case: the figures
+docs/model-contract.md and the README quote (they depend on the CPU in the last float bits).
+"""
 
 from __future__ import annotations
 
@@ -78,3 +82,26 @@ def test_float16_embeddings_stay_close_to_transformers() -> None:
     for image, agreement in worst.items():
         pixels = references.index()[image]["width"] * references.index()[image]["height"]
         assert agreement >= (references.MIN_MASK_AGREEMENT if pixels >= 10_000 else 1 - 2 / pixels), image
+
+
+def worst_differences() -> str:
+    """The worst mask agreement and the largest IoU-score and presence-logit differences over every case."""
+    agreement, iou, presence = 1.0, 0.0, 0.0
+    cases = references.all_cases()
+    for image, case in cases:
+        reference = references.load(image, case)
+        predictor = Predictor(model())
+        predictor.set_embeddings(embeddings_for(image))
+        for k, prediction in enumerate(predictor.predict_objects(reference.prompts)):
+            iou = max(iou, float(np.abs(prediction.iou_scores - reference.iou_scores[k]).max()))
+            presence = max(presence, abs(prediction.object_score_logit - float(reference.object_score_logits[k, 0])))
+            masks = prediction.masks()
+            agreement = min(agreement, *(references.agreement(masks[i], reference.masks[k, i]) for i in range(3)))
+    return (
+        f"{len(cases)} cases: worst mask agreement {agreement:.5%}, IoU scores within {iou:.1e}, "
+        f"presence logits within {presence:.1e}"
+    )
+
+
+if __name__ == "__main__":
+    print(worst_differences())

@@ -39,6 +39,39 @@ def test_first_screen_gives_the_two_commands_and_they_exist() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_make_serve_installs_the_runtime_only_and_make_test_adds_the_tooling(tmp_path: Path) -> None:
+    """From a fresh clone in either order (make's dry run, on a venv path that does not exist yet)."""
+    venv = tmp_path / "venv"
+
+    def installs(target: str) -> list[str]:
+        ran = subprocess.run(["make", "-n", f"VENV={venv}", target], cwd=ROOT, capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr
+        return [
+            line.split("pip install --quiet ", 1)[1]
+            for line in ran.stdout.splitlines()
+            if "pip install --quiet -e" in line
+        ]
+
+    runtime, tooling = "-e ./client -e .", "-e ./client -e '.[test,bench]'"
+    assert installs("serve") == [runtime]
+    assert installs("test") == [runtime, tooling]
+    venv.mkdir()
+    (venv / ".runtime").touch()  # `make serve` ran first
+    assert installs("test") == [tooling]
+    (venv / ".installed").touch()  # then `make test`
+    assert installs("serve") == []
+
+
+def test_the_readme_quotes_the_parity_figures_of_the_model_contract() -> None:
+    """One measurement (`python tests/test_parity.py` prints it in this form), quoted alike in both places."""
+    figures = re.compile(
+        r"worst mask agreement [\d.]+%, IoU scores within [\d.]+e-\d+, presence logits within [\d.]+e-\d+"
+    )
+    contract = figures.findall(" ".join((ROOT / "docs" / "model-contract.md").read_text().split()))
+    assert len(contract) == 1
+    assert figures.findall(" ".join(README.split())) == contract
+
+
 def test_every_worker_flag_and_its_environment_variable_is_documented() -> None:
     for flag, action in worker_options().items():
         assert f"`{flag}`" in README, f"{flag} missing from the README's configuration table"
@@ -91,8 +124,15 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def sam3_tours() -> list[tuple[str, str]]:
+    """The console blocks that run the `sam3` command (the Node.js one runs in tests/test_node_client.py)."""
+    return [(where, block) for where, block in snippets("console") if block.startswith("$ sam3 ")]
+
+
 def test_every_snippet_file_has_snippets() -> None:
-    assert len(snippets("python")) >= 3 and len(snippets("console")) >= 2
+    assert len(snippets("python")) >= 3 and len(sam3_tours()) >= 3
+    others = [block for _, block in snippets("console") if not block.startswith("$ sam3 ")]
+    assert [re.findall(r"^\$ (\S+)", block, re.M) for block in others] == [["npm", "NODE_PATH=tests/node/node_modules"]]
 
 
 @pytest.mark.parametrize(("where", "code"), snippets("python"), ids=lambda v: v if v.endswith(".md") else "")
@@ -110,7 +150,7 @@ def test_python_snippets_run_as_printed(where: str, code: str, target: str, work
         assert same_output(ran.stdout, expected), f"{where} prints:\n{ran.stdout}\nnot:\n{expected}"
 
 
-@pytest.mark.parametrize(("where", "block"), snippets("console"), ids=lambda v: v if v.endswith(".md") else "")
+@pytest.mark.parametrize(("where", "block"), sam3_tours(), ids=lambda v: v if v.endswith(".md") else "")
 def test_console_snippets_run_as_printed(where: str, block: str, target: str, workdir: Path) -> None:
     command, _, expected = block.partition("\n$ ")[0].removeprefix("$ ").partition("\n" + _output_start(block))
     command = command.replace("\\\n", " ").replace(DOCUMENTED_TARGET, target)
