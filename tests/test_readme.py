@@ -52,7 +52,7 @@ def test_make_serve_installs_the_runtime_only_and_make_test_adds_the_tooling(tmp
             if "pip install --quiet -e" in line
         ]
 
-    runtime, tooling = "-e ./client -e .", "-e ./client -e '.[test,bench]'"
+    runtime, tooling = "-e ./client -e .", "-e ./client -e '.[test,bench]' -e ./labelstudio"
     assert installs("serve") == [runtime]
     assert installs("test") == [runtime, tooling]
     venv.mkdir()
