@@ -127,7 +127,7 @@ class Backend:
             )
             _same_size(result, prompts)
             for wanted, answer in zip(prompts.objects, result.objects, strict=True):
-                if answer.mask is not None:
+                if answer.mask is not None and answer.masks[0].area > 0:  # an empty region is nothing to edit
                     regions.append(region(config, answer.mask, wanted.label, answer.iou_scores[answer.best_index]))
         else:
             concepts = self._concepts(reference, task_id, label_studio, prompts.concepts)
