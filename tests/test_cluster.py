@@ -24,7 +24,16 @@ from sam3_serving.outcome import Outcome
 from sam3_serving.redis_client import connect, is_cluster_url
 from sam3_serving.redis_cluster import EmbeddedRedisCluster, start_embedded_cluster
 from sam3_serving.redis_server import free_port
-from sam3_serving.store import EMBEDDINGS, StoreConfig, StoreUnavailableError, ValueStore
+from sam3_serving.store import (
+    EMBEDDINGS,
+    SessionStore,
+    SessionStoreConfig,
+    SessionsWouldBeEvictedError,
+    Step,
+    StoreConfig,
+    StoreUnavailableError,
+    ValueStore,
+)
 from service_stack import running
 from test_service_behaviour import new_image
 
@@ -212,3 +221,26 @@ def test_a_store_on_a_cluster_that_is_down_starts_and_reports_unavailable_withou
     with pytest.raises(StoreUnavailableError) as error:
         store.get(EMB, image_ids(1)[0])
     assert "s3cret" not in str(error.value) and "***" in str(error.value)
+
+
+def test_video_sessions_commit_in_one_slot_each_and_refuse_an_evicting_cluster(cluster: EmbeddedRedisCluster) -> None:
+    """Each session's journal, frames, lease, bank and results share its slot, so the commit script (which
+    touches them all) runs on a cluster; sessions spread over the shards; every primary's policy is checked."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    store = SessionStore(SessionStoreConfig(cluster.url, key_prefix=prefix, socket_timeout=1.0), MODEL)
+    with pytest.raises(SessionsWouldBeEvictedError, match="allkeys-lru"):  # this cluster is a cache
+        store.check_never_evicts()
+    frames = [hashlib.sha256(bytes([i])).hexdigest() for i in range(3)]
+    masters = set()
+    for _ in range(8):
+        session_id = store.create(frames, b"")
+        with store.lease(session_id) as lease:
+            step = Step(objects=[1, 2], bank={1: {"m": b"a"}, 2: {"m": b"b"}}, results={1: {"0": b"r"}})
+            assert store.commit(lease, 1, step, [1, 2]) == 2
+        assert store.bank(session_id, [1, 2]) == {1: {"m": b"a"}, 2: {"m": b"b"}}
+        assert store.results(session_id, {1: ["0"]}) == {1: [b"r"]}
+        assert store.frame_ids(session_id) == frames
+        masters.add(cluster.primary_for(store.key(session_id, "journal")).port)
+        assert store.delete(session_id) == 2
+    assert len(masters) > 1
+    store.close_connection()

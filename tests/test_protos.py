@@ -242,3 +242,38 @@ def test_breaking_check_finds_each_kind_of_break(tmp_path: Path, file: str, old:
         (copy / path.name).write_text(text, encoding="utf-8")
     problems = breaking.breaking_changes(breaking.released(), breaking.descriptor_set(tmp_path))
     assert any(expected in problem for problem in problems), problems
+
+
+@needs_grpc_tools
+def test_breaking_check_finds_a_type_moved_to_another_file(tmp_path: Path) -> None:
+    """The wire is the same, but every generated import of the type (decoder_pb2.Box) breaks."""
+    breaking = _load("breaking")
+    copy = tmp_path / "sam3" / "v1"
+    copy.mkdir(parents=True)
+    texts = {path.name: path.read_text(encoding="utf-8") for path in PROTO_DIR.glob("*.proto")}
+    box = texts["decoder.proto"][texts["decoder.proto"].index("// A rectangle around the object") :]
+    box = box[: box.index("}\n") + 2]
+    texts["decoder.proto"] = texts["decoder.proto"].replace(box, "")
+    texts["common.proto"] += "\n" + box
+    for name, text in texts.items():
+        (copy / name).write_text(text, encoding="utf-8")
+    problems = breaking.breaking_changes(breaking.released(), breaking.descriptor_set(tmp_path))
+    moved = "sam3.v1.Box moved from sam3/v1/decoder.proto to sam3/v1/common.proto"
+    assert problems == [f"{moved} (generated code imports it from sam3/v1/decoder.proto)"]
+
+
+def test_tracker_service_round_trip() -> None:
+    from sam3_client.proto import tracker_pb2
+
+    request = tracker_pb2.PropagateRequest(
+        session_id="ab" * 16,
+        direction=tracker_pb2.PROPAGATION_DIRECTION_BOTH,
+        max_frames=10,
+        object_ids=[3, 1],
+        mask_format=decoder_pb2.MASK_FORMAT_RLE,
+        expected_revision=0,
+    )
+    decoded = tracker_pb2.PropagateRequest.FromString(request.SerializeToString())
+    assert decoded == request
+    # optional fields tell "unset" from 0: revision 0 is a real expectation, an unset start frame is not frame 0
+    assert decoded.HasField("expected_revision") and not decoded.HasField("start_frame")

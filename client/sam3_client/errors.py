@@ -48,6 +48,11 @@ class Reason(enum.StrEnum):
     CANCELLED = "CANCELLED"  # CANCELLED: the call ended mid-encode; nothing was stored.
     UNIMPLEMENTED = "UNIMPLEMENTED"  # UNIMPLEMENTED: this worker does not serve that service.
     CONCEPTS_NOT_SUPPORTED = "CONCEPTS_NOT_SUPPORTED"  # FAILED_PRECONDITION: the model serves clicks only.
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"  # NOT_FOUND: no such video session (closed, expired): open a new one.
+    REVISION_MISMATCH = "REVISION_MISMATCH"  # FAILED_PRECONDITION: someone else wrote the session ("revision").
+    SESSION_BUSY = "SESSION_BUSY"  # ABORTED: another call is writing the session; wait or cancel it, then retry.
+    SESSION_LIMIT = "SESSION_LIMIT"  # RESOURCE_EXHAUSTED: a video session is at a limit ("limit").
+    TRACKING_NOT_SUPPORTED = "TRACKING_NOT_SUPPORTED"  # FAILED_PRECONDITION: no tracking graphs or session store.
     INTERNAL = "INTERNAL"  # INTERNAL: a bug in the worker (logged there); retrying will not help.
 
     @classmethod

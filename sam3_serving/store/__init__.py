@@ -11,14 +11,18 @@ phrase's text features; each value is self-describing (`sam3_core.embeddings`). 
 - `encode_lock`: the short lock that makes concurrent encodes of one image run once;
 - `announcements`: the pub/sub notice of every rewritten value, which decoders' local copies follow;
 - `connection`: the client and its failure policy (bounded calls, `StoreUnavailableError`);
-- `config`: `StoreConfig`.
+- `sessions`: `SessionStore`, video sessions: a journal, memory and results per session that must never be
+  evicted, one writer at a time (a renewed lease), each step committed whole (docs/video.md);
+- `tenancy`: what both stores share, one model's keys as one tenant sees them;
+- `config`: `StoreConfig`, `SessionStoreConfig`.
 """
 
-from sam3_serving.store.config import StoreConfig, redact_url
+from sam3_serving.store.config import SessionStoreConfig, StoreConfig, redact_url
 from sam3_serving.store.connection import StoreUnavailableError
 from sam3_serving.store.encode_lock import HeldLock
 from sam3_serving.store.keys import TENANT_NAME
 from sam3_serving.store.kinds import DETECTOR_FEATURES, EMBEDDINGS, TEXT_FEATURES, Kind
+from sam3_serving.store.sessions import Journal, SessionLease, SessionStore, SessionsWouldBeEvictedError, Step
 from sam3_serving.store.values import Lookup, ValueStore, Waited
 
 __all__ = [
@@ -27,8 +31,14 @@ __all__ = [
     "TENANT_NAME",
     "TEXT_FEATURES",
     "HeldLock",
+    "Journal",
     "Kind",
     "Lookup",
+    "SessionLease",
+    "SessionStore",
+    "SessionStoreConfig",
+    "SessionsWouldBeEvictedError",
+    "Step",
     "StoreConfig",
     "StoreUnavailableError",
     "ValueStore",

@@ -9,7 +9,7 @@ import numpy as np
 
 from sam3_serving.redis_client import SCHEMES
 
-__all__ = ["DTYPES", "StoreConfig", "redact_url"]
+__all__ = ["DTYPES", "SessionStoreConfig", "StoreConfig", "redact_url"]
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -61,4 +61,35 @@ class StoreConfig:
             f"StoreConfig(url={self.redacted_url!r}, ttl_seconds={self.ttl_seconds}, dtype={self.dtype!r}, "
             f"key_prefix={self.key_prefix!r}, socket_timeout={self.socket_timeout}, "
             f"lock_ttl_seconds={self.lock_ttl_seconds})"
+        )
+
+
+@dataclass(frozen=True)
+class SessionStoreConfig:
+    """Where video sessions live and for how long. A Redis that never evicts (docs/video.md); `url` may carry
+    credentials and `repr()` never shows them."""
+
+    url: str
+    key_prefix: str = "sam3"
+    ttl_seconds: int = 3600  # a session nobody changes for this long is deleted by Redis itself
+    lease_ttl_seconds: float = 10.0  # renewed while a call writes the session: a dead writer's lease frees after this
+    max_sessions: int = 64  # open sessions per tenant, across the fleet
+    socket_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.ttl_seconds <= 0 or self.lease_ttl_seconds <= 0 or self.socket_timeout <= 0:
+            raise ValueError("ttl_seconds, lease_ttl_seconds and socket_timeout must be positive")
+        if self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {self.max_sessions}")
+        self.connection()  # the URL's scheme, checked as the value store checks its own
+
+    def connection(self) -> StoreConfig:
+        """The connection settings, in the form the store's connection takes."""
+        return StoreConfig(self.url, key_prefix=self.key_prefix, socket_timeout=self.socket_timeout)
+
+    def __repr__(self) -> str:
+        return (
+            f"SessionStoreConfig(url={redact_url(self.url)!r}, key_prefix={self.key_prefix!r}, "
+            f"ttl_seconds={self.ttl_seconds}, lease_ttl_seconds={self.lease_ttl_seconds}, "
+            f"max_sessions={self.max_sessions}, socket_timeout={self.socket_timeout})"
         )

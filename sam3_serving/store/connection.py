@@ -41,16 +41,15 @@ class StoreUnavailableError(ServiceError):
     STORE_UNAVAILABLE, since a value nobody can fetch is of no use (docs/architecture.md).
     """
 
-    def __init__(self, message: str) -> None:
-        super().__init__(
-            grpc.StatusCode.UNAVAILABLE, f"embedding store unavailable: {message}", Reason.STORE_UNAVAILABLE
-        )
+    def __init__(self, message: str, store: str = "embedding store") -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, f"{store} unavailable: {message}", Reason.STORE_UNAVAILABLE)
 
 
 class Connection:
     """One redis-py client (one server or a cluster) whose pool hands each thread its own connection."""
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, store: str = "embedding store") -> None:
+        self.store = store  # what the errors call it: "embedding store", "session store"
         url = urlsplit(config.url)
         password = url.password or dict(parse_qsl(url.query)).get("password") or ""
         self._secrets = {secret for secret in (password, unquote(password)) if secret}  # scrubbed from errors
@@ -64,7 +63,7 @@ class Connection:
         for secret in self._secrets:
             message = message.replace(secret, "***")
         return StoreUnavailableError(
-            f"Redis at {self.redacted_url} unavailable ({operation}): {type(error).__name__}: {message}"
+            f"Redis at {self.redacted_url} unavailable ({operation}): {type(error).__name__}: {message}", self.store
         )
 
     def check(self) -> bool:

@@ -5,6 +5,9 @@ heartbeat renews while the encode runs, so a SIGKILLed holder or one cut off fro
 one TTL; a release that fails is retried in the background until the TTL would free it anyway. Only the
 holder, who knows the lock's random token, may renew or release it. Callers that find it taken wait for
 the holder's value (`ValueStore.wait_for`) and encode themselves if the holder fails.
+
+A video session's lease is the same lock under another key (`key_of`) and name (`what`): one writer per
+session, which another replica takes over within one TTL of the holder's death (`take_waiting`).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
-from sam3_serving.store.connection import BACKOFF_MAX, UNAVAILABLE, Connection, StoreUnavailableError
+from sam3_serving.store.connection import BACKOFF_MAX, BACKOFF_START, UNAVAILABLE, Connection, StoreUnavailableError
 from sam3_serving.store.keys import Keys
 
 __all__ = ["EncodeLocks", "HeldLock"]
@@ -38,12 +42,22 @@ return 0
 
 
 class EncodeLocks:
-    """The encode locks of one model's subjects, in one tenant's keys."""
+    """The encode locks of one model's subjects, in one tenant's keys (or, with `key_of`, other renewed locks)."""
 
-    def __init__(self, connection: Connection, keys: Keys, ttl_seconds: float) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        keys: Keys,
+        ttl_seconds: float,
+        *,
+        key_of: Callable[[Keys, str], str] = Keys.lock,
+        what: str = "encode lock",
+    ) -> None:
         self.connection = connection
         self.keys = keys
         self.ttl_seconds = ttl_seconds
+        self.key_of = key_of
+        self.what = what  # for log lines: "the encode lock of <subject>"
         self._ttl_ms = max(1, round(ttl_seconds * 1000))
         self._release_script = connection.client.register_script(_RELEASE_SCRIPT)
         self._renew_script = connection.client.register_script(_RENEW_SCRIPT)
@@ -55,7 +69,7 @@ class EncodeLocks:
         return scoped
 
     def key(self, subject: str) -> str:
-        return self.keys.lock(subject)
+        return self.key_of(self.keys, subject)
 
     def try_take(self, subject: str) -> str | None:
         """Take the lock; return its token, or None if another worker holds it. Not renewed: see `take`."""
@@ -88,9 +102,24 @@ class EncodeLocks:
         token = self.try_take(subject)
         return HeldLock(self, subject, token) if token is not None else None
 
+    def take_waiting(
+        self, subject: str, seconds: float, *, cancelled: Callable[[], bool] = lambda: False
+    ) -> HeldLock | None:
+        """`take`, retrying for up to `seconds` while another holds it: waiting one TTL outlasts a dead holder,
+        whose lock then expires. None when still held after that (a live holder renews it) or `cancelled()`."""
+        deadline = time.monotonic() + seconds
+        delay = BACKOFF_START
+        while (held := self.take(subject)) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or cancelled():
+                return None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, BACKOFF_MAX * 2)
+        return held
+
 
 class HeldLock:
-    """An encode lock this worker holds, renewed every third of its TTL until `release()`.
+    """A lock this worker holds (an encode lock, a session lease), renewed every third of its TTL until `release()`.
 
     If the holder dies, renewals stop and the lock frees itself within one TTL. If the release fails
     (Redis unreachable at that moment), it is retried in the background until the TTL would have freed
@@ -110,10 +139,10 @@ class HeldLock:
         while not self._released.wait(interval):
             try:
                 if not self.locks.renew(self.subject, self.token):
-                    log.warning("lost the encode lock of %s (it expired); finishing the encode", self.subject)
+                    log.warning("lost the %s of %s (it expired)", self.locks.what, self.subject)
                     return
             except StoreUnavailableError as error:
-                log.warning("could not renew the encode lock of %s: %s", self.subject, error)
+                log.warning("could not renew the %s of %s: %s", self.locks.what, self.subject, error)
 
     def release(self) -> None:
         """Stop renewing and release; never raises (a lock that cannot be released expires by itself)."""
@@ -121,7 +150,9 @@ class HeldLock:
         try:
             self.locks.release(self.subject, self.token)
         except StoreUnavailableError as error:
-            log.warning("could not release the encode lock of %s; retrying in the background: %s", self.subject, error)
+            log.warning(
+                "could not release the %s of %s; retrying in the background: %s", self.locks.what, self.subject, error
+            )
             threading.Thread(target=self._retry_release, name=f"unlock-{self.subject[:12]}", daemon=True).start()
 
     def _retry_release(self) -> None:

@@ -3,6 +3,10 @@
     <prefix>:[tenant:<name>:]<kind>:v<format>:{<model>:<subject>}   a value ("emb", "det", "txt"...)
     <prefix>:[tenant:<name>:]lock:{<model>:<subject>}               the subject's encode lock
     <prefix>:replaced:{<model>}                                     the channel announcing rewritten values
+    <prefix>:[tenant:<name>:]sess:v<layout>:{<model>:<session>}:<part>   a video session's parts: "journal",
+                                                                    "frames", "lease", "bank:<object>",
+                                                                    "results:<object>"
+    <prefix>:[tenant:<name>:]sessions:v<layout>:{<model>}           the tenant's open sessions (max_sessions)
 
 The `{<model>:<subject>}` hash tag puts a subject's values and its lock in one Redis Cluster slot, so the
 MULTI/EXEC and scripts that read them together stay legal there. A tenant's keys share nothing with
@@ -10,9 +14,11 @@ another's, not even the fact that an image was ever encoded. The value format's 
 (`sam3_core.embeddings.FORMAT_VERSION`): during a rolling upgrade old and new workers miss each other's
 values (and re-encode) instead of deleting them as unreadable, back and forth.
 
-Values that belong to a larger subject (a video session's per-object memory banks and per-frame
-results) should keep that subject alone in the hash tag and name their part after it, so that one
-session's values and lock share a slot as an image's do.
+A video session keeps its id alone in the hash tag and names its parts after it, so that all of one
+session's keys share a slot as an image's do, and the script that commits a step to several of them stays
+legal on a Redis Cluster. Its keys live apart from the cached values (`sess:`): they must never be
+evicted, and may live on another Redis (`sam3_serving.store.sessions`). `SESSION_LAYOUT` versions how a
+session is laid out over its keys.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ from dataclasses import dataclass, replace
 
 from sam3_core.embeddings import FORMAT_VERSION
 
-__all__ = ["KIND_NAME", "TENANT_NAME", "Keys"]
+__all__ = ["KIND_NAME", "SESSION_LAYOUT", "TENANT_NAME", "Keys"]
 
 TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 KIND_NAME = re.compile(r"[a-z]{1,8}")
+SESSION_LAYOUT = 1
 
 
 def _no_braces(what: str, name: str) -> str:
@@ -55,6 +62,15 @@ class Keys:
 
     def lock(self, subject: str) -> str:
         return f"{self._namespace()}lock:{self._tag(subject)}"
+
+    def session(self, session_id: str, part: str) -> str:
+        """One part of a video session: "journal", "frames", "lease", "bank:<object>", "results:<object>"."""
+        return f"{self._namespace()}sess:v{SESSION_LAYOUT}:{self._tag(session_id)}:{part}"
+
+    @property
+    def sessions(self) -> str:
+        """The sorted set of this tenant's open sessions, scored by when each expires."""
+        return f"{self._namespace()}sessions:v{SESSION_LAYOUT}:{{{self.model_id}}}"
 
     @property
     def channel(self) -> str:

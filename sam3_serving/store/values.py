@@ -9,7 +9,6 @@ does the rest.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from sam3_serving.store.connection import BACKOFF_MAX, BACKOFF_START, UNAVAILABL
 from sam3_serving.store.encode_lock import EncodeLocks
 from sam3_serving.store.keys import Keys
 from sam3_serving.store.kinds import Kind
+from sam3_serving.store.tenancy import TenantScoped
 
 __all__ = ["Lookup", "ValueStore", "Waited"]
 
@@ -48,7 +48,7 @@ class Waited(NamedTuple):
     outcome: Literal["ready", "holder_failed", "timeout", "cancelled"]
 
 
-class ValueStore:
+class ValueStore(TenantScoped):
     """One model's values in Redis by kind, their encode locks and the announcements of their rewrites.
 
     Thread-safe: one redis-py client whose connection pool hands each thread its own connection.
@@ -61,26 +61,9 @@ class ValueStore:
         self.locks = EncodeLocks(self.connection, self.keys, config.lock_ttl_seconds)
         self.announcements = Announcements(self.connection, self.keys.channel)
 
-    @property
-    def model_id(self) -> str:
-        return self.keys.model_id
-
-    @property
-    def tenant(self) -> str | None:
-        return self.keys.tenant
-
     def __repr__(self) -> str:
         tenant = f", tenant={self.tenant!r}" if self.tenant is not None else ""
         return f"ValueStore({self.config.redacted_url}, model_id={self.model_id!r}, dtype={self.config.dtype}{tenant})"
-
-    def for_tenant(self, tenant: str | None) -> ValueStore:
-        """This store seen by one tenant: its own keys, sharing the connection pool (None: the shared space)."""
-        if tenant == self.tenant:
-            return self
-        scoped = copy.copy(self)
-        scoped.keys = self.keys.for_tenant(tenant)
-        scoped.locks = self.locks.with_keys(scoped.keys)
-        return scoped
 
     def key(self, kind: Kind[Any], subject: str) -> str:
         return self.keys.value(kind.name, subject)

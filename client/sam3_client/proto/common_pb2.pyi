@@ -121,7 +121,8 @@ class ErrorInfo(_message.Message):
     This message is what a stream item's ItemError carries, and what the deprecated trailer
     "sam3-error-bin" holds (still sent alongside for older clients; removed in the next minor release).
     Reasons, with the gRPC status code they come with:
-      EMBEDDING_NOT_FOUND  NOT_FOUND           no embedding stored for image_id + model: call Encode, retry.
+      EMBEDDING_NOT_FOUND  NOT_FOUND           no embedding stored for image_id + model: call Encode, retry
+                                               (for a video frame, metadata "frame" is its index).
       INVALID_IMAGE        INVALID_ARGUMENT    the bytes are not an image we can decode.
       INVALID_PROMPT       INVALID_ARGUMENT    a request field is malformed or unset; metadata "field" names it.
       IMAGE_TOO_LARGE      RESOURCE_EXHAUSTED  over the byte or pixel limit; metadata "limit" says which.
@@ -137,6 +138,16 @@ class ErrorInfo(_message.Message):
       UNIMPLEMENTED        UNIMPLEMENTED       this worker does not serve that service (e.g. an encoder-only worker).
       CONCEPTS_NOT_SUPPORTED FAILED_PRECONDITION the model folder serves clicks and boxes only (no concept
                                                graphs): export one with `sam3 models export`.
+      SESSION_NOT_FOUND    NOT_FOUND           no such video session for this caller (never opened, closed, idle past
+                                               its time to live, or another tenant's): open a new one ("session_id").
+      REVISION_MISMATCH    FAILED_PRECONDITION the session is no longer at the request's expected_revision (another
+                                               client wrote it); metadata "revision" is the current one: read it, retry.
+      SESSION_BUSY         ABORTED             another call is writing the session (e.g. a propagation, on any
+                                               replica): wait for it to end, or cancel it, and retry.
+      SESSION_LIMIT        RESOURCE_EXHAUSTED  a video session is at a limit (metadata "limit", e.g.
+                                               max_objects_per_session): retrying the same request will not help.
+      TRACKING_NOT_SUPPORTED FAILED_PRECONDITION the worker cannot track video: its model folder has no tracking
+                                               graphs, or it runs without a session store (docs/video.md).
       INTERNAL             INTERNAL            a bug in the worker, logged there; retrying will not help.
     Statuses made by the gRPC library itself (an unknown method, a message over the size limit, an
     expired deadline) carry no details.
