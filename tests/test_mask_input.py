@@ -145,3 +145,14 @@ def test_a_folder_without_the_mask_prompt_graph_says_so(tmp_path: Path) -> None:
         assert predictor.predict([[5, 5]]).mask().shape == (23, 17)
         with pytest.raises(MaskInputNotSupportedError, match=graphs.SPLIT_MASK_FILE):
             predictor.predict([[5, 5]], mask_input=np.zeros(older.mask_size, np.float32))
+
+
+def test_io_binding_keeps_the_mask_prompt_tensors_on_the_device() -> None:
+    """With I/O binding the mask-prompt graph's outputs stay where the click graph reads them (GPU memory
+    under CUDA; the CPU provider binds the same way): the same answer as plain runs."""
+    reference = refine_references.load("landscape.jpg", "add_click")
+    bound = Predictor(Sam3Model(references.MODEL_DIR, runtime=RuntimeOptions(io_binding=True)))
+    bound.set_image(references.IMAGES_DIR / "landscape.jpg")
+    (prediction,) = bound.predict_objects([reference.second_prompt()])
+    (plain,) = predictor_for("landscape.jpg").predict_objects([reference.second_prompt()])
+    np.testing.assert_allclose(prediction.low_res_logits, plain.low_res_logits, atol=1e-5)
