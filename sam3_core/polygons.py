@@ -9,12 +9,13 @@ Pixels that touch only at a corner belong to different rings (4-connected parts)
 one may touch itself at such a corner.
 
 Rings are traced from the runs, never from H x W pixels, so a smooth object at 4000x3000 costs about as
-much as at 640x480: a column's runs give its horizontal edges; the vertical edges between two columns
-lie where exactly one of them is object, the symmetric difference of their run ends; each edge's
-successor is looked up at its end corner (turning right where two diagonal parts meet), and the rings
-are the cycles of that successor map, ordered by pointer jumping. Only corners where the boundary turns
-are kept. Simplification is Douglas-Peucker per ring with a tolerance in pixels; a ring it would reduce
-below three corners is kept as traced, so no part of the mask disappears.
+much as at 640x480. The vertical edges between two columns lie where exactly one of them is object: the
+symmetric difference of their run ends. Every corner of the outline is an end of one of them, and along
+each row line the corners, in order, pair up into the horizontal edges (a corner where two diagonal parts
+touch counts twice). Linking each edge to the next is then plain indexing (turning right where two
+diagonal parts meet), and the rings are the cycles of that successor map, ordered by pointer jumping.
+Simplification is Douglas-Peucker per ring with a tolerance in pixels; a ring it would reduce below
+three corners is kept as traced, so no part of the mask disappears.
 
 `Outline` computes the edges once: `corners` (the traced rings' vertices: callers check it against their
 budget before paying for the rings) and `rings()`.
@@ -31,11 +32,6 @@ from sam3_core.masks import CocoRle
 
 __all__ = ["Outline", "Ring", "simplify"]
 
-# Edge directions in screen coordinates (y down), clockwise: a right turn is +1.
-_RIGHT, _DOWN, _LEFT, _UP = 0, 1, 2, 3
-_STEPS = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], np.int64)
-_ORDER = (_RIGHT, _LEFT, _UP, _DOWN)  # the edge kinds in the order `_edges` lists them
-
 
 @dataclass(frozen=True)
 class Ring:
@@ -46,13 +42,14 @@ class Ring:
 
 
 @dataclass(frozen=True)
-class _Edges:
-    """Boundary edges with the object on their right: start corner, direction, length in pixels."""
+class _Segments:
+    """The outline's vertical edges on line x (between columns x - 1 and x), rows [top, bottom); `up` when the
+    object is on the line's right (the edge then runs up, from bottom to top), else it runs down."""
 
     x: np.ndarray
-    y: np.ndarray
-    direction: np.ndarray
-    length: np.ndarray
+    top: np.ndarray
+    bottom: np.ndarray
+    up: np.ndarray
 
 
 class Outline:
@@ -60,43 +57,38 @@ class Outline:
 
     def __init__(self, rle: CocoRle) -> None:
         self.height, self.width = rle.size
-        self._edges = _edges(rle)
+        self._segments = _vertical_edges(rle)
 
     @property
     def corners(self) -> int:
         """Vertices of the traced rings (an upper bound after simplification): both ends of every vertical edge."""
-        return 2 * int(np.count_nonzero(self._edges.direction % 2))
+        return 2 * int(self._segments.x.size)
 
     @cached_property
     def traced(self) -> list[Ring]:
         """Every ring, outer boundaries and holes, as traced (tolerance 0)."""
-        edges = self._edges
-        if edges.x.size == 0:
+        if self._segments.x.size == 0:
             return []
-        order, lengths = _cycles(_successors(edges, self.width))
-        x, y, direction = edges.x[order], edges.y[order], edges.direction[order]
+        starts_x, starts_y, successor = _link(self._segments, self.width)
+        order, lengths = _cycles(successor)
+        corners = np.stack([starts_x[order], starts_y[order]], axis=1).astype(np.int32)
         first = np.cumsum(lengths) - lengths
-        previous = np.roll(direction, 1)
-        previous[first] = direction[first + lengths - 1]  # each ring's first edge follows its last
-        turns = direction != previous  # keep only corners where the boundary turns
-        corners = np.stack([x, y], axis=1)[turns].astype(np.int32)
-        counts = np.add.reduceat(turns.astype(np.int64), first)
-        starts = np.cumsum(counts) - counts
         # Shoelace sign per ring: with the object on the right, outer rings are clockwise on screen (positive).
-        cx, cy = corners[:, 0].astype(np.int64), corners[:, 1].astype(np.int64)
-        following = np.arange(cx.size) + 1
-        following[starts + counts - 1] = starts
-        area2 = np.add.reduceat(cx * cy[following] - cx[following] * cy, starts)
-        bounds = np.append(starts, cx.size)
-        return [Ring(corners[bounds[k] : bounds[k + 1]], bool(area2[k] < 0)) for k in range(counts.size)]
+        x, y = corners[:, 0].astype(np.int64), corners[:, 1].astype(np.int64)
+        following = np.arange(x.size) + 1
+        following[first + lengths - 1] = first
+        area2 = np.add.reduceat(x * y[following] - x[following] * y, first)
+        bounds = np.append(first, x.size)
+        return [Ring(corners[bounds[k] : bounds[k + 1]], bool(area2[k] < 0)) for k in range(lengths.size)]
 
     def rings(self, tolerance: float = 0.0) -> list[Ring]:
         """The rings simplified to `tolerance` pixels (`simplify`)."""
         return simplify(self.traced, tolerance)
 
 
-def _column_pieces(rle: CocoRle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The object runs cut at column ends: (column, first row, end row) per piece, column by column."""
+def _column_flips(rle: CocoRle) -> np.ndarray:
+    """Sorted keys column * (height + 1) + row of every row where a column changes (object runs' first and end
+    rows, cut at column ends)."""
     height = rle.size[0]
     counts = np.asarray(rle.counts, np.int64)
     ends = np.cumsum(counts)
@@ -110,56 +102,55 @@ def _column_pieces(rle: CocoRle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     column = column_first[run] + np.arange(run.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)
     top = np.maximum(first[run] - column * height, 0)
     bottom = np.minimum(last[run] - column * height, height)
-    return column, top, bottom
+    stride = height + 1
+    return np.sort(np.concatenate([column * stride + top, column * stride + bottom]))
 
 
-def _edges(rle: CocoRle) -> _Edges:
-    """Horizontal edges from each column's runs; vertical edges where exactly one of two neighbouring
-    columns is object (split where both change at one row with the parity kept: two diagonal parts)."""
-    height = rle.size[0]
-    column, top, bottom = _column_pieces(rle)
-    stride = height + 1  # rows 0..height of one column (or of one line between columns)
-    flips = np.sort(np.concatenate([column * stride + top, column * stride + bottom]))  # where each column changes
+def _vertical_edges(rle: CocoRle) -> _Segments:
+    """Where exactly one of two neighbouring columns is object; split where both change at one row and one
+    of them stays object (two diagonal parts touch there)."""
+    stride = rle.size[0] + 1  # rows 0..height of one column, or of one line between columns
+    flips = _column_flips(rle)
     # Line p lies between columns p - 1 and p: a column's change counts for the lines on both its sides.
-    on_lines = np.concatenate([flips, flips + stride])
-    points, repeats = np.unique(on_lines, return_counts=True)
+    points, repeats = np.unique(np.concatenate([flips, flips + stride]), return_counts=True)
     single, both = points[repeats % 2 == 1], points[repeats % 2 == 0]
     inside = np.searchsorted(single, both) % 2 == 1  # both columns change within a stretch where one is object
     cuts = np.sort(np.concatenate([single, both[inside], both[inside]]))
-    line, start = np.divmod(cuts[0::2], stride)
-    end = cuts[1::2] % stride
-    # The right column (line p's column p) is object on [start, end) when it changed an odd number of times.
-    right_changes = np.searchsorted(flips, line * stride + start, side="right") - np.searchsorted(flips, line * stride)
-    up = right_changes % 2 == 1  # the object on the right of a line going up, on its left going down
-    ones = np.ones(top.size, np.int64)
-    xs = [column, column + 1, line[up], line[~up]]
-    ys = [top, bottom, end[up], start[~up]]
-    lengths = [ones, ones, (end - start)[up], (end - start)[~up]]
-    return _Edges(
-        x=np.concatenate(xs).astype(np.int64),
-        y=np.concatenate(ys).astype(np.int64),
-        direction=np.concatenate([np.full(len(a), d, np.int64) for a, d in zip(xs, _ORDER, strict=True)]),
-        length=np.concatenate(lengths),
-    )
+    line, top = np.divmod(cuts[0::2], stride)
+    bottom = cuts[1::2] % stride
+    # The right column (line p's column p) is object on [top, bottom) when it changed an odd number of times.
+    right_changes = np.searchsorted(flips, cuts[0::2], side="right") - np.searchsorted(flips, line * stride)
+    return _Segments(line, top, bottom, right_changes % 2 == 1)
 
 
-def _successors(edges: _Edges, width: int) -> np.ndarray:
-    """Index of the edge that follows each edge: the one leaving its end corner, turning right where two
-    leave it (diagonal parts stay apart), else going straight, else turning left."""
-    stride = width + 1
-    keys = (edges.y * stride + edges.x) * 4 + edges.direction  # (start corner, direction): unique per edge
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    end_x = edges.x + _STEPS[edges.direction, 0] * edges.length
-    end_y = edges.y + _STEPS[edges.direction, 1] * edges.length
-    end = (end_y * stride + end_x) * 4
-    successor = np.full(keys.size, -1, np.int64)
-    for turn in (1, 0, 3):  # right, straight, left (never back)
-        wanted = end + (edges.direction + turn) % 4
-        at = np.minimum(np.searchsorted(sorted_keys, wanted), keys.size - 1)
-        found = (sorted_keys[at] == wanted) & (successor < 0)
-        successor[found] = order[at[found]]
-    return successor
+def _link(segments: _Segments, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start x, start y, successor) of every edge: the vertical ones (0..n-1), then the horizontal ones
+    (n..2n-1), each the stretch between two consecutive corners on a row line.
+
+    Corner 2k is segment k's top end and 2k + 1 its bottom end. A horizontal edge runs right when its left
+    corner is where a vertical edge ends (an upward edge's top, a downward edge's bottom), else left. Where
+    two diagonal parts touch, the downward edge's corner sorts first, which pairs each vertical edge with
+    the horizontal one it turns right into.
+    """
+    n = segments.x.size
+    corner_x = np.repeat(segments.x, 2)
+    corner_y = np.stack([segments.top, segments.bottom], axis=1).reshape(-1)
+    up = np.repeat(segments.up, 2)
+    is_top = np.tile([True, False], n)
+    ends_here = up == is_top  # the vertical edge ends at this corner (else it starts here)
+    order = np.argsort((corner_y * (width + 1) + corner_x) * 2 + up, kind="stable")
+    left, right = order[0::2], order[1::2]
+    rightward = ends_here[left]
+    horizontal = n + np.arange(n)
+    successor = np.empty(2 * n, np.int64)
+    # Rightward: left corner's vertical edge -> this edge -> right corner's vertical edge; leftward mirrored.
+    successor[np.where(rightward, left, right) // 2] = horizontal
+    successor[horizontal] = np.where(rightward, right, left) // 2
+    vertical_start_y = np.where(segments.up, segments.bottom, segments.top)
+    horizontal_start = np.where(rightward, left, right)
+    starts_x = np.concatenate([segments.x, corner_x[horizontal_start]])
+    starts_y = np.concatenate([vertical_start_y, corner_y[horizontal_start]])
+    return starts_x, starts_y, successor
 
 
 def _cycles(successor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,21 +191,32 @@ def simplify(rings: list[Ring], tolerance: float) -> list[Ring]:
     if tolerance == 0 or not rings:
         return rings
     sizes = np.array([len(ring.points) for ring in rings])
-    closed = np.concatenate([np.concatenate([ring.points, ring.points[:1]]) for ring in rings]).astype(np.float64)
-    first = np.cumsum(sizes + 1) - (sizes + 1)  # each ring's first corner, repeated after its last
+    points = np.concatenate([ring.points for ring in rings])
+    ring_of = np.repeat(np.arange(sizes.size), sizes)
+    offsets = np.cumsum(sizes) - sizes
+    # Each ring closed by a copy of its first corner: ring k occupies closed[first[k] : first[k] + sizes[k] + 1].
+    first = offsets + np.arange(sizes.size)
+    closed = np.empty((points.shape[0] + sizes.size, 2))
+    closed[first[ring_of] + np.arange(points.shape[0]) - offsets[ring_of]] = points
+    closed[first + sizes] = points[offsets]
     keep = np.zeros(len(closed), bool)
     keep[first] = keep[first + sizes] = True
     # Split each ring at its first corner and the corner farthest from it, then recurse on both halves.
-    far = first + np.array([np.argmax(np.hypot(*(ring.points - ring.points[0]).T)) for ring in rings])
+    reach = np.hypot(*(points - points[offsets][ring_of]).T)
+    farthest = np.maximum.reduceat(reach, offsets)
+    at_far = np.flatnonzero(reach == farthest[ring_of])
+    _, first_far = np.unique(ring_of[at_far], return_index=True)
+    far = first[ring_of[at_far[first_far]]] + at_far[first_far] - offsets[ring_of[at_far[first_far]]]
     keep[far] = True
     starts, ends = np.concatenate([first, far]), np.concatenate([far, first + sizes])
     while starts.size:
         starts, ends = _split(closed, starts, ends, tolerance, keep)
-    result = []
-    for ring, offset, size in zip(rings, first, sizes, strict=True):
-        kept = keep[offset : offset + size]
-        result.append(Ring(ring.points[kept], ring.hole) if np.count_nonzero(kept) >= 3 else ring)
-    return result
+    kept = np.delete(keep, first + sizes)  # back to one entry per corner
+    counts = np.add.reduceat(kept.astype(np.int64), offsets)
+    return [
+        Ring(ring.points[kept[offset : offset + size]], ring.hole) if count >= 3 else ring
+        for ring, offset, size, count in zip(rings, offsets, sizes, counts, strict=True)
+    ]
 
 
 def _split(
