@@ -30,7 +30,11 @@ import numpy as np
 
 from sam3_core.masks import CocoRle
 
-__all__ = ["Outline", "Ring", "simplify"]
+__all__ = ["DEFAULT_TOLERANCE", "Outline", "Ring", "simplify"]
+
+# The API's default simplification, in pixels (SegmentRequest.polygon_tolerance unset): ~10x fewer corners
+# than the pixel staircase at IoU >= 0.998 on a real-looking 1080p object (docs/api.md has the numbers).
+DEFAULT_TOLERANCE = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,12 @@ class Outline:
     def corners(self) -> int:
         """Vertices of the traced rings (an upper bound after simplification): both ends of every vertical edge."""
         return 2 * int(self._segments.x.size)
+
+    @property
+    def corner_coordinates(self) -> np.ndarray:
+        """Every corner's x and y, [corners, 2], in no particular order: what the traced rings hold."""
+        segments = self._segments
+        return np.stack([np.repeat(segments.x, 2), np.stack([segments.top, segments.bottom], axis=1).reshape(-1)], 1)
 
     @cached_property
     def traced(self) -> list[Ring]:
@@ -204,9 +214,8 @@ def simplify(rings: list[Ring], tolerance: float) -> list[Ring]:
     # Split each ring at its first corner and the corner farthest from it, then recurse on both halves.
     reach = np.hypot(*(points - points[offsets][ring_of]).T)
     farthest = np.maximum.reduceat(reach, offsets)
-    at_far = np.flatnonzero(reach == farthest[ring_of])
-    _, first_far = np.unique(ring_of[at_far], return_index=True)
-    far = first[ring_of[at_far[first_far]]] + at_far[first_far] - offsets[ring_of[at_far[first_far]]]
+    position = np.where(reach == farthest[ring_of], np.arange(reach.size), reach.size)
+    far = first + np.minimum.reduceat(position, offsets) - offsets  # the first farthest corner of each ring
     keep[far] = True
     starts, ends = np.concatenate([first, far]), np.concatenate([far, first + sizes])
     while starts.size:
@@ -244,9 +253,8 @@ def _split(
     candidate = distance >= farthest[stretch] - 1e-9
     off_middle = np.where(candidate, np.abs(index - middle[stretch]), np.inf)
     best = np.minimum.reduceat(off_middle, bounds)
-    hits = np.flatnonzero(off_middle == best[stretch])
-    _, first_hit = np.unique(stretch[hits], return_index=True)
-    split = index[hits[first_hit]]
+    position = np.where(off_middle == best[stretch], np.arange(stretch.size), stretch.size)
+    split = index[np.minimum.reduceat(position, bounds)]
     over = farthest > tolerance
     split, starts, ends = split[over], starts[over], ends[over]
     keep[split] = True
