@@ -48,6 +48,7 @@ class Reason(enum.StrEnum):
     CANCELLED = "CANCELLED"  # CANCELLED: the call ended mid-encode; nothing was stored.
     UNIMPLEMENTED = "UNIMPLEMENTED"  # UNIMPLEMENTED: this worker does not serve that service.
     CONCEPTS_NOT_SUPPORTED = "CONCEPTS_NOT_SUPPORTED"  # FAILED_PRECONDITION: the model serves clicks only.
+    MASK_INPUT_NOT_SUPPORTED = "MASK_INPUT_NOT_SUPPORTED"  # FAILED_PRECONDITION: the model takes no mask inputs.
     INTERNAL = "INTERNAL"  # INTERNAL: a bug in the worker (logged there); retrying will not help.
 
     @classmethod
