@@ -24,6 +24,7 @@ from decoder_service.cache import LocalCache
 from decoder_service.fields import check_image_id, invalid_prompt, polygon_tolerance, require_enum
 from sam3_client.proto import decoder_pb2
 from sam3_core.concept import ConceptModel, Exemplar, TextFeatures, prompt_phrase
+from sam3_core.polygons import DEFAULT_TOLERANCE
 from sam3_core.prompts import PromptError, check_box, check_box_inside
 from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
@@ -60,7 +61,7 @@ class ConceptPlan:
     mask_format: int
     label_image: bool
     max_instances: int | None  # None: every instance found (the model has MODEL_QUERIES)
-    polygon_tolerance: float
+    polygon_tolerance: float = DEFAULT_TOLERANCE  # pixels, for MASK_FORMAT_POLYGON
 
     @property
     def instances_cap(self) -> int:
