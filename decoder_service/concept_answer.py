@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from decoder_service.budget import Remedy, ResponseBudget, ResponseLimits
 from decoder_service.concepts import ConceptPlan
-from decoder_service.mask_wire import empty_mask, encode
+from decoder_service.mask_wire import MaskWire, empty_mask, encode
 from sam3_client.proto import decoder_pb2
 from sam3_core import masks as mask_codecs
 from sam3_core.concept import ConceptAnswer, ConceptInstance
@@ -66,6 +66,7 @@ def concept_result(
         full_size=plan.computes_masks,
     )
     result = decoder_pb2.ConceptResult(text=concept.text or "", presence=answer.presence)
+    wire = MaskWire(plan.mask_format, plan.polygon_tolerance, budget)
     masks = []  # kept only for the label image; otherwise one full-size mask at a time
     for number, instance in enumerate(found):
         x1, y1, x2, y2 = instance.box
@@ -75,7 +76,7 @@ def concept_result(
             with timer.stage("postprocess"):
                 mask = instance.mask()
             if plan.mask_format != decoder_pb2.MASK_FORMAT_NONE:
-                encode(message.mask, mask, timer)
+                encode(message.mask, mask, timer, wire, f"concepts[{index}].instances[{number}]")
             if plan.label_image:
                 masks.append(mask)
         budget.spend(message.ByteSize())

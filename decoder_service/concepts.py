@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import grpc
 
 from decoder_service.cache import LocalCache
-from decoder_service.fields import check_image_id, invalid_prompt, require_enum
+from decoder_service.fields import check_image_id, invalid_prompt, polygon_tolerance, require_enum
 from sam3_client.proto import decoder_pb2
 from sam3_core.concept import ConceptModel, Exemplar, TextFeatures, prompt_phrase
+from sam3_core.polygons import DEFAULT_TOLERANCE
 from sam3_core.prompts import PromptError, check_box, check_box_inside
 from sam3_serving import metrics
 from sam3_serving.errors import Reason, ServiceError
@@ -60,6 +61,7 @@ class ConceptPlan:
     mask_format: int
     label_image: bool
     max_instances: int | None  # None: every instance found (the model has MODEL_QUERIES)
+    polygon_tolerance: float = DEFAULT_TOLERANCE  # pixels, for MASK_FORMAT_POLYGON
 
     @property
     def instances_cap(self) -> int:
@@ -84,10 +86,12 @@ def concept_plan(request: decoder_pb2.SegmentConceptRequest, limits: ConceptLimi
         if not 0.0 <= request.threshold <= 1.0:  # NaN fails too
             raise PromptError("threshold", f"{request.threshold} is not within [0, 1]")
         require_enum("mask_format", decoder_pb2.MaskFormat, request.mask_format)
+        tolerance = polygon_tolerance(request)
     except PromptError as error:
         raise invalid_prompt(error) from error
     max_instances = request.max_instances if request.HasField("max_instances") else None
-    return ConceptPlan(concepts, float(request.threshold), request.mask_format, request.label_image, max_instances)
+    threshold = float(request.threshold)
+    return ConceptPlan(concepts, threshold, request.mask_format, request.label_image, max_instances, tolerance)
 
 
 def _concept(field: str, concept: decoder_pb2.ConceptPrompt, limits: ConceptLimits) -> Concept:

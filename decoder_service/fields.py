@@ -8,10 +8,13 @@ from typing import Any
 import grpc
 
 from sam3_client import wire
+from sam3_core.polygons import DEFAULT_TOLERANCE
 from sam3_core.prompts import PromptError
 from sam3_serving.errors import Reason, ServiceError
 
-__all__ = ["check_image_id", "enum_problem", "invalid_prompt", "require_enum"]
+__all__ = ["check_image_id", "enum_problem", "invalid_prompt", "polygon_tolerance", "require_enum"]
+
+MAX_POLYGON_TOLERANCE = 100.0  # pixels
 
 
 def invalid_prompt(error: PromptError) -> ServiceError:
@@ -38,3 +41,13 @@ def check_image_id(image_id: str) -> None:
     """The form of an image id (it may still not be stored); PromptError for "image_id" otherwise."""
     if not wire.is_image_id(image_id):
         raise PromptError("image_id", "expected the 64 lowercase hex digits of the image's sha256")
+
+
+def polygon_tolerance(request: Any) -> float:
+    """The request's `polygon_tolerance` (unset: the default), a number of pixels in [0, 100]."""
+    if not request.HasField("polygon_tolerance"):
+        return DEFAULT_TOLERANCE
+    tolerance = float(request.polygon_tolerance)
+    if not 0.0 <= tolerance <= MAX_POLYGON_TOLERANCE:  # NaN fails too
+        raise PromptError("polygon_tolerance", f"{tolerance} is not within [0, {MAX_POLYGON_TOLERANCE:g}] pixels")
+    return tolerance

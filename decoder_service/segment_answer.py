@@ -8,13 +8,13 @@ spending their encoded bytes.
 from __future__ import annotations
 
 from decoder_service.budget import Remedy, ResponseBudget, ResponseLimits
-from decoder_service.mask_wire import low_res_logits, low_res_logits_bytes, predicted_mask
+from decoder_service.mask_wire import MaskWire, low_res_logits, low_res_logits_bytes, predicted_mask
 from decoder_service.segment_plan import SegmentPlan
 from sam3_client.proto import decoder_pb2
 from sam3_core.predictor import ObjectPrediction
 from sam3_core.timing import StageTimer
 
-__all__ = ["object_result", "segment_budget"]
+__all__ = ["object_result", "remembered_index", "segment_budget", "selected"]
 
 REMEDY = Remedy(
     bytes="ask for fewer objects or masks, or a more compact mask format (RLE)",
@@ -39,17 +39,20 @@ def segment_budget(
 
 
 def object_result(
-    plan: SegmentPlan, prediction: ObjectPrediction, timer: StageTimer, budget: ResponseBudget
+    plan: SegmentPlan, number: int, prediction: ObjectPrediction, timer: StageTimer, budget: ResponseBudget
 ) -> decoder_pb2.ObjectResult:
-    indices = _selected(plan, prediction)
+    """The answer for `plan.prompts[number]`."""
+    indices = selected(plan, prediction)
     result = decoder_pb2.ObjectResult(
         presence_probability=prediction.presence,
         presence_logit=prediction.object_score_logit,
         iou_scores=prediction.iou_scores.tolist(),
         best_index=prediction.best_index,
+        mask_input_used=plan.prompts[number].mask_input is not None,
     )
+    wire = MaskWire(plan.mask_format, plan.polygon_tolerance, budget)
     for index in indices:
-        message = predicted_mask(prediction, index, plan.mask_format, timer)
+        message = predicted_mask(prediction, index, timer, wire, f"objects[{number}] mask {index}")
         budget.spend(message.ByteSize())
         result.masks.append(message)
     if plan.low_res_logits:
@@ -57,9 +60,16 @@ def object_result(
     return result
 
 
-def _selected(plan: SegmentPlan, prediction: ObjectPrediction) -> list[int]:
+def selected(plan: SegmentPlan, prediction: ObjectPrediction) -> list[int]:
+    """The masks the answer returns, in index order."""
     if plan.selection == decoder_pb2.MASK_SELECTION_ALL:
         return list(range(len(prediction.iou_scores)))
     if plan.selection == decoder_pb2.MASK_SELECTION_INDEX:
         return [plan.mask_index]
     return [prediction.best_index]
+
+
+def remembered_index(plan: SegmentPlan, prediction: ObjectPrediction) -> int:
+    """The mask whose logits an object key keeps for the next click: the one returned (the best of three
+    with MASK_SELECTION_ALL)."""
+    return plan.mask_index if plan.selection == decoder_pb2.MASK_SELECTION_INDEX else prediction.best_index

@@ -34,7 +34,8 @@ from decoder_service.concepts import (
     concept_plan,
 )
 from decoder_service.fields import check_image_id, invalid_prompt
-from decoder_service.segment_answer import object_result, segment_budget
+from decoder_service.mask_memory import DEFAULT_SECONDS, MaskMemory
+from decoder_service.segment_answer import object_result, remembered_index, segment_budget
 from decoder_service.segment_plan import segment_plan
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc
 from sam3_core.concept import ConceptModel, DetectorFeatures, has_concept_graphs
@@ -64,6 +65,7 @@ class DecoderSettings:
     responses: ResponseLimits = ResponseLimits()
     streams: StreamLimits = StreamLimits()
     concepts: ConceptLimits = ConceptLimits()
+    mask_memory_seconds: int = DEFAULT_SECONDS  # how long an object key's last logits are remembered
 
 
 def not_encoded(image_id: str, model_id: str, what: str = "embeddings") -> ServiceError:
@@ -214,17 +216,27 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
     def _segment(self, request: decoder_pb2.SegmentRequest, store: ValueStore) -> decoder_pb2.SegmentResponse:
         timer = StageTimer()
         with timer.stage("total"):
-            checked = segment_plan(request, self.settings.prompt_limits)
+            checked = segment_plan(request, self.settings.prompt_limits, self.model)
             embeddings, _ = self._embeddings(store, request.image_id, timer)
             size = embeddings.original_size
             budget = segment_budget(checked, size, self.model.mask_size, self.settings.responses)
+            memory = MaskMemory(store, self.model.mask_size, self.settings.mask_memory_seconds)
+            if any(checked.remembered):
+                with timer.stage("fetch"):
+                    wanted = {i: checked.object_keys[i] for i, previous in enumerate(checked.remembered) if previous}
+                    checked = checked.with_masks(memory.recall(request.image_id, wanted))
             try:
                 predictions = decode(
                     self.model, embeddings, checked.prompts, limits=self.settings.prompt_limits, timer=timer
                 )
             except PromptError as error:  # a coordinate outside the image: only now is its size known
                 raise invalid_prompt(error) from error
-            objects = [object_result(checked, p, timer, budget) for p in predictions]
+            objects = [object_result(checked, i, p, timer, budget) for i, p in enumerate(predictions)]
+            answered = zip(checked.object_keys, predictions, strict=True)
+            keyed = [(key, p.low_res_logits[remembered_index(checked, p)]) for key, p in answered if key]
+            if keyed:
+                with timer.stage("remember"):
+                    memory.remember(request.image_id, keyed)
         return decoder_pb2.SegmentResponse(objects=objects, **self._answered(request, size, timer))
 
     def _answered(self, request: Any, size: tuple[int, int], timer: StageTimer) -> dict[str, Any]:

@@ -164,6 +164,21 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[Role], *, emb
             default=512,
             help="full-size mask pixels one Segment may compute (objects x masks x image); more get RESOURCE_EXHAUSTED",
         )
+        option(
+            decoder,
+            "--max-polygon-corners",
+            type=whole_number(1),
+            default=2_000_000,
+            help="polygon outline corners one answer may trace (MASK_FORMAT_POLYGON); more get RESOURCE_EXHAUSTED",
+        )
+        option(
+            decoder,
+            "--mask-memory-seconds",
+            type=whole_number(1),
+            default=600,
+            help="how long the store keeps the last low-res logits of each keyed object (ObjectPrompt.object_key), "
+            "for mask_input.previous; 324 KiB each",
+        )
         option(decoder, "--max-concepts", type=whole_number(1), default=8, help="concepts per SegmentConcept request")
         option(
             decoder,
@@ -288,10 +303,13 @@ def role_settings(args: argparse.Namespace, roles: set[Role]) -> dict[str, Any]:
             prompt_limits=PromptLimits(max_objects=args.max_objects, max_points=args.max_points),
             cache_bytes=args.cache_mb * MIB,
             responses=ResponseLimits(
-                max_response_bytes=args.max_message_mb * MIB, max_mask_pixels=args.max_mask_megapixels * 1_000_000
+                max_response_bytes=args.max_message_mb * MIB,
+                max_mask_pixels=args.max_mask_megapixels * 1_000_000,
+                max_polygon_corners=args.max_polygon_corners,
             ),
             streams=streams,
             concepts=ConceptLimits(max_concepts=args.max_concepts, max_concurrent=args.max_concurrent_concepts),
+            mask_memory_seconds=args.mask_memory_seconds,
         )
     return settings
 

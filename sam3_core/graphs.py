@@ -38,6 +38,12 @@ SPLIT_IMAGE_FILE = "mask_decoder_image.onnx"
 SPLIT_CLICK_FILE = "mask_decoder_click.onnx"
 SPLIT_FILES = (SPLIT_IMAGE_FILE, SPLIT_CLICK_FILE)
 SPLIT_IMAGE_OUTPUTS = ("image_tokens", "first_keys", "first_values", "first_image_queries", "high_res_1", "high_res_0")
+# A mask prompt (the previous answer's low-res logits) changes the first four image-side tensors: this graph
+# recomputes them for one object, the click graph then runs on them. Optional: older exports lack it.
+SPLIT_MASK_FILE = "mask_decoder_mask_prompt.onnx"
+SPLIT_MASK_INPUTS = ("input_masks", "image_tokens")
+SPLIT_MASK_REPLACES = SPLIT_IMAGE_OUTPUTS[:4]  # the click graph's inputs it recomputes, in this order
+SPLIT_MASK_OUTPUTS = tuple(f"mask_{name}" for name in SPLIT_MASK_REPLACES)
 
 # The concept graphs of a unified export (docs/concepts.md): phrase -> text features, exemplar boxes -> prompt
 # tokens, and the detector's decoder over the prompt tokens and the encoder's detector features.

@@ -71,6 +71,18 @@ class ModelNotFoundError(FileNotFoundError):
     """The folder lacks the graph files; the message lists what was looked for and what to do."""
 
 
+class MaskInputNotSupportedError(ModelNotFoundError):
+    """A folder without the mask-prompt graph (onnx-community's, or exported before it existed): clicks and
+    boxes work, refining from a previous mask does not."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(
+            f"model folder {folder} cannot take mask inputs (a previous mask's low-res logits): that needs the "
+            f"split click decoder with {graphs.SPLIT_MASK_FILE}, which `sam3 models export` writes (--checkpoint DIR "
+            "for real weights). Send the clicks alone instead."
+        )
+
+
 class ConceptsNotSupportedError(ModelNotFoundError):
     """A tracker-only folder (e.g. onnx-community/sam3-tracker-ONNX): clicks and boxes work, phrases do not."""
 
@@ -221,9 +233,12 @@ class Sam3Model:
         split = runtime.split_decoder and (decoder_variant or graphs.DEFAULT_VARIANT) == graphs.DEFAULT_VARIANT
         split = split and all((self.folder / name).exists() for name in graphs.SPLIT_FILES)
         self.split_decoder = split and load_decoder
+        self._mask_side: ort.InferenceSession | None = None
         if self.split_decoder:
             self._image_side = self._session(self.folder / graphs.SPLIT_IMAGE_FILE, providers)
             self._decoder = self._session(self.folder / graphs.SPLIT_CLICK_FILE, providers)
+            if (self.folder / graphs.SPLIT_MASK_FILE).exists():
+                self._mask_side = self._session(self.folder / graphs.SPLIT_MASK_FILE, providers)
         else:
             self._decoder = self._session(self.decoder_path, providers) if load_decoder else None
         accelerated = self._decoder is not None and self._decoder.get_providers()[0] != "CPUExecutionProvider"
@@ -256,6 +271,11 @@ class Sam3Model:
         """Whether `image_embeddings.2` includes SAM3's no-memory embedding (else masks differ from
         SAM3's own): from the manifest, else the graph's named constant, else UNKNOWN (never a guess)."""
         return no_memory.detect(self.manifest, self.encoder_path)
+
+    @property
+    def accepts_mask_input(self) -> bool:
+        """Whether objects may carry a mask prompt (the split decoder and its mask-prompt graph are loaded)."""
+        return self._mask_side is not None
 
     @property
     def encoder(self) -> ort.InferenceSession | OpenVinoSession:
@@ -347,6 +367,7 @@ class Sam3Model:
         labels: np.ndarray,
         boxes: np.ndarray,
         embeddings: ImageEmbeddings | Sequence[np.ndarray],
+        mask_input: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns (iou_scores [1,P,3], pred_masks [1,P,3,h,w], object_score_logits [1,P,1]) as float32.
 
@@ -354,32 +375,53 @@ class Sam3Model:
         encoder's three tensors) is prepared again on every call. With I/O binding the prompts are copied
         to the device, the embeddings are bound where they are, and only the small outputs come back to
         the host (masks are upsampled on the CPU).
+
+        `mask_input` (float32 [1, 1, h, w], one object: P = 1) is a mask prompt: the mask-prompt graph first
+        recomputes the image-side tensors it changes, and the click graph runs on those (plain clicks never
+        pay for it). MaskInputNotSupportedError when the folder lacks that graph.
         """
         if not isinstance(embeddings, ImageEmbeddings):
             embeddings = ImageEmbeddings(tuple(embeddings), (0, 0), self.model_id)
         embeddings = self.decoder_embeddings(embeddings)
         feeds: dict[str, Any] = dict(zip(graphs.DECODER_PROMPT_INPUTS, (points, labels, boxes), strict=True))
         feeds.update(zip(self._prepared_names, embeddings.tensors, strict=True))
-        for model_input in self.decoder.get_inputs():
+        if mask_input is not None:
+            feeds.update(zip(graphs.SPLIT_MASK_REPLACES, self._mask_prompt_tensors(mask_input, feeds), strict=True))
+        outputs = self._run(self.decoder, feeds, graphs.DECODER_OUTPUTS)
+        iou, masks, objects = (np.asarray(output, np.float32) for output in outputs)
+        return iou, masks, objects
+
+    def _mask_prompt_tensors(self, mask_input: np.ndarray, feeds: dict[str, Any]) -> list[Any]:
+        """The image-side tensors a mask prompt changes (`graphs.SPLIT_MASK_REPLACES`), left on the decoder's
+        device with I/O binding."""
+        if self._mask_side is None:
+            raise MaskInputNotSupportedError(self.folder)
+        (_, tokens_name) = graphs.SPLIT_MASK_INPUTS
+        mask_feeds = dict(zip(graphs.SPLIT_MASK_INPUTS, (mask_input, feeds[tokens_name]), strict=True))
+        return self._run(self._mask_side, mask_feeds, graphs.SPLIT_MASK_OUTPUTS, keep_on_device=True)
+
+    def _run(
+        self, session: ort.InferenceSession, feeds: dict[str, Any], outputs: Sequence[str], keep_on_device: bool = False
+    ) -> list[Any]:
+        """One run with inputs cast to the graph's declared types; through I/O binding when it is on or an
+        input already lives on the device (then `keep_on_device` leaves the outputs there as DeviceTensors)."""
+        for model_input in session.get_inputs():
             wanted = _NUMPY_TYPES.get(model_input.type)
             value = feeds[model_input.name]
             if wanted is not None and not isinstance(value, DeviceTensor) and value.dtype != wanted:
                 feeds[model_input.name] = value.astype(wanted)
-        if self.io_binding or any(isinstance(v, DeviceTensor) for v in feeds.values()):
-            outputs = self._run_bound(feeds)
-        else:
-            outputs = self.decoder.run(list(graphs.DECODER_OUTPUTS), feeds)
-        iou, masks, objects = outputs
-        return (np.asarray(iou, np.float32), np.asarray(masks, np.float32), np.asarray(objects, np.float32))
-
-    def _run_bound(self, feeds: dict[str, Any]) -> list[np.ndarray]:
-        binding = self.decoder.io_binding()
+        if not (self.io_binding or any(isinstance(v, DeviceTensor) for v in feeds.values())):
+            return list(session.run(list(outputs), feeds))
+        binding = session.io_binding()
         for name, value in feeds.items():
             if isinstance(value, DeviceTensor):
                 binding.bind_ortvalue_input(name, value.value)
             else:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in graphs.DECODER_OUTPUTS:
-            binding.bind_output(name, "cpu")
-        self.decoder.run_with_iobinding(binding)
+        device, device_id = self.decoder_device if keep_on_device else ("cpu", 0)
+        for name in outputs:
+            binding.bind_output(name, device, device_id)
+        session.run_with_iobinding(binding)
+        if keep_on_device:
+            return [DeviceTensor(value) for value in binding.get_outputs()]
         return list(binding.copy_outputs_to_cpu())

@@ -24,7 +24,7 @@ from sam3_core.concept import (
 from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.images import ImageInput, ImageLimits, load_image
 from sam3_core.masks import CocoRle
-from sam3_core.model import ConceptsNotSupportedError, DecoderEmbeddings, Sam3Model
+from sam3_core.model import ConceptsNotSupportedError, DecoderEmbeddings, MaskInputNotSupportedError, Sam3Model
 from sam3_core.postprocess import MASK_THRESHOLD, upsample_logits, upsample_logits_to_mask, upsample_logits_to_rle
 from sam3_core.preprocess import pixel_values
 from sam3_core.prompts import Prompt, PromptLimits, build_batches, validate
@@ -115,14 +115,18 @@ def decode(
         with timer.stage("prepare"):
             embeddings = model.decoder_embeddings(embeddings)
     with timer.stage("prompt"):
-        validate(prompts, embeddings.original_size, limits)
+        validate(prompts, embeddings.original_size, limits, model.mask_size)
+        if not model.accepts_mask_input and any(p.mask_input is not None for p in prompts):
+            raise MaskInputNotSupportedError(model.folder)
         batches = build_batches(
             prompts, embeddings.original_size, model.preprocessing.size, appends_pad_point=model.appends_pad_point
         )
     results: list[ObjectPrediction | None] = [None] * len(prompts)
     for batch in batches:
         with timer.stage("model"):
-            iou, masks, object_logits = model.run_decoder(batch.points, batch.labels, batch.empty_boxes, embeddings)
+            iou, masks, object_logits = model.run_decoder(
+                batch.points, batch.labels, batch.empty_boxes, embeddings, batch.mask_input
+            )
         for row, index in enumerate(batch.object_indices):
             results[index] = ObjectPrediction(
                 iou_scores=iou[0, row],
@@ -216,9 +220,14 @@ class Predictor:
         points: Sequence[Sequence[float]] | np.ndarray | None = None,
         labels: Sequence[int] | np.ndarray | None = None,
         box: Sequence[float] | np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
     ) -> ObjectPrediction:
-        """One object from clicks (labels: 1 foreground, 0 background; default all foreground) and/or a box."""
-        return self.predict_objects([Prompt.of(points, labels, box)])[0]
+        """One object from clicks (labels: 1 foreground, 0 background; default all foreground) and/or a box.
+
+        `mask_input` refines an earlier answer, as SamPredictor's: one mask's low-res logits
+        (`previous.low_res_logits[previous.best_index]`), sent with all the clicks so far plus the new ones.
+        """
+        return self.predict_objects([Prompt.of(points, labels, box, mask_input)])[0]
 
     def predict_objects(self, prompts: Sequence[Prompt]) -> list[ObjectPrediction]:
         """Several objects in one call, one result per prompt, in order."""

@@ -26,15 +26,15 @@ DOWNLOAD_TIMEOUT_SECONDS = 10.0
 
 def download_patterns(variant: str | None = None, decoder_variant: str | None = None) -> list[str]:
     """The repo files a model folder of these variants needs (glob patterns, relative to the repo root),
-    with the split click decoder's two graphs when the decoder is the float32 one (a repo holding our
-    export has them; onnx-community's do not, and then nothing matches them)."""
+    with the split click decoder's graphs (and its mask-prompt graph) when the decoder is the float32 one
+    (a repo holding our export has them; onnx-community's do not, and then nothing matches them)."""
     split = (decoder_variant or graphs.DEFAULT_VARIANT) == graphs.DEFAULT_VARIANT
     return [
         "preprocessor_config.json",
         "config.json",
         *graphs.download_patterns(graphs.ENCODER_STEM, variant),
         *graphs.download_patterns(graphs.DECODER_STEM, decoder_variant),
-        *(graphs.SPLIT_FILES if split else ()),
+        *((*graphs.SPLIT_FILES, graphs.SPLIT_MASK_FILE) if split else ()),
     ]
 
 

@@ -14,6 +14,11 @@ Sam3TrackerMaskDecoder), rearranged so a click does about half the arithmetic:
   matrix products in a space-to-depth layout, so the upscaling needs no transposes; only the three
   output masks are put back in raster order.
 
+- Per click with a mask prompt (`mask_decoder_mask_prompt.onnx`, then the click graph): a mask prompt
+  (the previous answer's low-res logits) replaces the no-mask embedding in the image tokens, so the
+  image-side projections that depend on it are recomputed for that click; the high-resolution features
+  do not depend on it and stay cached. Plain clicks never run it.
+
 The result equals the original graph's up to float32 rounding (sums in another order); `sam3 bench`
 reports the mask-pixel agreement, and tests/test_split_decoder.py checks it against transformers.
 """
@@ -33,6 +38,9 @@ from sam3_core.graphs import (
     SPLIT_CLICK_FILE,
     SPLIT_IMAGE_FILE,
     SPLIT_IMAGE_OUTPUTS,
+    SPLIT_MASK_FILE,
+    SPLIT_MASK_INPUTS,
+    SPLIT_MASK_OUTPUTS,
 )
 from sam3_export.tracing import trace
 
@@ -56,6 +64,26 @@ def _mix(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return attention.o_proj((weights @ v).transpose(-3, -2).flatten(-2))
 
 
+def _with_position(model: nn.Module, keys: torch.Tensor) -> torch.Tensor:
+    """Image tokens [N, C] plus the image-wide positional embedding."""
+    return keys + model.get_image_wide_positional_embeddings()[0].flatten(1).transpose(0, 1)
+
+
+def _first_layer_image_side(model: nn.Module, keys: torch.Tensor, with_pe: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Image tokens with their dense prompt [N, C] (and `_with_position` of them) -> (the tokens, the first
+    two-way layer's token-to-image keys and values [h,N,d], its image-to-token queries [N,h*d]): everything
+    the dense prompt reaches."""
+    first = model.mask_decoder.transformer.layers[0]
+    to_image = first.cross_attn_token_to_image
+    heads = to_image.num_attention_heads
+    return (
+        keys,
+        _split_heads(to_image.k_proj(with_pe), heads).contiguous(),  # [h,N,d]
+        _split_heads(to_image.v_proj(keys), heads).contiguous(),
+        first.cross_attn_image_to_token.q_proj(with_pe),  # [N,h*d]
+    )
+
+
 class ImageSide(nn.Module):
     """embeddings 0/1/2 -> the per-image tensors of `graphs.SPLIT_IMAGE_OUTPUTS`."""
 
@@ -67,11 +95,10 @@ class ImageSide(nn.Module):
         self, embedding_0: torch.Tensor, embedding_1: torch.Tensor, embedding_2: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         decoder = self.model.mask_decoder
-        first = decoder.transformer.layers[0]
         height, width = embedding_2.shape[-2:]
         dense = self.model.prompt_encoder.no_mask_embed.weight  # [1, C]: no mask prompt
         keys = _channels_last(embedding_2) + dense  # [N, C]
-        with_pe = keys + self.model.get_image_wide_positional_embeddings()[0].flatten(1).transpose(0, 1)
+        with_pe = _with_position(self.model, keys)
         # Space-to-depth, channels last: s1[n, a] is pixel (2h+ay, 2w+ax) of the 2x grid with a = (ay, ax);
         # s0[n, a, b] is (4h+2ay+by, 4w+2ax+bx) of the 4x grid. Built by low-rank transposes of large
         # blocks (a 7-axis permute is ~4x slower in ONNX Runtime); the convolutions' biases go in too.
@@ -80,16 +107,30 @@ class ImageSide(nn.Module):
         s0 = _channels_last(embedding_0)  # [(h, ay, by, w, ax, bx), C0]
         s0 = s0.reshape(height, 4, width, -1).transpose(1, 2)  # [h, w, (ay, by), (ax, bx, C0)]
         s0 = s0.reshape(height * width, 2, 2, 2, -1).transpose(2, 3).reshape(height * width, 4, 4, -1)
-        to_image = first.cross_attn_token_to_image
-        heads = to_image.num_attention_heads
         return (
-            keys,
-            _split_heads(to_image.k_proj(with_pe), heads).contiguous(),  # [h,N,d]
-            _split_heads(to_image.v_proj(keys), heads).contiguous(),
-            first.cross_attn_image_to_token.q_proj(with_pe),  # [N,h*d]
+            *_first_layer_image_side(self.model, keys, with_pe),
             s1 + decoder.upscale_conv1.bias,
             s0 + decoder.upscale_conv2.bias,
         )
+
+
+class MaskPromptSide(nn.Module):
+    """A mask prompt + the image side's `image_tokens` -> the four image-side tensors it changes
+    (`graphs.SPLIT_MASK_OUTPUTS`), which then replace the cached ones in one run of the click graph.
+
+    The mask is one object's previous low-res logits [1, 1, h, w] (clamped by the caller, as SAM3 does);
+    transformers embeds it with the prompt encoder's `mask_embed` where the no-mask embedding would be.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_masks: torch.Tensor, image_tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        prompt_encoder = self.model.prompt_encoder
+        dense = _channels_last(prompt_encoder.mask_embed(input_masks))  # [N, C]
+        keys = (image_tokens - prompt_encoder.no_mask_embed.weight) + dense  # the cached tokens carry no-mask
+        return _first_layer_image_side(self.model, keys, _with_position(self.model, keys))
 
 
 class ClickSide(nn.Module):
@@ -240,7 +281,8 @@ def _layer_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def export_split_decoder(model: nn.Module, out_dir: Path, embeddings: tuple[torch.Tensor, ...]) -> None:
-    """Writes mask_decoder_image.onnx and mask_decoder_click.onnx beside the standard decoder."""
+    """Writes mask_decoder_image.onnx, mask_decoder_click.onnx and mask_decoder_mask_prompt.onnx beside the
+    standard decoder."""
     image_side = ImageSide(model).eval()
     trace(image_side, embeddings, out_dir / SPLIT_IMAGE_FILE, EMBEDDING_NAMES, SPLIT_IMAGE_OUTPUTS)
     with torch.no_grad():
@@ -254,3 +296,6 @@ def export_split_decoder(model: nn.Module, out_dir: Path, embeddings: tuple[torc
         DECODER_OUTPUTS,
         DECODER_DYNAMIC_AXES,
     )
+    height, width = embeddings[0].shape[-2:]  # the low-res masks have the finest embedding's size
+    mask = torch.zeros((1, 1, height, width))
+    trace(MaskPromptSide(model), (mask, prepared[0]), out_dir / SPLIT_MASK_FILE, SPLIT_MASK_INPUTS, SPLIT_MASK_OUTPUTS)

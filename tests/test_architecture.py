@@ -12,6 +12,8 @@ ones inside functions. `python tests/test_architecture.py` prints the package-le
 from __future__ import annotations
 
 import ast
+import functools
+import inspect
 import re
 import subprocess
 import sys
@@ -179,8 +181,6 @@ def test_licenses_are_spdx_strings(pyproject: str) -> None:
 
 
 def test_the_sdk_exports_only_what_a_user_can_construct_or_catch() -> None:
-    import inspect
-
     import sam3_client
 
     for name in sam3_client.__all__:
@@ -224,3 +224,40 @@ def test_in_process_caches_are_one_class() -> None:
         if "move_to_end(" in path.read_text()
     }
     assert keepers <= {"sam3_core/cache.py", "sam3_bench/capacity.py"}, sorted(keepers)
+
+
+def test_the_sdk_exports_every_class_its_methods_take_or_return() -> None:
+    """A user can name (import, annotate) whatever a client method takes or returns, down through the
+    results' fields: e.g. `Mask.polygons` is a `Polygons`, `Client.refine` takes an `ObjectResult`."""
+    import dataclasses
+    import typing
+
+    import sam3_client
+
+    def is_getter(member: object) -> bool:
+        return isinstance(member, property | functools.cached_property)
+
+    def sdk_classes(annotation: object) -> set[type]:
+        ours = isinstance(annotation, type) and annotation.__module__.startswith("sam3_client")
+        found = {annotation} if ours else set()
+        for argument in typing.get_args(annotation):
+            found |= sdk_classes(argument)
+        return {cls for cls in found if not cls.__module__.startswith("sam3_client.proto")}
+
+    seen: set[type] = set()
+    pending = [
+        hint
+        for client in (sam3_client.Client, sam3_client.AsyncClient)
+        for name, method in inspect.getmembers(client, inspect.isfunction)
+        if not name.startswith("_")
+        for hint in typing.get_type_hints(method).values()
+    ]
+    while pending:
+        for cls in sdk_classes(pending.pop()) - seen:
+            seen.add(cls)
+            if dataclasses.is_dataclass(cls):
+                pending.extend(typing.get_type_hints(cls).values())
+            getters = [m.fget if isinstance(m, property) else m.func for m in vars(cls).values() if is_getter(m)]
+            pending.extend(typing.get_type_hints(getter).get("return") for getter in getters)
+    missing = sorted(cls.__name__ for cls in seen if cls.__name__ not in sam3_client.__all__)
+    assert not missing, f"add to sam3_client.__all__: {missing}"

@@ -857,3 +857,76 @@ def test_models_export_help_says_the_default_is_the_full_size(capsys):
     assert main(["models", "export", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
     assert "full (the default: the real architecture, minutes and ~12 GB of RAM)" in text
+
+
+def test_segment_refines_an_earlier_run_and_writes_polygons(server, tmp_path, capsys):
+    """The annotation loop on the command line: --save-logits + --json, then --refine with one more click
+    (in-process and through the server, the same answer); --object-key lets the worker keep the mask;
+    --format polygon writes COCO polygons that fill back to the mask."""
+    first = segment(
+        capsys,
+        tmp_path,
+        "first",
+        "--point",
+        "320,240",
+        "--save-logits",
+        str(tmp_path / "first.npy"),
+        "--model-dir",
+        str(references.MODEL_DIR),
+    )[1]
+    assert first["logits"] == str(tmp_path / "first.npy") and np.load(tmp_path / "first.npy").shape == (288, 288)
+    refine = ("--refine", str(tmp_path / "first.json"), "--bg-point", "100,100")
+    out, local, _ = segment(capsys, tmp_path, "local", *refine, "--model-dir", str(references.MODEL_DIR))
+    assert "Refined from the previous mask" in out and local["mask_input_used"]
+    assert local["points"] == [[320.0, 240.0]] and local["bg_points"] == [[100.0, 100.0]]
+    _, remote, _ = segment(capsys, tmp_path, "remote", *refine, "--server", server)
+    np.testing.assert_allclose(remote["iou_scores"], local["iou_scores"], atol=1e-5)
+
+    keyed = segment(capsys, tmp_path, "keyed", "--point", "320,240", "--object-key", "cli-car", "--server", server)[1]
+    assert keyed["object_key"] == "cli-car" and keyed["logits"] is None
+    out, again, _ = segment(
+        capsys, tmp_path, "again", "--refine", str(tmp_path / "keyed.json"), "--bg-point", "100,100", "--server", server
+    )
+    assert again["mask_input_used"] and np.allclose(again["iou_scores"], local["iou_scores"], atol=1e-5)
+
+    outline = tmp_path / "outline.json"
+    code = main(
+        [
+            "segment",
+            "-i",
+            str(IMAGE),
+            "--point",
+            "320,240",
+            "--format",
+            "polygon",
+            "--polygon-tolerance",
+            "0",
+            "-o",
+            str(outline),
+            "--server",
+            server,
+        ]
+    )
+    assert code == 0
+    written = json.loads(outline.read_text())
+    from sam3_client.masks import rasterize_polygons
+
+    filled = rasterize_polygons(written["segmentation"], *written["size"])
+    assert filled.sum() == int(re.search(r"(\d+) foreground pixels", capsys.readouterr().out).group(1))
+    assert len(written["holes"]) == len(written["segmentation"]) and written["tolerance"] == 0
+    assert (
+        main(
+            [
+                "segment",
+                "-i",
+                str(IMAGE),
+                "--point",
+                "1,1",
+                "--object-key",
+                "k",
+                "--model-dir",
+                str(references.MODEL_DIR),
+            ]
+        )
+        == 2
+    )

@@ -35,7 +35,7 @@ from service_stack import Stack, running
 from test_service_behaviour import new_image
 
 IMAGE = "landscape.jpg"
-FORMATS = ("rle", "png", "bits", "none")
+FORMATS = ("rle", "png", "bits", "none", "polygon")
 
 
 @cache
@@ -93,6 +93,7 @@ def test_every_oracle_case_matches_through_the_services_in_every_format(stack: S
                     exemplars=[(tuple(box), positive) for box, positive in reference.exemplars],
                     threshold=query["threshold"],
                     mask_format=mask_format,
+                    polygon_tolerance=0,  # polygons: the exact outline (the others ignore it)
                     label_image=(n == 0),
                 )
                 (answer,) = result.concepts

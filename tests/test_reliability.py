@@ -36,6 +36,7 @@ from encoder_service.servicer import EncoderSettings
 from sam3_cli.workers import ENCODER
 from sam3_client import AsyncClient, Client, ObjectPrompt, Reason, Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
+from sam3_core.model import Sam3Model
 from sam3_core.prompts import PromptLimits
 from sam3_serving.config import ServerConfig
 from sam3_serving.errors import ServiceError
@@ -262,6 +263,7 @@ def test_oversized_answers_are_refused_before_any_work(served: Served) -> None:
 
 
 def test_the_estimate_counts_objects_masks_pixels_and_formats() -> None:
+    model = Sam3Model(references.MODEL_DIR, load_encoder=False)
     limits = ResponseLimits(max_response_bytes=1_000_000, max_mask_pixels=10_000_000)
     click = decoder_pb2.Point(x=1, y=1, label=decoder_pb2.POINT_LABEL_FOREGROUND)
     objects = [decoder_pb2.ObjectPrompt(points=[click])] * 2
@@ -270,7 +272,7 @@ def test_the_estimate_counts_objects_masks_pixels_and_formats() -> None:
     def refused(image: tuple[int, int], **fields: object) -> str | None:
         request = decoder_pb2.SegmentRequest(image_id="0" * 64, objects=objects, **{**best, **fields})
         try:
-            segment_budget(segment_plan(request, PromptLimits()), image, (288, 288), limits)
+            segment_budget(segment_plan(request, PromptLimits(), model), image, (288, 288), limits)
         except ServiceError as error:
             assert error.reason == Reason.RESPONSE_TOO_LARGE
             return error.metadata["limit"]

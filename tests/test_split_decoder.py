@@ -103,7 +103,8 @@ def test_another_decoder_variant_is_not_replaced_by_the_float32_split(tmp_path: 
 def test_a_pulled_folder_keeps_the_split_graphs(tmp_path: Path) -> None:
     """`sam3 models pull --dir` copies a repo's files by download_patterns: ours include the split graphs."""
     written = materialize(references.MODEL_DIR, tmp_path / "pulled", patterns=download_patterns())
-    assert {graphs.SPLIT_IMAGE_FILE, graphs.SPLIT_CLICK_FILE} <= {path.name for path in written}
-    assert Sam3Model(tmp_path / "pulled", load_encoder=False).split_decoder
+    assert {*graphs.SPLIT_FILES, graphs.SPLIT_MASK_FILE} <= {path.name for path in written}
+    pulled = Sam3Model(tmp_path / "pulled", load_encoder=False)
+    assert pulled.split_decoder and pulled.accepts_mask_input
     other = materialize(references.MODEL_DIR, tmp_path / "other", patterns=download_patterns(decoder_variant="fp16"))
     assert not {graphs.SPLIT_IMAGE_FILE, graphs.SPLIT_CLICK_FILE} & {path.name for path in other}

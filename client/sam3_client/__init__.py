@@ -5,6 +5,8 @@
         result = sam3.segment("photo.jpg", points=[[500, 375]])
         mask = result.mask          # numpy bool, H x W at the photo's size
         buses = sam3.segment_concept("photo.jpg", "yellow school bus").instances
+        car = sam3.segment("photo.jpg", points=[[500, 375]], object_key="car").objects[0]
+        car = sam3.refine(car, points=[[620, 410]], labels=[0])   # more clicks, from the previous mask
 
 `AsyncClient` has the same methods for asyncio. Transport options (TLS, token, retries,
 wait_for_ready, message size) are `ChannelSettings`; default deadlines per method are `Deadlines`;
@@ -12,7 +14,7 @@ every failure is a `Sam3Error` carrying the gRPC status code and the server's re
 """
 
 from sam3_client._channel import ChannelSettings, Deadlines
-from sam3_client._prompts import ObjectPrompt
+from sam3_client._prompts import ConceptOptions, ObjectPrompt, SegmentOptions
 from sam3_client._results import (
     ConceptAnswer,
     ConceptResult,
@@ -21,6 +23,7 @@ from sam3_client._results import (
     Mask,
     ModelInfo,
     ObjectResult,
+    Polygons,
     SegmentResult,
 )
 from sam3_client.async_client import AsyncClient
@@ -32,6 +35,7 @@ __all__ = [
     "ChannelSettings",
     "Client",
     "ConceptAnswer",
+    "ConceptOptions",
     "ConceptResult",
     "Deadlines",
     "EncodeResult",
@@ -40,7 +44,9 @@ __all__ = [
     "ModelInfo",
     "ObjectPrompt",
     "ObjectResult",
+    "Polygons",
     "Reason",
     "Sam3Error",
+    "SegmentOptions",
     "SegmentResult",
 ]

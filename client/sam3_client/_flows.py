@@ -34,7 +34,7 @@ from sam3_client._prompts import (
     StreamRequest,
     object_prompts,
 )
-from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, SegmentResult
+from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, ObjectResult, SegmentResult
 from sam3_client._steps import Flow
 from sam3_client.errors import Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, encoder_pb2
@@ -92,7 +92,45 @@ def segment_flow(
     request = segment_request(payload.image_id, objects, **options)
     call = Call("segment", request, deadlines.segment)
     response, encoded = yield from _encode_on_miss(payload, call, deadlines, Budget(options.get("timeout")))
-    return segment_result(response, encoded)
+    return segment_result(response, encoded, objects, options)
+
+
+def refine_flow(
+    previous: ObjectResult,
+    deadlines: Deadlines,
+    points: Sequence[Sequence[float]] = (),
+    labels: Sequence[int] | None = None,
+    box: Sequence[float] | None = None,
+    **options: Unpack[SegmentOptions],
+) -> Flow[ObjectResult]:
+    """The object of `previous` again: its clicks plus `points`, its box (or `box`), and its answer's mask as
+    mask input: the logits it returned (low_res_logits=True), else the ones the worker remembered under its
+    object_key. Options default to the previous call's."""
+    prompt = previous.prompt
+    if prompt is None or not previous.image_id:
+        raise ValueError("refine() takes an object of what segment(), segment_objects() or refine() returned")
+    logits = previous.chosen_logits
+    if logits is None and not prompt.object_key:
+        raise ValueError(
+            "nothing to refine from: segment with object_key=... (the worker remembers the mask for a few minutes) "
+            "or with low_res_logits=True (the mask's logits come back with the answer)"
+        )
+    added = [list(point) for point in points]
+    added_labels = list(labels) if labels is not None else [1] * len(added)
+    if len(added_labels) != len(added):
+        raise ValueError(f"{len(added_labels)} labels for {len(added)} points")
+    earlier_labels = list(prompt.labels) if prompt.labels is not None else [1] * len(prompt.points)
+    again = ObjectPrompt(
+        points=[*(list(point) for point in prompt.points), *added],
+        labels=[*earlier_labels, *added_labels],
+        box=prompt.box if box is None else box,
+        mask_input="previous" if logits is None else logits,
+        object_key=prompt.object_key,
+    )
+    merged = SegmentOptions(**previous.options)
+    merged.update(options)
+    result = yield from segment_flow(previous.image_id, [again], deadlines, **merged)
+    return result.objects[0]
 
 
 def concept_flow(
@@ -150,6 +188,7 @@ class Session:
         self._options = options
         self._ready: set[str] = set()
         self._count = itertools.count()
+        self._asked: dict[str, Sequence[ObjectPrompt]] = {}  # request_id -> its objects, until answered
 
     def request_flow(self, item: StreamRequest) -> Flow[decoder_pb2.SegmentRequest]:
         image, objects, *key = item
@@ -157,13 +196,19 @@ class Session:
         if payload.data is not None and payload.image_id not in self._ready:
             yield from encode_flow(payload, self._deadlines)  # no prefetch: a stream has one replica anyway
             self._ready.add(payload.image_id)
+        request_id = str(next(self._count))
+        self._asked[request_id] = object_prompts(objects)
         return segment_request(
             payload.image_id,
-            object_prompts(objects),
-            request_id=str(next(self._count)),
+            self._asked[request_id],
+            request_id=request_id,
             object_key=str(key[0]) if key else "",
             **self._options,
         )
+
+    def result(self, response: decoder_pb2.SegmentResponse) -> SegmentResult:
+        """One answer of the stream, its objects refinable like segment()'s."""
+        return segment_result(response, None, self._asked.pop(response.request_id, ()), self._options)
 
 
 class Batch:

@@ -5,13 +5,13 @@ and response parsers. No I/O: the flows (`_flows`) decide which messages to send
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Unpack
+from typing import Any, Unpack
 
 import numpy as np
 
 from sam3_client import wire
 from sam3_client._images import ImagePayload
-from sam3_client._prompts import MASK_FORMATS, ConceptOptions, ConceptQuery, ObjectPrompt, SegmentOptions
+from sam3_client._prompts import MASK_FORMATS, PREVIOUS, ConceptOptions, ConceptQuery, ObjectPrompt, SegmentOptions
 from sam3_client._results import (
     ConceptAnswer,
     ConceptResult,
@@ -47,7 +47,48 @@ def object_prompt(prompt: ObjectPrompt) -> decoder_pb2.ObjectPrompt:
     if prompt.box is not None:
         x1, y1, x2, y2 = (float(v) for v in prompt.box)
         message.box.CopyFrom(decoder_pb2.Box(x1=x1, y1=y1, x2=x2, y2=y2))
+    if not isinstance(prompt.object_key, str) or len(prompt.object_key.encode()) > MAX_OBJECT_KEY_BYTES:
+        raise ValueError(f"object_key: a string of at most {MAX_OBJECT_KEY_BYTES} bytes, got {prompt.object_key!r}")
+    message.object_key = prompt.object_key
+    if prompt.mask_input is not None:
+        message.mask_input.CopyFrom(mask_input(prompt))
     return message
+
+
+MAX_OBJECT_KEY_BYTES = 128  # the worker's limit (decoder.proto, ObjectPrompt.object_key)
+
+
+def mask_input(prompt: ObjectPrompt) -> decoder_pb2.MaskInput:
+    """A prompt's mask input on the wire: "previous" (needs its object_key), or one map of low-res logits."""
+    if isinstance(prompt.mask_input, str):
+        if prompt.mask_input != PREVIOUS:
+            raise ValueError(f"mask_input {prompt.mask_input!r}: give low-res logits (an array) or {PREVIOUS!r}")
+        if not prompt.object_key:
+            raise ValueError(f"mask_input={PREVIOUS!r} needs the object_key the worker remembered the logits under")
+        return decoder_pb2.MaskInput(previous=True)
+    logits = np.asarray(prompt.mask_input)
+    if logits.ndim == 3 and logits.shape[0] == 1:
+        logits = logits[0]
+    if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating):
+        raise ValueError(
+            f"mask_input must be one mask's low-res logits, a float array [h, w] (or [1, h, w]); got "
+            f"{logits.dtype} {logits.shape}: pass e.g. result.low_res_logits[result.best_index]"
+        )
+    if not np.isfinite(logits).all():
+        raise ValueError("mask_input holds NaN or infinite values")
+    height, width = logits.shape
+    data = np.ascontiguousarray(logits, "<f4").tobytes()
+    return decoder_pb2.MaskInput(logits=decoder_pb2.LowResLogits(data=data, height=height, width=width, count=1))
+
+
+def _polygon_tolerance(options: Any) -> float | None:
+    """The polygon_tolerance option, checked (None: the worker's default)."""
+    tolerance = options.get("polygon_tolerance")
+    if tolerance is None:
+        return None
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 <= tolerance <= 100:
+        raise ValueError(f"polygon_tolerance {tolerance!r}: give a number of pixels in [0, 100] (default 1)")
+    return float(tolerance)
 
 
 def segment_request(
@@ -72,6 +113,7 @@ def segment_request(
         return_low_res_logits=options.get("low_res_logits", False),
         request_id=request_id,
         object_key=object_key,
+        polygon_tolerance=_polygon_tolerance(options),
     )
     if mask == "all":
         request.selection = decoder_pb2.MASK_SELECTION_ALL
@@ -104,6 +146,7 @@ def concept_request(
         threshold=threshold,
         mask_format=MASK_FORMATS[mask_format],
         label_image=options.get("label_image", False),
+        polygon_tolerance=_polygon_tolerance(options),
     )
     if max_instances is not None:
         request.max_instances = max_instances
@@ -143,21 +186,44 @@ def concept_result(response: decoder_pb2.SegmentConceptResponse, encoded: Encode
     )
 
 
-def _object_result(obj: decoder_pb2.ObjectResult) -> ObjectResult:
+def _object_result(
+    obj: decoder_pb2.ObjectResult, image_id: str, prompt: ObjectPrompt | None, options: SegmentOptions
+) -> ObjectResult:
     logits = None
     if obj.HasField("low_res_logits"):
         shape = (obj.low_res_logits.count, obj.low_res_logits.height, obj.low_res_logits.width)
         logits = np.frombuffer(obj.low_res_logits.data, "<f4").reshape(shape)
     masks = [_mask(m) for m in obj.masks]
-    return ObjectResult(masks, list(obj.iou_scores), obj.best_index, obj.presence_probability, logits)
+    return ObjectResult(
+        masks,
+        list(obj.iou_scores),
+        obj.best_index,
+        obj.presence_probability,
+        logits,
+        obj.mask_input_used,
+        image_id=image_id,
+        prompt=prompt,
+        options=options,
+    )
 
 
-def segment_result(response: decoder_pb2.SegmentResponse, encoded: EncodeResult | None = None) -> SegmentResult:
+def segment_result(
+    response: decoder_pb2.SegmentResponse,
+    encoded: EncodeResult | None = None,
+    objects: Sequence[ObjectPrompt] = (),
+    options: SegmentOptions | None = None,
+) -> SegmentResult:
+    """The result; `objects` and `options` (what was asked) let each object be refined (`Client.refine`)."""
+    asked: list[ObjectPrompt | None] = list(objects) if len(objects) == len(response.objects) else []
+    asked = asked or [None] * len(response.objects)
+    kept: SegmentOptions = {key: value for key, value in (options or {}).items() if key != "timeout"}  # type: ignore[assignment]
+    pairs = zip(response.objects, asked, strict=True)
+    results = [_object_result(obj, response.image_id, prompt, kept) for obj, prompt in pairs]
     return SegmentResult(
         response.image_id,
         response.width,
         response.height,
-        [_object_result(obj) for obj in response.objects],
+        results,
         response.model_id,
         dict(response.timings.milliseconds),
         encoded,

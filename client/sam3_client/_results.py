@@ -1,7 +1,7 @@
 """What comes back: the results of every call, as plain values that decode their masks on first use.
 
 Built from response messages by `_messages`; the public ones are re-exported by `sam3_client`. A new
-mask format (e.g. polygons) is a name in `_prompts.MASK_FORMATS` and a branch of `Mask`'s decoding.
+mask format is a name in `_prompts.MASK_FORMATS` and a branch of `Mask`'s decoding.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from sam3_client import masks
-from sam3_client._prompts import MASK_FORMATS, Box
+from sam3_client._prompts import MASK_FORMATS, Box, ObjectPrompt, SegmentOptions
 from sam3_client.errors import Sam3Error
 from sam3_client.proto import decoder_pb2
 
@@ -34,12 +34,45 @@ class EncodeResult:
 
 
 @dataclass(frozen=True)
-class Mask:
-    """One returned mask, kept as it arrived (COCO RLE runs, PNG or packed bits) and decoded on first use.
+class Polygons:
+    """A mask's outline as the worker traced it: one ring per part of the mask and per hole in it.
 
-    `area` and `bbox` are the server's (computed from the runs): reading them decodes nothing. `mask`
+    Coordinates are pixel edges: pixel (column c, row r) is the square (c, r)-(c + 1, r + 1), so corners
+    are whole numbers from 0 to width / height. `coco` is COCO's "segmentation" polygon list (one flat
+    [x0, y0, x1, y1, ...] per ring, holes included); COCO tools fill every ring, so they lose the holes:
+    `outer` leaves them out, `to_mask()` cuts them (the even-odd rule) and, at tolerance 0, gives the
+    mask back exactly.
+    """
+
+    rings: list[np.ndarray]  # int32 [n, 2] corners (x, y) per ring; the ring closes back to its first corner
+    holes: list[bool]  # rings[k] bounds a hole (runs counter-clockwise on screen; parts run clockwise)
+    width: int
+    height: int
+    tolerance: float  # pixels: how far the simplified outline may stray from the traced one
+
+    @property
+    def coco(self) -> list[list[float]]:
+        """Every ring as COCO's flat [x0, y0, x1, y1, ...] list (holes too: see `outer`)."""
+        return [ring.reshape(-1).astype(float).tolist() for ring in self.rings]
+
+    @property
+    def outer(self) -> list[list[float]]:
+        """The rings of the mask's parts only (no holes), as `coco`: what a tool that fills every ring wants."""
+        return [ring for ring, hole in zip(self.coco, self.holes, strict=True) if not hole]
+
+    def to_mask(self) -> np.ndarray:
+        """The boolean H x W mask the rings enclose (even-odd at pixel centres: holes stay holes)."""
+        return masks.rasterize_polygons(self.coco, self.height, self.width)
+
+
+@dataclass(frozen=True)
+class Mask:
+    """One returned mask, kept as it arrived (COCO RLE runs, PNG, packed bits or polygons), decoded on first use.
+
+    `area` and `bbox` are the server's (computed from the pixels): reading them decodes nothing. `mask`
     is the boolean H x W array at the original size and `rle` the pycocotools dict
     {"size": [h, w], "counts": [...]}; both are None when the request asked for mask_format="none".
+    With mask_format="polygon", `polygons` is the outline as it arrived and `mask` fills it.
     """
 
     index: int  # which of the decoder's 3 candidates
@@ -50,7 +83,7 @@ class Mask:
 
     @property
     def format(self) -> str:
-        """How the mask travelled: "rle", "png", "bits" or "none" (the SegmentOptions names)."""
+        """How the mask travelled: "rle", "png", "bits", "polygon" or "none" (the SegmentOptions names)."""
         return _FORMAT_NAMES.get(self.message.format, "png")
 
     @functools.cached_property
@@ -62,7 +95,19 @@ class Mask:
             return masks.decode_rle(message.rle.counts, message.rle.height, message.rle.width)
         if self.format == "bits":
             return masks.decode_packed_bits(message.data, message.height, message.width)
+        if self.polygons is not None:
+            return self.polygons.to_mask()
         return masks.decode_png(message.data)
+
+    @functools.cached_property
+    def polygons(self) -> Polygons | None:
+        """The outline, when the mask travelled as polygons (mask_format="polygon"); else None."""
+        if self.format != "polygon":
+            return None
+        message = self.message
+        rings = [np.asarray(ring.points, np.int32).reshape(-1, 2) for ring in message.polygons.rings]
+        holes = [ring.hole for ring in message.polygons.rings]
+        return Polygons(rings, holes, message.width, message.height, message.polygons.tolerance)
 
     @functools.cached_property
     def rle(self) -> dict[str, Any] | None:
@@ -73,18 +118,36 @@ class Mask:
 
 @dataclass(frozen=True)
 class ObjectResult:
-    """The result for one ObjectPrompt: the selected mask(s), all 3 IoU scores, presence probability."""
+    """The result for one ObjectPrompt: the selected mask(s), all 3 IoU scores, presence probability.
+
+    It remembers what was asked (`prompt`, `image_id`, `options`), so `Client.refine(result, points=...)`
+    asks again with more clicks and this answer's mask.
+    """
 
     masks: list[Mask]
     iou_scores: list[float]
     best_index: int
     presence: float  # probability the prompted object is in the image at all
     low_res_logits: np.ndarray | None = None  # [masks, 288, 288] float32, when asked for
+    mask_input_used: bool = False  # a previous mask went into this answer (sent, or remembered by object_key)
+    image_id: str = field(default="", repr=False)
+    prompt: ObjectPrompt | None = field(default=None, repr=False, compare=False)  # what this answers
+    options: SegmentOptions = field(default_factory=lambda: SegmentOptions(), repr=False, compare=False)
 
     @property
     def mask(self) -> np.ndarray | None:
         """The first returned mask (the chosen one, unless all three were asked for)."""
         return self.masks[0].mask if self.masks else None
+
+    @property
+    def chosen_logits(self) -> np.ndarray | None:
+        """The low-res logits of the mask a refinement continues from (the returned one; the best of three
+        with mask="all"), when low_res_logits were asked for: what `mask_input` takes."""
+        if self.low_res_logits is None or len(self.low_res_logits) == 0:
+            return None
+        chosen = self.best_index if len(self.low_res_logits) == len(self.iou_scores) > 1 else 0
+        logits: np.ndarray = self.low_res_logits[chosen]
+        return logits
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,17 @@ from grpc import aio
 
 from sam3_client import _flows
 from sam3_client._channel import Call, ClientBase
-from sam3_client._messages import encode_result, segment_result
+from sam3_client._messages import encode_result
 from sam3_client._prompts import (
     Box,
     ConceptOptions,
+    MaskInput,
     ObjectPrompt,
     SegmentOptions,
     StreamRequest,
     concept_queries,
 )
-from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, SegmentResult
+from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, ObjectResult, SegmentResult
 from sam3_client._steps import Feed, Flow, Steps, stream_errors
 
 T = TypeVar("T")
@@ -73,10 +74,25 @@ class AsyncClient(ClientBase):
         points: Sequence[Sequence[float]] = (),
         labels: Sequence[int] | None = None,
         box: Sequence[float] | None = None,
+        *,
+        mask_input: MaskInput = None,
+        object_key: str = "",
         **options: Unpack[SegmentOptions],
     ) -> SegmentResult:
         """One object from clicks and/or a box, encoding the image on demand (see `Client.segment`)."""
-        return await self.segment_objects(image, [ObjectPrompt(points, labels, box)], **options)
+        prompt = ObjectPrompt(points, labels, box, mask_input=mask_input, object_key=object_key)
+        return await self.segment_objects(image, [prompt], **options)
+
+    async def refine(
+        self,
+        previous: ObjectResult,
+        points: Sequence[Sequence[float]] = (),
+        labels: Sequence[int] | None = None,
+        box: Sequence[float] | None = None,
+        **options: Unpack[SegmentOptions],
+    ) -> ObjectResult:
+        """The same object again with more clicks, from its previous mask (see `Client.refine`)."""
+        return await self._run(_flows.refine_flow(previous, self.deadlines, points, labels, box, **options))
 
     async def segment_objects(
         self, image: Any, objects: Sequence[ObjectPrompt], **options: Unpack[SegmentOptions]
@@ -128,7 +144,7 @@ class AsyncClient(ClientBase):
 
         feed = Feed()
         async for result in self._stream(
-            Call("segment_stream", feed.wrap_async(messages()), session.timeout), feed, segment_result
+            Call("segment_stream", feed.wrap_async(messages()), session.timeout), feed, session.result
         ):
             yield result
 

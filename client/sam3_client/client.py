@@ -11,16 +11,17 @@ import grpc
 
 from sam3_client import _flows
 from sam3_client._channel import Call, ClientBase
-from sam3_client._messages import encode_result, segment_result
+from sam3_client._messages import encode_result
 from sam3_client._prompts import (
     Box,
     ConceptOptions,
+    MaskInput,
     ObjectPrompt,
     SegmentOptions,
     StreamRequest,
     concept_queries,
 )
-from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, SegmentResult
+from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, ObjectResult, SegmentResult
 from sam3_client._steps import Feed, Flow, Steps, stream_errors
 
 T = TypeVar("T")
@@ -80,16 +81,43 @@ class Client(ClientBase):
         points: Sequence[Sequence[float]] = (),
         labels: Sequence[int] | None = None,
         box: Sequence[float] | None = None,
+        *,
+        mask_input: MaskInput = None,
+        object_key: str = "",
         **options: Unpack[SegmentOptions],
     ) -> SegmentResult:
         """One object from clicks [[x, y], ...] (labels 1 foreground / 0 background, default all 1) and/or a box.
 
         The image is hashed locally and only its id is sent; when the store lacks it, the image is
         encoded and the prompt asked again (`result.encoded` is then set). Options (SegmentOptions):
-        mask="best" | "all" | 0..2, mask_format="rle" | "png" | "bits" | "none", low_res_logits=False,
-        timeout=seconds for the whole call, encode included.
+        mask="best" | "all" | 0..2, mask_format="rle" | "png" | "bits" | "polygon" | "none",
+        polygon_tolerance=1.0, low_res_logits=False, timeout=seconds for the whole call, encode included.
+        `object_key` names the object so the worker remembers its mask for `refine` (or
+        mask_input="previous"); `mask_input` is a previous answer's low-res logits (see ObjectPrompt).
         """
-        return self.segment_objects(image, [ObjectPrompt(points, labels, box)], **options)
+        prompt = ObjectPrompt(points, labels, box, mask_input=mask_input, object_key=object_key)
+        return self.segment_objects(image, [prompt], **options)
+
+    def refine(
+        self,
+        previous: ObjectResult,
+        points: Sequence[Sequence[float]] = (),
+        labels: Sequence[int] | None = None,
+        box: Sequence[float] | None = None,
+        **options: Unpack[SegmentOptions],
+    ) -> ObjectResult:
+        """The same object again with more clicks, from its previous mask: SAM's interactive loop in one call.
+
+        >>> car = sam3.segment("photo.jpg", points=[[500, 375]], object_key="car").objects[0]
+        >>> car = sam3.refine(car, points=[[620, 410]], labels=[0])   # the wheel was not the car
+
+        Sends every click so far plus these (a new `box` replaces the old one) and the previous answer's
+        mask: its logits when it returned them (low_res_logits=True), else the ones the worker remembered
+        under its object_key (ObjectResult.mask_input_used says whether they were still there). Options
+        default to the previous call's. The image travels as its id: if the store has dropped it, segment
+        the image again.
+        """
+        return self._run(_flows.refine_flow(previous, self.deadlines, points, labels, box, **options))
 
     def segment_objects(
         self, image: Any, objects: Sequence[ObjectPrompt], **options: Unpack[SegmentOptions]
@@ -144,7 +172,7 @@ class Client(ClientBase):
         session = _flows.Session(self.deadlines, options)
         feed = Feed()
         messages = feed.wrap(self._run(session.request_flow(item)) for item in requests)
-        yield from self._stream(Call("segment_stream", messages, session.timeout), feed, segment_result)
+        yield from self._stream(Call("segment_stream", messages, session.timeout), feed, session.result)
 
     def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """What the decoder serves (model_id, mask size, embedding shapes, server version)."""

@@ -53,6 +53,7 @@ class Reason(enum.StrEnum):
     SESSION_BUSY = "SESSION_BUSY"  # ABORTED: another call is writing the session; wait or cancel it, then retry.
     SESSION_LIMIT = "SESSION_LIMIT"  # RESOURCE_EXHAUSTED: a video session is at a limit ("limit").
     TRACKING_NOT_SUPPORTED = "TRACKING_NOT_SUPPORTED"  # FAILED_PRECONDITION: no tracking graphs or session store.
+    MASK_INPUT_NOT_SUPPORTED = "MASK_INPUT_NOT_SUPPORTED"  # FAILED_PRECONDITION: the model takes no mask inputs.
     INTERNAL = "INTERNAL"  # INTERNAL: a bug in the worker (logged there); retrying will not help.
 
     @classmethod

@@ -1,8 +1,9 @@
 """The store: the values a model computes, kept in Redis by kind and shared by every encoder and decoder.
 
-Three kinds today (`kinds`): an image's embeddings (what clicks read), its concept detector features, a
-phrase's text features; each value is self-describing (`sam3_core.embeddings`). Redis is a cache here
-(docs/architecture.md): losing it costs re-encodes, never correctness.
+Four kinds today (`kinds`): an image's embeddings (what clicks read), its concept detector features, a
+phrase's text features, the mask a keyed object was last answered with; each value is self-describing
+(`sam3_core.embeddings`). Redis is a cache here (docs/architecture.md): losing it costs re-encodes, never
+correctness.
 
 - `values`: `ValueStore`, get / peek / put / delete / wait for another worker's value, per tenant
   (a lookup's `Outcome` is `sam3_serving.outcome`'s, shared with the metrics);
@@ -21,13 +22,14 @@ from sam3_serving.store.config import SessionStoreConfig, StoreConfig, redact_ur
 from sam3_serving.store.connection import StoreUnavailableError
 from sam3_serving.store.encode_lock import HeldLock
 from sam3_serving.store.keys import TENANT_NAME
-from sam3_serving.store.kinds import DETECTOR_FEATURES, EMBEDDINGS, TEXT_FEATURES, Kind
+from sam3_serving.store.kinds import DETECTOR_FEATURES, EMBEDDINGS, MASKS, TEXT_FEATURES, Kind
 from sam3_serving.store.sessions import Journal, SessionLease, SessionStore, SessionsWouldBeEvictedError, Step
 from sam3_serving.store.values import Lookup, ValueStore, Waited
 
 __all__ = [
     "DETECTOR_FEATURES",
     "EMBEDDINGS",
+    "MASKS",
     "TENANT_NAME",
     "TEXT_FEATURES",
     "HeldLock",

@@ -6,7 +6,9 @@ A kind is a name (the key's kind segment, and what the value says it is), how a 
   under a key can be rewritten (`Encode(force=true)`, a re-encode after a bad value). A value named by
   a hash of its content (text features) never changes, so nobody needs telling;
 - `dtype`: a fixed stored precision, else the store's configured one (float16 halves the big values,
-  small ones stay exact).
+  small ones stay exact);
+- `ttl_seconds`: a lifetime of its own, else the store's configured one (an object's remembered mask lives
+  minutes, an image's embeddings days).
 The shapes a loaded model takes are bound when the model is known (`expecting`); a stored value with
 other shapes is refused like a corrupted one.
 
@@ -26,7 +28,7 @@ from sam3_core.concept import DetectorFeatures, TextFeatures
 from sam3_core.embeddings import ExpectedShape, ImageEmbeddings, StoredValue, ValueFormatError
 from sam3_serving.store.keys import KIND_NAME
 
-__all__ = ["DETECTOR_FEATURES", "EMBEDDINGS", "TEXT_FEATURES", "Kind"]
+__all__ = ["DETECTOR_FEATURES", "EMBEDDINGS", "MASKS", "TEXT_FEATURES", "Kind"]
 
 T = TypeVar("T")
 
@@ -42,6 +44,7 @@ class Kind(Generic[T]):
     model: Callable[[T], str] | None = None  # the model a value says it came from (checked on put)
     announced: bool = True
     dtype: str | None = None  # "float32" / "float16"; None: the store's configured dtype
+    ttl_seconds: int | None = None  # None: the store's configured TTL
     shapes: tuple[ExpectedShape, ...] | None = None  # bound by `expecting`
 
     def __post_init__(self) -> None:
@@ -106,3 +109,14 @@ TEXT_FEATURES: Kind[TextFeatures] = Kind(
     dtype="float32",
 )
 """A phrase's text features, its subject the sha256 of its token ids (`ConceptModel.text_key`)."""
+
+MASKS: Kind[np.ndarray] = Kind(
+    "mask",
+    tensors=lambda logits: (np.asarray(logits, np.float32)[None],),
+    value=lambda stored: np.asarray(stored.tensors[0][0], np.float32),
+    announced=False,
+    dtype="float32",
+)
+"""The low-res logits [h, w] a decoder last answered a keyed object with (decoder_service.mask_memory: the
+subject names the image and a digest of the key; its TTL is the decoder's --mask-memory-seconds). Each
+click rewrites it and no decoder keeps a local copy, so writes are not announced."""

@@ -119,14 +119,15 @@ class ValueStore(TenantScoped):
             return None
 
     def put(self, kind: Kind[T], subject: str, value: T) -> int:
-        """Store the value at its kind's dtype, with the TTL, announcing the write if the kind is announced.
+        """Store the value at its kind's dtype, with its kind's TTL (else the store's), announcing the write if
+        the kind is announced.
 
         Returns the bytes written. The announcement is best effort: a decoder that misses it (it was
         disconnected) drops its whole local cache when it reconnects.
         """
         stored = kind.stored(value, self.model_id, subject)
         blob = serialize(stored.astype(DTYPES[kind.dtype or self.config.dtype]))
-        key, ttl = self.key(kind, subject), self.config.ttl_seconds
+        key, ttl = self.key(kind, subject), kind.ttl_seconds or self.config.ttl_seconds
         if kind.announced:
             self.announcements.set(key, blob, ttl)
             return len(blob)

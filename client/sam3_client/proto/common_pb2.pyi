@@ -93,7 +93,7 @@ class Timings(_message.Message):
         "total" (the whole rpc, including waiting for another replica's encode of the same image).
         Decoder stages: "fetch" (embedding from the local LRU or Redis), "prompt" (prompts -> model
         inputs), "model" (prompt encoder + mask decoder), "postprocess" (upsample logits, threshold),
-        "encode_mask" (PNG / RLE / bit packing), "total" (the whole rpc).
+        "encode_mask" (PNG / RLE / bit packing / polygon tracing), "total" (the whole rpc).
         """
 
     def __init__(
@@ -148,6 +148,9 @@ class ErrorInfo(_message.Message):
                                                max_objects_per_session): retrying the same request will not help.
       TRACKING_NOT_SUPPORTED FAILED_PRECONDITION the worker cannot track video: its model folder has no tracking
                                                graphs, or it runs without a session store (docs/video.md).
+      MASK_INPUT_NOT_SUPPORTED FAILED_PRECONDITION the model folder cannot take mask inputs (no mask-prompt
+                                               graph, e.g. onnx-community's): send the clicks alone, or
+                                               export a folder with `sam3 models export`.
       INTERNAL             INTERNAL            a bug in the worker, logged there; retrying will not help.
     Statuses made by the gRPC library itself (an unknown method, a message over the size limit, an
     expired deadline) carry no details.

@@ -75,6 +75,11 @@ class _MaskFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MaskFormat
     """No full-resolution mask at all (it is not even computed): scores, and low-res logits if asked.
     `bbox` is all zeros and `area` 0; `width` and `height` are still the original image size.
     """
+    MASK_FORMAT_POLYGON: _MaskFormat.ValueType  # 5
+    """The mask's outline as polygons, in `polygons`: every part of the mask and every hole in it is a
+    ring of its own (holes are kept, and marked), simplified to the request's `polygon_tolerance`.
+    `area` and `bbox` are the mask's own (its pixels), not the simplified polygons'.
+    """
 
 class MaskFormat(_MaskFormat, metaclass=_MaskFormatEnumTypeWrapper):
     """How mask pixels are encoded in `Mask`."""
@@ -93,6 +98,11 @@ significant bit first; 1 = object. The unused low bits of the last byte are zero
 MASK_FORMAT_NONE: MaskFormat.ValueType  # 4
 """No full-resolution mask at all (it is not even computed): scores, and low-res logits if asked.
 `bbox` is all zeros and `area` 0; `width` and `height` are still the original image size.
+"""
+MASK_FORMAT_POLYGON: MaskFormat.ValueType  # 5
+"""The mask's outline as polygons, in `polygons`: every part of the mask and every hole in it is a
+ring of its own (holes are kept, and marked), simplified to the request's `polygon_tolerance`.
+`area` and `bbox` are the mask's own (its pixels), not the simplified polygons'.
 """
 Global___MaskFormat: _TypeAlias = MaskFormat  # noqa: Y015
 
@@ -214,12 +224,22 @@ Global___Box: _TypeAlias = Box  # noqa: Y015
 
 @_typing.final
 class ObjectPrompt(_message.Message):
-    """The prompts for one object: at least one point, or a box, or both."""
+    """The prompts for one object: at least one point, a box or a mask input (any of them together)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     POINTS_FIELD_NUMBER: _builtins.int
     BOX_FIELD_NUMBER: _builtins.int
+    MASK_INPUT_FIELD_NUMBER: _builtins.int
+    OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    object_key: _builtins.str
+    """Optional name of this object on this image, e.g. "task-17/car-2" (at most 128 bytes; unique within
+    a request). When set, the worker remembers the low-res logits of the mask it answers with (the
+    one returned for MASK_SELECTION_BEST and MASK_SELECTION_INDEX, the best one for MASK_SELECTION_ALL)
+    in the fleet's store for a few minutes (the workers' --mask-memory-seconds), where
+    `mask_input.previous` on any replica finds them. Independent of SegmentRequest.object_key, which
+    only orders a stream; an interactive client typically sets both to the same value.
+    """
     @_builtins.property
     def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___Point]:
         """Clicks, in the order the user made them."""
@@ -230,19 +250,64 @@ class ObjectPrompt(_message.Message):
         present is used as given, so it needs x2 > x1 and y2 > y1.
         """
 
+    @_builtins.property
+    def mask_input(self) -> Global___MaskInput:
+        """Optional: refine an earlier answer for this object (SAM's mask_input). Send it with every click
+        so far plus the new ones; leave it unset for none.
+        """
+
     def __init__(
         self,
         *,
         points: _abc.Iterable[Global___Point] | None = ...,
         box: Global___Box | None = ...,
+        mask_input: Global___MaskInput | None = ...,
+        object_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["box", b"box"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "mask_input", b"mask_input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "points", b"points"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "mask_input", b"mask_input", "object_key", b"object_key", "points", b"points"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ObjectPrompt: _TypeAlias = ObjectPrompt  # noqa: Y015
+
+@_typing.final
+class MaskInput(_message.Message):
+    """A mask prompt: the low-res logits of one mask of an earlier answer, or the remembered ones."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOGITS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    previous: _builtins.bool
+    """True: use the logits remembered for this object's `object_key` (required then). When none are
+    remembered (the first click, or they expired), the object is decoded from its prompts alone and
+    ObjectResult.mask_input_used says so.
+    """
+    @_builtins.property
+    def logits(self) -> Global___LowResLogits:
+        """The logits of one mask exactly as ObjectResult.low_res_logits returned them: `count` 1 (pick the
+        map of one returned mask), `height` and `width` the model's mask size (ModelInfo.mask_size),
+        `data` that many float32 little-endian values, all finite. SAM3 clamps the logits it feeds back
+        to [-32, 32], and so does the worker.
+        """
+
+    def __init__(
+        self,
+        *,
+        logits: Global___LowResLogits | None = ...,
+        previous: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logits", b"logits", "previous", b"previous", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logits", b"logits", "previous", b"previous", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["logits", "previous"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___MaskInput: _TypeAlias = MaskInput  # noqa: Y015
 
 @_typing.final
 class PrefetchRequest(_message.Message):
@@ -308,6 +373,7 @@ class SegmentRequest(_message.Message):
     RETURN_LOW_RES_LOGITS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    POLYGON_TOLERANCE_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image id EncoderService.Encode returned (lowercase hex sha256 of the image bytes)."""
     selection: Global___MaskSelection.ValueType
@@ -324,6 +390,11 @@ class SegmentRequest(_message.Message):
     """SegmentStream only: requests sharing a non-empty key supersede each other (the newest wins, older
     ones not yet started are skipped). Typically one key per object being edited. Empty: never skipped.
     """
+    polygon_tolerance: _builtins.float
+    """MASK_FORMAT_POLYGON only: how far, in pixels, the simplified outline may stray from the traced one
+    (Douglas-Peucker), in [0, 100]. Unset: 1. 0 keeps every corner of the pixel staircase, and filling
+    the rings gives the mask back exactly.
+    """
     @_builtins.property
     def objects(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObjectPrompt]:
         """One entry per object to segment (at least one); each is decoded independently."""
@@ -339,12 +410,15 @@ class SegmentRequest(_message.Message):
         return_low_res_logits: _builtins.bool = ...,
         request_id: _builtins.str = ...,
         object_key: _builtins.str = ...,
+        polygon_tolerance: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_polygon_tolerance", b"_polygon_tolerance", "polygon_tolerance", b"polygon_tolerance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "mask_format", b"mask_format", "mask_index", b"mask_index", "object_key", b"object_key", "objects", b"objects", "request_id", b"request_id", "return_low_res_logits", b"return_low_res_logits", "selection", b"selection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_polygon_tolerance", b"_polygon_tolerance", "image_id", b"image_id", "mask_format", b"mask_format", "mask_index", b"mask_index", "object_key", b"object_key", "objects", b"objects", "polygon_tolerance", b"polygon_tolerance", "request_id", b"request_id", "return_low_res_logits", b"return_low_res_logits", "selection", b"selection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__polygon_tolerance: _TypeAlias = _typing.Literal["polygon_tolerance"]  # noqa: Y015
+    _WhichOneofArgType__polygon_tolerance: _TypeAlias = _typing.Literal["_polygon_tolerance", b"_polygon_tolerance"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__polygon_tolerance) -> _WhichOneofReturnType__polygon_tolerance | None: ...
 
 Global___SegmentRequest: _TypeAlias = SegmentRequest  # noqa: Y015
 
@@ -359,6 +433,7 @@ class Mask(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     RLE_FIELD_NUMBER: _builtins.int
+    POLYGONS_FIELD_NUMBER: _builtins.int
     BBOX_FIELD_NUMBER: _builtins.int
     AREA_FIELD_NUMBER: _builtins.int
     WIDTH_FIELD_NUMBER: _builtins.int
@@ -384,6 +459,10 @@ class Mask(_message.Message):
         """COCO uncompressed RLE (MASK_FORMAT_RLE)."""
 
     @_builtins.property
+    def polygons(self) -> Global___PolygonMask:
+        """The outline's rings (MASK_FORMAT_POLYGON); no rings for an empty mask."""
+
+    @_builtins.property
     def bbox(self) -> Global___BoundingBox:
         """Tight box around the object pixels; always present, all zeros for an empty mask or MASK_FORMAT_NONE."""
 
@@ -395,16 +474,17 @@ class Mask(_message.Message):
         format: Global___MaskFormat.ValueType = ...,
         data: _builtins.bytes = ...,
         rle: Global___RleMask | None = ...,
+        polygons: Global___PolygonMask | None = ...,
         bbox: Global___BoundingBox | None = ...,
         area: _builtins.int = ...,
         width: _builtins.int = ...,
         height: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bbox", b"bbox", "data", b"data", "payload", b"payload", "rle", b"rle"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bbox", b"bbox", "data", b"data", "payload", b"payload", "polygons", b"polygons", "rle", b"rle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "bbox", b"bbox", "data", b"data", "format", b"format", "height", b"height", "index", b"index", "iou_score", b"iou_score", "payload", b"payload", "rle", b"rle", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "bbox", b"bbox", "data", b"data", "format", b"format", "height", b"height", "index", b"index", "iou_score", b"iou_score", "payload", b"payload", "polygons", b"polygons", "rle", b"rle", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["data", "rle"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["data", "rle", "polygons"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -443,6 +523,73 @@ class RleMask(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RleMask: _TypeAlias = RleMask  # noqa: Y015
+
+@_typing.final
+class PolygonMask(_message.Message):
+    """A mask's outline: one ring per part and per hole.
+
+    Coordinates are pixel edges: pixel (column c, row r) is the square from (c, r) to (c + 1, r + 1),
+    so x runs from 0 to width and y from 0 to height, and every corner is a whole number. A pixel is
+    in the mask when its centre lies inside an odd number of rings (the even-odd rule: a hole's ring
+    cuts it out, a part inside a hole is back in). At polygon_tolerance 0 that fill gives the mask back
+    exactly. Tools that fill every ring (COCO's polygon format, pycocotools) lose the holes: subtract
+    the `hole` rings, or use MASK_FORMAT_RLE where holes matter.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RINGS_FIELD_NUMBER: _builtins.int
+    TOLERANCE_FIELD_NUMBER: _builtins.int
+    tolerance: _builtins.float
+    """The simplification tolerance the rings were made with, in pixels."""
+    @_builtins.property
+    def rings(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolygonRing]:
+        """Outer rings and holes, in no particular order."""
+
+    def __init__(
+        self,
+        *,
+        rings: _abc.Iterable[Global___PolygonRing] | None = ...,
+        tolerance: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rings", b"rings", "tolerance", b"tolerance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolygonMask: _TypeAlias = PolygonMask  # noqa: Y015
+
+@_typing.final
+class PolygonRing(_message.Message):
+    """One closed ring of a polygon outline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    HOLE_FIELD_NUMBER: _builtins.int
+    hole: _builtins.bool
+    """True when the ring bounds a hole (background inside a part of the object)."""
+    @_builtins.property
+    def points(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Corners x0, y0, x1, y1, ... in pixel-edge coordinates (see PolygonMask); the ring closes from the
+        last corner back to the first, which is not repeated. At least three corners. Outer rings run
+        clockwise on screen (y pointing down), holes counter-clockwise: the object is on the right.
+        """
+
+    def __init__(
+        self,
+        *,
+        points: _abc.Iterable[_builtins.int] | None = ...,
+        hole: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hole", b"hole", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolygonRing: _TypeAlias = PolygonRing  # noqa: Y015
 
 @_typing.final
 class BoundingBox(_message.Message):
@@ -524,12 +671,18 @@ class ObjectResult(_message.Message):
     IOU_SCORES_FIELD_NUMBER: _builtins.int
     BEST_INDEX_FIELD_NUMBER: _builtins.int
     LOW_RES_LOGITS_FIELD_NUMBER: _builtins.int
+    MASK_INPUT_USED_FIELD_NUMBER: _builtins.int
     presence_probability: _builtins.float
     """Probability the prompted object is present in the image at all: sigmoid(presence_logit)."""
     presence_logit: _builtins.float
     """The model's raw object-score logit."""
     best_index: _builtins.int
     """Index of the highest predicted IoU (the BEST mask)."""
+    mask_input_used: _builtins.bool
+    """True when a mask input went into this answer: logits the request carried, or remembered ones
+    found for `mask_input.previous`. False for an object without a mask input, and for
+    `previous` when nothing was remembered.
+    """
     @_builtins.property
     def masks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mask]:
         """The selected masks: one for BEST or INDEX, three in index order for ALL."""
@@ -551,10 +704,11 @@ class ObjectResult(_message.Message):
         iou_scores: _abc.Iterable[_builtins.float] | None = ...,
         best_index: _builtins.int = ...,
         low_res_logits: Global___LowResLogits | None = ...,
+        mask_input_used: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["low_res_logits", b"low_res_logits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_index", b"best_index", "iou_scores", b"iou_scores", "low_res_logits", b"low_res_logits", "masks", b"masks", "presence_logit", b"presence_logit", "presence_probability", b"presence_probability"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_index", b"best_index", "iou_scores", b"iou_scores", "low_res_logits", b"low_res_logits", "mask_input_used", b"mask_input_used", "masks", b"masks", "presence_logit", b"presence_logit", "presence_probability", b"presence_probability"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -695,6 +849,7 @@ class SegmentConceptRequest(_message.Message):
     LABEL_IMAGE_FIELD_NUMBER: _builtins.int
     MAX_INSTANCES_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    POLYGON_TOLERANCE_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image id EncoderService.Encode returned (lowercase hex sha256 of the image bytes)."""
     threshold: _builtins.float
@@ -716,6 +871,8 @@ class SegmentConceptRequest(_message.Message):
     """
     request_id: _builtins.str
     """Echoed in the response."""
+    polygon_tolerance: _builtins.float
+    """MASK_FORMAT_POLYGON only: as SegmentRequest.polygon_tolerance (unset: 1)."""
     @_builtins.property
     def concepts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConceptPrompt]:
         """One or more concepts, each answered independently (one concept decoder run each)."""
@@ -730,17 +887,22 @@ class SegmentConceptRequest(_message.Message):
         label_image: _builtins.bool = ...,
         max_instances: _builtins.int | None = ...,
         request_id: _builtins.str = ...,
+        polygon_tolerance: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances", "_threshold", b"_threshold", "max_instances", b"max_instances", "threshold", b"threshold"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances", "_polygon_tolerance", b"_polygon_tolerance", "_threshold", b"_threshold", "max_instances", b"max_instances", "polygon_tolerance", b"polygon_tolerance", "threshold", b"threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances", "_threshold", b"_threshold", "concepts", b"concepts", "image_id", b"image_id", "label_image", b"label_image", "mask_format", b"mask_format", "max_instances", b"max_instances", "request_id", b"request_id", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances", "_polygon_tolerance", b"_polygon_tolerance", "_threshold", b"_threshold", "concepts", b"concepts", "image_id", b"image_id", "label_image", b"label_image", "mask_format", b"mask_format", "max_instances", b"max_instances", "polygon_tolerance", b"polygon_tolerance", "request_id", b"request_id", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_instances: _TypeAlias = _typing.Literal["max_instances"]  # noqa: Y015
     _WhichOneofArgType__max_instances: _TypeAlias = _typing.Literal["_max_instances", b"_max_instances"]  # noqa: Y015
+    _WhichOneofReturnType__polygon_tolerance: _TypeAlias = _typing.Literal["polygon_tolerance"]  # noqa: Y015
+    _WhichOneofArgType__polygon_tolerance: _TypeAlias = _typing.Literal["_polygon_tolerance", b"_polygon_tolerance"]  # noqa: Y015
     _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
     _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_instances) -> _WhichOneofReturnType__max_instances | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__polygon_tolerance) -> _WhichOneofReturnType__polygon_tolerance | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
 

@@ -77,7 +77,9 @@ class DecoderServiceServicer:
         (INVALID_PROMPT, with the field named; checked before the embeddings are fetched, except
         coordinates, which need the image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call
         EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the answer's size or
-        work is over a limit, decided before any mask is computed), UNAVAILABLE (STORE_UNAVAILABLE).
+        work is over a limit, decided before any mask is computed, except a polygon outline's, which is
+        decided per mask before it is traced), FAILED_PRECONDITION (MASK_INPUT_NOT_SUPPORTED: an object
+        carries a mask input and the worker's model folder cannot take one), UNAVAILABLE (STORE_UNAVAILABLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,7 +122,8 @@ class DecoderServiceServicer:
         the worker's model folder serves clicks and boxes only), NOT_FOUND (EMBEDDING_NOT_FOUND: call
         EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the masks the request
         could return are over a limit, decided before the concept decoder runs when max_instances is set,
-        else before the first mask once the instances are known; OVERLOADED: every concept
+        else before the first mask once the instances are known, and per mask before a polygon outline is
+        traced; OVERLOADED: every concept
         slot is busy, retry with backoff), UNAVAILABLE (STORE_UNAVAILABLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

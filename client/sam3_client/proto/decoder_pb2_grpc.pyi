@@ -48,7 +48,9 @@ class DecoderServiceStub:
     (INVALID_PROMPT, with the field named; checked before the embeddings are fetched, except
     coordinates, which need the image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call
     EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the answer's size or
-    work is over a limit, decided before any mask is computed), UNAVAILABLE (STORE_UNAVAILABLE).
+    work is over a limit, decided before any mask is computed, except a polygon outline's, which is
+    decided per mask before it is traced), FAILED_PRECONDITION (MASK_INPUT_NOT_SUPPORTED: an object
+    carries a mask input and the worker's model folder cannot take one), UNAVAILABLE (STORE_UNAVAILABLE).
     """
     SegmentStream: _grpc.StreamStreamMultiCallable[_decoder_pb2.SegmentRequest, _decoder_pb2.SegmentResponse]
     """An interactive session: the client streams prompts as the user clicks, the server answers in
@@ -74,7 +76,8 @@ class DecoderServiceStub:
     the worker's model folder serves clicks and boxes only), NOT_FOUND (EMBEDDING_NOT_FOUND: call
     EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the masks the request
     could return are over a limit, decided before the concept decoder runs when max_instances is set,
-    else before the first mask once the instances are known; OVERLOADED: every concept
+    else before the first mask once the instances are known, and per mask before a polygon outline is
+    traced; OVERLOADED: every concept
     slot is busy, retry with backoff), UNAVAILABLE (STORE_UNAVAILABLE).
     """
 
@@ -91,7 +94,9 @@ class DecoderServiceAsyncStub(DecoderServiceStub):
     (INVALID_PROMPT, with the field named; checked before the embeddings are fetched, except
     coordinates, which need the image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call
     EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the answer's size or
-    work is over a limit, decided before any mask is computed), UNAVAILABLE (STORE_UNAVAILABLE).
+    work is over a limit, decided before any mask is computed, except a polygon outline's, which is
+    decided per mask before it is traced), FAILED_PRECONDITION (MASK_INPUT_NOT_SUPPORTED: an object
+    carries a mask input and the worker's model folder cannot take one), UNAVAILABLE (STORE_UNAVAILABLE).
     """
     SegmentStream: _aio.StreamStreamMultiCallable[_decoder_pb2.SegmentRequest, _decoder_pb2.SegmentResponse]  # type: ignore[assignment]
     """An interactive session: the client streams prompts as the user clicks, the server answers in
@@ -117,7 +122,8 @@ class DecoderServiceAsyncStub(DecoderServiceStub):
     the worker's model folder serves clicks and boxes only), NOT_FOUND (EMBEDDING_NOT_FOUND: call
     EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the masks the request
     could return are over a limit, decided before the concept decoder runs when max_instances is set,
-    else before the first mask once the instances are known; OVERLOADED: every concept
+    else before the first mask once the instances are known, and per mask before a polygon outline is
+    traced; OVERLOADED: every concept
     slot is busy, retry with backoff), UNAVAILABLE (STORE_UNAVAILABLE).
     """
 
@@ -137,7 +143,9 @@ class DecoderServiceServicer(metaclass=_abc_1.ABCMeta):
         (INVALID_PROMPT, with the field named; checked before the embeddings are fetched, except
         coordinates, which need the image's size), NOT_FOUND (EMBEDDING_NOT_FOUND: call
         EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the answer's size or
-        work is over a limit, decided before any mask is computed), UNAVAILABLE (STORE_UNAVAILABLE).
+        work is over a limit, decided before any mask is computed, except a polygon outline's, which is
+        decided per mask before it is traced), FAILED_PRECONDITION (MASK_INPUT_NOT_SUPPORTED: an object
+        carries a mask input and the worker's model folder cannot take one), UNAVAILABLE (STORE_UNAVAILABLE).
         """
 
     @_abc_1.abstractmethod
@@ -187,7 +195,8 @@ class DecoderServiceServicer(metaclass=_abc_1.ABCMeta):
         the worker's model folder serves clicks and boxes only), NOT_FOUND (EMBEDDING_NOT_FOUND: call
         EncoderService.Encode and retry), RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE: the masks the request
         could return are over a limit, decided before the concept decoder runs when max_instances is set,
-        else before the first mask once the instances are known; OVERLOADED: every concept
+        else before the first mask once the instances are known, and per mask before a polygon outline is
+        traced; OVERLOADED: every concept
         slot is busy, retry with backoff), UNAVAILABLE (STORE_UNAVAILABLE).
         """
 
