@@ -27,6 +27,7 @@ import pytest
 
 import concept_references
 from sam3_client import Client
+from sam3_client.masks import rasterize_polygons
 from sam3_label_studio.backend import Backend, BackendOptions
 from sam3_label_studio.brush import mask_to_rle
 from sam3_label_studio.errors import BackendError
@@ -311,16 +312,21 @@ class Running:
         except urllib.error.HTTPError as error:
             return error.code, error.reason, json.loads(error.read())
 
-    def predict(self, tasks: list[dict[str, Any]], *regions: dict[str, Any]) -> tuple[int, str, Any]:
+    def predict(
+        self, tasks: list[dict[str, Any]], *regions: dict[str, Any], config: str = CONFIG
+    ) -> tuple[int, str, Any]:
         context = {"result": list(regions)} if regions else None
-        body = {"tasks": tasks, "project": "1.1700000000", "label_config": CONFIG, "params": {"context": context}}
+        body = {"tasks": tasks, "project": "1.1700000000", "label_config": config, "params": {"context": context}}
         return self.call("/predict", body)
 
 
 @contextmanager
-def serve(target: str, label_studio: LabelStudio, **server_options: Any) -> Iterator[Running]:
+def serve(
+    target: str, label_studio: LabelStudio, polygon_tolerance: float = 1.0, **server_options: Any
+) -> Iterator[Running]:
     with Client(target) as client:
-        backend = Backend(client, BackendOptions(target=target, label_studio=label_studio, threshold=THRESHOLD))
+        options = BackendOptions(target, label_studio, threshold=THRESHOLD, polygon_tolerance=polygon_tolerance)
+        backend = Backend(client, options)
         server = create_server(backend, "127.0.0.1", 0, threads=4, **server_options)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -467,3 +473,52 @@ def test_the_main_readme_gives_the_commands_the_backends_readme_gives_and_its_te
     ]
     assert blocks[1][0] in blocks[0]
     assert "pip install ./client ./labelstudio" in blocks[1][0]
+
+
+POLYGON_CONFIG = CONFIG.replace("BrushLabels", "PolygonLabels")
+
+
+def test_a_polygon_config_gets_one_outline_region_per_part_in_percent(sam3: Stack, images: ImageServer) -> None:
+    """At tolerance 0 the outlines are the mask's own pixel edges: filled, they cover the mask and add
+    only its holes (Label Studio's polygons have none)."""
+    with serve(sam3.target, LabelStudio(images.url(images.main), TOKEN), polygon_tolerance=0) as exact:
+        status, _, answer = exact.predict([task()], keypoint(300, 200), config=POLYGON_CONFIG)
+    assert status == 200
+    found = answer["results"][0]["result"]
+    with Client(sam3.target) as client:
+        outline = client.segment(IMAGE, points=[[300, 200]], mask_format="polygon", polygon_tolerance=0)
+    polygons = outline.objects[0].masks[0].polygons
+    assert len(found) == len(polygons.outer) > 0
+    rings = []
+    for region, expected in zip(found, polygons.outer, strict=True):
+        assert region["type"] == "polygonlabels" and region["value"]["polygonlabels"] == ["Cat"]
+        assert region["value"]["closed"] and region["from_name"] == "mask"
+        points = np.array(region["value"]["points"]) * [WIDTH / 100, HEIGHT / 100]
+        np.testing.assert_allclose(points.reshape(-1), expected, atol=1e-9)
+        rings.append(points.reshape(-1).tolist())
+    # Label Studio fills each polygon region on its own: their union covers the mask, holes filled.
+    union = np.zeros((HEIGHT, WIDTH), bool)
+    for ring in rings:
+        union |= rasterize_polygons([ring], HEIGHT, WIDTH)
+    assert (union >= outline.mask).all()
+    holes = [ring for ring, hole in zip(polygons.coco, polygons.holes, strict=True) if hole]
+    assert np.array_equal(union & ~outline.mask, union & rasterize_polygons(holes, HEIGHT, WIDTH) & ~outline.mask)
+
+
+def test_more_clicks_on_the_same_object_refine_its_previous_mask(backend: Running, sam3: Stack) -> None:
+    """Label Studio resends every smart keypoint: when the regions extend the last request's, the backend
+    asks for SAM's refinement from the previous mask; a new object starts afresh."""
+    first, second = dict(keypoint(300, 200), id="click-1"), dict(keypoint(20, 20, is_positive=False), id="click-2")
+    other = dict(keypoint(500, 100), id="click-3")
+    answers = [backend.predict([task(task_id=30)], *regions) for regions in ([first], [first, second], [other])]
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    masks = [as_mask(a["results"][0]["result"][0]["value"]["rle"], HEIGHT, WIDTH) for _, _, a in answers]
+    with Client(sam3.target) as client:
+        start = client.segment(IMAGE, points=[[300, 200]], object_key="the reference").objects[0]
+        refined = client.refine(start, points=[[20, 20]], labels=[0])
+        plain = client.segment(IMAGE, points=[[300, 200], [20, 20]], labels=[1, 0]).mask
+        fresh = client.segment(IMAGE, points=[[500, 100]]).mask
+    assert refined.mask_input_used and not np.array_equal(refined.mask, plain)  # refinement changes the answer
+    assert np.array_equal(masks[0], start.mask)
+    assert np.array_equal(masks[1], refined.mask)
+    assert np.array_equal(masks[2], fresh)

@@ -3,7 +3,10 @@
 - /setup: check the labelling config and the sam3 service; the answer's model version is the
   service's model id, so predictions are asked again when the model changes.
 - /predict with a `context` (auto-annotation): the annotator's keypoints, rectangles or phrase ->
-  one answer. Without one ("Retrieve predictions", or predictions on task open): every instance of
+  one answer. Label Studio sends every smart region of the object each time: when they extend the
+  previous request's (same task, its region ids and more), the object is refined from its previous
+  mask, as SAM's interactive loop does (the worker remembers it under the task's object key).
+  Without one ("Retrieve predictions", or predictions on task open): every instance of
   each answer label's name, as a concept phrase ("Banana", "Car"), on every task.
 - /webhook TASKS_CREATED (Label Studio subscribes the backend to its project's events when the model
   is connected): pre-encode the new tasks' images in the background.
@@ -16,24 +19,26 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from sam3_client import Client, ConceptResult, Reason, Sam3Error, SegmentResult
+from sam3_client import Client, ConceptResult, ObjectPrompt, Reason, Sam3Error, SegmentResult
 from sam3_label_studio.errors import BackendError, from_sam3
 from sam3_label_studio.images import LabelStudio
 from sam3_label_studio.labeling import LabelingConfig
 from sam3_label_studio.preencode import PreEncoder
-from sam3_label_studio.prompts import ConceptPrompt, Prompts, from_context
-from sam3_label_studio.regions import region
+from sam3_label_studio.prompts import ConceptPrompt, LabelledObject, Prompts, from_context
+from sam3_label_studio.regions import mask_format, regions
 
 __all__ = ["Backend", "BackendOptions"]
 
 log = logging.getLogger("sam3_label_studio")
 Result = TypeVar("Result", SegmentResult, ConceptResult)
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class _Sized(Protocol):
@@ -51,7 +56,8 @@ class BackendOptions:
     label_studio: LabelStudio  # Label Studio's address and token from the environment (may be unset)
     negative_labels: tuple[str, ...] = ("Negative", "Background")
     threshold: float = 0.5  # concept instances scoring below are dropped
-    image_ids_seconds: float = 600.0  # how long a task image's id is reused without reading it again
+    polygon_tolerance: float = 1.0  # pixels a <PolygonLabels> outline may stray from the mask's edge
+    image_ids_seconds: float = 600.0  # how long a task image's id (and an object's prompt) is remembered
 
 
 class Backend:
@@ -61,7 +67,8 @@ class Backend:
         self.client = client
         self.options = options
         self._projects: dict[str, LabelStudio] = {}  # project id -> address and token from /setup
-        self._image_ids = _ImageIds(options.image_ids_seconds)
+        self._image_ids: _Recent[tuple[str | None, str], str] = _Recent(options.image_ids_seconds)
+        self._prompted: _Recent[str, frozenset[str]] = _Recent(options.image_ids_seconds)  # object key -> region ids
         self.pre_encoder = PreEncoder(self.pre_encode)
         self._model_version: str | None = None
 
@@ -89,7 +96,8 @@ class Backend:
         label_studio = self._label_studio(body.get("project"))
         if context and context.get("result"):
             prompts = from_context(context, config, self.options.negative_labels)
-            return {"results": [self._interactive(tasks[0], config, prompts, label_studio)]}
+            project = _project_id(body.get("project"))
+            return {"results": [self._interactive(tasks[0], config, prompts, label_studio, project)]}
         return {"results": [self._every_label(task, config, label_studio) for task in tasks]}
 
     def webhook(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -116,24 +124,30 @@ class Backend:
     # ------------------------------------------------------------ answers
 
     def _interactive(
-        self, task: Mapping[str, Any], config: LabelingConfig, prompts: Prompts, label_studio: LabelStudio
+        self,
+        task: Mapping[str, Any],
+        config: LabelingConfig,
+        prompts: Prompts,
+        label_studio: LabelStudio,
+        project: str,
     ) -> dict[str, Any]:
         reference, task_id = _image_of(task, config)
-        regions: list[dict[str, Any]] = []
+        found: list[dict[str, Any]] = []
         if prompts.objects:
-            objects = [o.prompt for o in prompts.objects]
+            objects = self._refined(f"label-studio:{project}:{task_id}", prompts.objects)
+            options = self._mask_options(config)
             result = self._on_image(
-                reference, task_id, label_studio, lambda image: self.client.segment_objects(image, objects)
+                reference, task_id, label_studio, lambda image: self.client.segment_objects(image, objects, **options)
             )
             _same_size(result, prompts)
             for wanted, answer in zip(prompts.objects, result.objects, strict=True):
-                if answer.mask is not None and answer.masks[0].area > 0:  # an empty region is nothing to edit
-                    regions.append(region(config, answer.mask, wanted.label, answer.iou_scores[answer.best_index]))
+                if answer.masks and answer.masks[0].area > 0:  # an empty region is nothing to edit
+                    found += regions(config, answer.masks[0], wanted.label, answer.iou_scores[answer.best_index])
         else:
-            concepts = self._concepts(reference, task_id, label_studio, prompts.concepts)
+            concepts = self._concepts(reference, task_id, label_studio, prompts.concepts, config)
             _same_size(concepts, prompts)
-            regions = self._instances(config, concepts, [c.label for c in prompts.concepts])
-        return self._prediction(regions)
+            found = self._instances(config, concepts, [c.label for c in prompts.concepts])
+        return self._prediction(found)
 
     def _every_label(
         self, task: Mapping[str, Any], config: LabelingConfig, label_studio: LabelStudio
@@ -144,32 +158,56 @@ class Backend:
             raise BackendError(400, f'<{config.answer.tag} name="{config.answer.name}"> has no labels to look for')
         try:
             prompts = [ConceptPrompt(label, label) for label in labels]
-            result = self._concepts(reference, task_id, label_studio, prompts)
+            result = self._concepts(reference, task_id, label_studio, prompts, config)
         except BackendError as error:
             raise BackendError(error.status, f"task {task_id}: {error.message}") from error
         return self._prediction(self._instances(config, result, labels))
 
     def _concepts(
-        self, reference: str, task_id: int | None, label_studio: LabelStudio, concepts: Sequence[ConceptPrompt]
+        self,
+        reference: str,
+        task_id: int | None,
+        label_studio: LabelStudio,
+        concepts: Sequence[ConceptPrompt],
+        config: LabelingConfig,
     ) -> ConceptResult:
         phrases = [c.phrase for c in concepts]
         exemplars = list(concepts[0].exemplars)
+        options = self._mask_options(config)
         return self._on_image(
             reference,
             task_id,
             label_studio,
             lambda image: self.client.segment_concept(
-                image, phrases, exemplars=exemplars, threshold=self.options.threshold
+                image, phrases, exemplars=exemplars, threshold=self.options.threshold, **options
             ),
         )
+
+    def _refined(self, key: str, objects: list[LabelledObject]) -> list[ObjectPrompt]:
+        """One object whose regions extend the last ones asked under `key` -> refined from its previous mask."""
+        if len(objects) != 1 or not objects[0].regions:
+            return [o.prompt for o in objects]
+        (wanted,) = objects
+        previous = self._prompted.get(key)
+        self._prompted.put(key, wanted.regions)
+        extends = previous is not None and previous < wanted.regions
+        return [replace(wanted.prompt, object_key=key, mask_input="previous" if extends else None)]
+
+    def _mask_options(self, config: LabelingConfig) -> dict[str, Any]:
+        """The answer control's mask format, and for outlines how closely they follow the mask."""
+        wanted = mask_format(config)
+        if wanted == "polygon":
+            return {"mask_format": wanted, "polygon_tolerance": self.options.polygon_tolerance}
+        return {"mask_format": wanted}
 
     @staticmethod
     def _instances(config: LabelingConfig, result: ConceptResult, labels: Sequence[str]) -> list[dict[str, Any]]:
         return [
-            region(config, instance.mask, label, instance.score)
+            found
             for answer, label in zip(result.concepts, labels, strict=True)
             for instance in answer.instances
-            if instance.mask is not None and instance.area > 0
+            if instance.area > 0
+            for found in regions(config, instance.encoded, label, instance.score)
         ]
 
     def _prediction(self, regions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -218,15 +256,16 @@ class Backend:
         return self._projects.get(_project_id(project), self.options.label_studio)
 
 
-class _ImageIds:
-    """Task image -> the id sam3 stored it under, for a while: later clicks skip reading the image."""
+class _Recent(Generic[K, V]):
+    """What the backend remembers for a while, least recently used first out: a task image's id in sam3's
+    store (later clicks skip reading the image), the regions an object was last prompted with."""
 
     def __init__(self, seconds: float, entries: int = 4096) -> None:
         self._seconds, self._entries = seconds, entries
-        self._ids: OrderedDict[tuple[str | None, str], tuple[str, float]] = OrderedDict()
+        self._ids: OrderedDict[K, tuple[V, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str | None, str]) -> str | None:
+    def get(self, key: K) -> V | None:
         with self._lock:
             found = self._ids.get(key)
             if found is None or found[1] < time.monotonic():
@@ -235,9 +274,9 @@ class _ImageIds:
             self._ids.move_to_end(key)
             return found[0]
 
-    def put(self, key: tuple[str | None, str], image_id: str) -> None:
+    def put(self, key: K, value: V) -> None:
         with self._lock:
-            self._ids[key] = (image_id, time.monotonic() + self._seconds)
+            self._ids[key] = (value, time.monotonic() + self._seconds)
             self._ids.move_to_end(key)
             while len(self._ids) > self._entries:
                 self._ids.popitem(last=False)

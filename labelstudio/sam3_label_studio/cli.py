@@ -102,6 +102,7 @@ def _options(args: argparse.Namespace) -> BackendOptions:
         label_studio=_label_studio(args),
         negative_labels=tuple(label.strip() for label in args.negative_labels.split(",") if label.strip()),
         threshold=args.threshold,
+        polygon_tolerance=args.polygon_tolerance,
     )
 
 
@@ -191,6 +192,14 @@ def _parser() -> argparse.ArgumentParser:
             "SAM3_LS_THRESHOLD",
             "concept instances scoring below are dropped",
             default=0.5,
+            type=float,
+        )
+        _option(
+            command,
+            "--polygon-tolerance",
+            "SAM3_LS_POLYGON_TOLERANCE",
+            "pixels a <PolygonLabels> outline may stray from the mask's edge (0: every pixel corner)",
+            default=1.0,
             type=float,
         )
         _option(command, "--log-level", "SAM3_LS_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", default="INFO")

@@ -2,7 +2,8 @@
 
 Label Studio hands the config (XML) to /setup and to every /predict. The backend needs: the `<Image>`
 the tools point at and the task data key holding its URL (`value="$image"`); the answer control,
-`<BrushLabels>` (masks) or `<PolygonLabels>` (outlines), with its labels; and which controls carry
+`<BrushLabels>` (masks) or `<PolygonLabels>` (outlines), the first on that image, with its labels;
+and which controls carry
 prompts (`<KeyPointLabels>`, `<RectangleLabels>`, `<TextArea>` for a concept phrase).
 """
 
@@ -15,8 +16,9 @@ from sam3_label_studio.errors import BackendError
 
 __all__ = ["ANSWER_TAGS", "Control", "LabelingConfig"]
 
-# Answer control tag -> the result type Label Studio stores ("brushlabels" regions carry an RLE).
-ANSWER_TAGS = {"BrushLabels": "brushlabels"}
+# Answer control tag -> the result type Label Studio stores ("brushlabels" regions carry an RLE,
+# "polygonlabels" ones the points of one outline).
+ANSWER_TAGS = {"BrushLabels": "brushlabels", "PolygonLabels": "polygonlabels"}
 PROMPT_TAGS = ("KeyPointLabels", "RectangleLabels", "TextArea")
 
 

@@ -32,10 +32,11 @@ Box = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class LabelledObject:
-    """One object to segment and the answer label its mask gets."""
+    """One object to segment, the answer label its mask gets, and the ids of the regions that prompt it."""
 
     prompt: ObjectPrompt
     label: str
+    regions: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class _Click:
     y: float
     positive: bool
     label: str | None
+    region: str
 
 
 @dataclass
@@ -70,6 +72,7 @@ class _Box:
     box: Box
     positive: bool
     label: str | None
+    region: str
     clicks: list[_Click] = field(default_factory=list)
 
 
@@ -91,9 +94,9 @@ def from_context(context: Mapping[str, Any], config: LabelingConfig, negative_la
         positive = region.get("is_positive", True) is not False
         if kind == "keypointlabels":
             negative = not positive or (label is not None and label.casefold() in negatives)
-            clicks.append(_Click(*_pixel(value, size), not negative, label))
+            clicks.append(_Click(*_pixel(value, size), not negative, label, str(region.get("id") or "")))
         elif kind == "rectanglelabels":
-            boxes.append(_Box(_box(value, size), positive, label))
+            boxes.append(_Box(_box(value, size), positive, label, str(region.get("id") or "")))
         elif kind == "textarea":
             phrases += [text.strip() for text in value.get("text") or () if isinstance(text, str) and text.strip()]
     if size is None:
@@ -165,9 +168,11 @@ def _objects(clicks: list[_Click], boxes: list[_Box], config: LabelingConfig) ->
         for click in clicks:
             owner = next((b for b in boxes if _inside(click, b.box)), None)
             (owner.clicks if owner else loose).append(click)
-    groups: list[tuple[list[_Click], Box | None, str | None]] = [(b.clicks, b.box, b.label) for b in boxes]
+    groups: list[tuple[list[_Click], Box | None, str | None, list[str]]] = [
+        (b.clicks, b.box, b.label, [b.region]) for b in boxes
+    ]
     if any(c.positive for c in loose):
-        groups.append((loose, None, next(c.label for c in loose if c.positive)))
+        groups.append((loose, None, next(c.label for c in loose if c.positive), []))
     elif not boxes:
         raise BackendError(400, "background clicks alone select nothing: add a foreground click (without Alt)")
     return [
@@ -176,8 +181,9 @@ def _objects(clicks: list[_Click], boxes: list[_Box], config: LabelingConfig) ->
                 points=[(c.x, c.y) for c in points], labels=[int(c.positive) for c in points] or None, box=box
             ),
             config.answer_label(label, "the prompt"),
+            frozenset(r for r in [*extra, *(c.region for c in points)] if r),
         )
-        for points, box, label in groups
+        for points, box, label, extra in groups
     ]
 
 
