@@ -13,7 +13,7 @@ wait_for_ready, message size) are `ChannelSettings`; default deadlines per metho
 every failure is a `Sam3Error` carrying the gRPC status code and the server's reason.
 """
 
-from sam3_client._channel import ChannelSettings, Deadlines
+from sam3_client._channel import ChannelSettings
 from sam3_client._prompts import ConceptOptions, ObjectPrompt, SegmentOptions
 from sam3_client._results import (
     ConceptAnswer,
@@ -26,6 +26,7 @@ from sam3_client._results import (
     Polygons,
     SegmentResult,
 )
+from sam3_client._rpcs import Deadlines
 from sam3_client.async_client import AsyncClient
 from sam3_client.client import Client
 from sam3_client.errors import Reason, Sam3Error

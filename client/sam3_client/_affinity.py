@@ -3,9 +3,10 @@
 With round robin, the clicks on one image reach every decoder replica and each one pays the store
 fetch (21 MB at float32) once; with R replicas, R cold clicks per image instead of one. For a
 `dns:///name:port` target (or a literal `ipv4:a:p,b:p` list) the client resolves the addresses,
-keeps one channel per address, and sends an image's Segment and Prefetch calls to the address that
-wins rendezvous hashing of (address, image id): every client picks the same owner without talking
-to the others, and adding or removing a replica moves only ~1/R of the images.
+keeps one channel per address, and sends the calls about an image (the rpcs the table `_rpcs.Rpc`
+marks `routed`) to the address that wins rendezvous hashing of (address, image id): every client
+picks the same owner without talking to the others, and adding or removing a replica moves only
+~1/R of the images.
 
 Failure: an address whose call fails with UNAVAILABLE is skipped for `down_seconds` (its images go
 to their next address by the same hash); when every address fails, the call goes over the ordinary

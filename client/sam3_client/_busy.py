@@ -14,7 +14,7 @@ import time
 
 import grpc
 
-from sam3_client._channel import Call
+from sam3_client._rpcs import Call
 from sam3_client.errors import Reason, Sam3Error
 
 FIRST_PAUSE = 0.1  # seconds; doubles per attempt

@@ -4,9 +4,9 @@ Retries are gRPC's own (service config): only UNAVAILABLE is retried, with expon
 because every other code means the same request would fail again, except RESOURCE_EXHAUSTED /
 OVERLOADED ("busy now"), which the clients retry themselves within the deadline (_busy).
 `dns:///host:port` targets with several addresses are balanced per call with round_robin (gRPC
-balances connections, not calls), except the calls about one image (Segment, Prefetch, SegmentConcept), which go to
-the replica that owns it by consistent hashing (`_affinity`, `ChannelSettings.affinity`) so that
-replica's cache keeps hitting.
+balances connections, not calls), except the calls about one image (the `routed` rows of the rpc
+table, `_rpcs.Rpc`), which go to the replica that owns it by consistent hashing (`_affinity`,
+`ChannelSettings.affinity`) so that replica's cache keeps hitting.
 
 Worker restarts: while nothing listens, a call fails at once with UNAVAILABLE and is retried: 5
 attempts 0.2, 0.4, 0.8, 1.6 s apart, with reconnects from 250 ms, bridge an outage of about 2 s
@@ -27,30 +27,9 @@ from typing import Any
 import grpc
 
 from sam3_client._affinity import IMAGE_ID_HEADER, AffinityPool
+from sam3_client._rpcs import DECODER, ENCODER, SERVICES, Call, Deadlines, Rpc
 from sam3_client.errors import Reason, Sam3Error
 from sam3_client.proto import decoder_pb2_grpc, encoder_pb2_grpc
-
-SERVICES = ("sam3.v1.EncoderService", "sam3.v1.DecoderService")
-
-
-@dataclass(frozen=True)
-class Deadlines:
-    """Default per-call deadlines in seconds; every call can override its own with `timeout=`.
-
-    A `segment` that has to encode first gets `segment + encode + segment` unless the call passes
-    `timeout=`, which then bounds the whole operation.
-    """
-
-    encode: float = 300.0  # a full-size fp32 encode takes tens of seconds on a CPU
-    segment: float = 10.0
-    concept: float = 120.0  # a concept query runs a large decoder: seconds per phrase on a CPU
-    info: float = 5.0
-    stream: float = 3600.0  # a whole encode_many / segment_stream session
-
-    def __post_init__(self) -> None:
-        for name in ("encode", "segment", "concept", "info", "stream"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"Deadlines.{name} must be a positive number of seconds")
 
 
 @dataclass(frozen=True)
@@ -154,19 +133,6 @@ def open_channel(module: Any, target: str, settings: ChannelSettings) -> Any:
     return module.insecure_channel(target, options=settings.options())
 
 
-@dataclass(frozen=True)
-class Call:
-    """One rpc: a `Connection.method` name, its request (an iterator for streams), its deadline in seconds."""
-
-    method: str
-    request: Any
-    timeout: float
-
-
-# The calls about one image: routed to the image's replica, and labelled for proxies that hash on it.
-_ROUTED = {"segment": "Segment", "prefetch": "Prefetch", "segment_concept": "SegmentConcept"}
-
-
 def _try_next_replica(error: grpc.RpcError) -> bool:
     """Nothing answered (no reason: transport failure) or the replica is draining: another may serve it.
     A reasoned UNAVAILABLE such as STORE_UNAVAILABLE would be the same everywhere."""
@@ -202,8 +168,10 @@ class Connection:
         self.channels: list[Any] = (
             [decoder_channel] if encoder_channel is decoder_channel else [decoder_channel, encoder_channel]
         )
-        self.encoder = encoder_pb2_grpc.EncoderServiceStub(encoder_channel)
-        self.decoder = decoder_pb2_grpc.DecoderServiceStub(decoder_channel)
+        self.stubs: dict[str, Any] = {
+            ENCODER: encoder_pb2_grpc.EncoderServiceStub(encoder_channel),
+            DECODER: decoder_pb2_grpc.DecoderServiceStub(decoder_channel),
+        }
         self._metadata = self.settings.metadata()
         self._aio = module is not grpc
         self.affinity = (
@@ -214,25 +182,17 @@ class Connection:
         """Close every channel; under grpc.aio the returned coroutines must be awaited."""
         return [channel.close() for channel in self.channels] + (self.affinity.close() if self.affinity else [])
 
-    def method(self, name: str) -> Any:
-        """The stub method behind a `Call` name."""
-        return {
-            "encode": self.encoder.Encode,
-            "segment": self.decoder.Segment,
-            "info": self.decoder.GetModelInfo,
-            "encode_batch": self.encoder.EncodeBatch,
-            "segment_stream": self.decoder.SegmentStream,
-            "prefetch": self.decoder.Prefetch,
-            "segment_concept": self.decoder.SegmentConcept,
-        }[name]
+    def stub_method(self, rpc: Rpc) -> Any:
+        """The stub method that makes `rpc`, on its service's channel."""
+        return getattr(self.stubs[rpc.service], rpc.method)
 
     def invoke(self, call: Call) -> Any:
         """Start `call` with the deadline, token and wait_for_ready: a response (grpc), an awaitable (grpc.aio),
         or a response iterator (streams). Calls about one image go to its replica first (see `affinity`)."""
-        image_id = getattr(call.request, "image_id", "") if call.method in _ROUTED else ""
+        image_id = call.request.image_id if call.rpc.routed else ""
         metadata = (*self._metadata, (IMAGE_ID_HEADER, image_id)) if image_id else self._metadata
         fallback = partial(
-            self.method(call.method),
+            self.stub_method(call.rpc),
             call.request,
             timeout=call.timeout,
             metadata=metadata,
@@ -241,10 +201,7 @@ class Connection:
         if self.affinity is None or not image_id:
             return fallback()
         attempts = [
-            (
-                address,
-                partial(getattr(stub, _ROUTED[call.method]), call.request, timeout=call.timeout, metadata=metadata),
-            )
+            (address, partial(getattr(stub, call.rpc.method), call.request, timeout=call.timeout, metadata=metadata))
             for address, stub in self.affinity.candidates(image_id)
         ]
         return self._first_answer_async(attempts, fallback) if self._aio else self._first_answer(attempts, fallback)

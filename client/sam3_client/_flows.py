@@ -10,12 +10,10 @@ import itertools
 import time
 from collections.abc import Generator, Sequence
 from contextlib import suppress
-from dataclasses import replace
 from typing import Any, Unpack
 
 import grpc
 
-from sam3_client._channel import Call, Deadlines
 from sam3_client._images import ImagePayload, image_payload
 from sam3_client._messages import (
     concept_request,
@@ -35,31 +33,30 @@ from sam3_client._prompts import (
     object_prompts,
 )
 from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, ObjectResult, SegmentResult
+from sam3_client._rpcs import Call, Deadlines, Rpc
 from sam3_client._steps import Flow
 from sam3_client.errors import Sam3Error
 from sam3_client.proto import common_pb2, decoder_pb2, encoder_pb2
 
 
-def stream_deadline(timeout: float | None, deadlines: Deadlines) -> float:
-    return deadlines.stream if timeout is None else timeout
-
-
 class Budget:
     """The deadline of one user-level call that may need several rpcs (segment -> encode -> segment).
 
-    With `timeout=None` each rpc gets its own default deadline; with a timeout they share it.
+    With `timeout=None` each rpc gets its own default deadline (`Deadlines`); with a timeout they share it.
     """
 
-    def __init__(self, timeout: float | None) -> None:
+    def __init__(self, deadlines: Deadlines, timeout: float | None) -> None:
+        self._deadlines = deadlines
         self._end = None if timeout is None else time.monotonic() + timeout
 
-    def left(self, default: float) -> float:
+    def call(self, rpc: Rpc, request: Any) -> Call:
+        """`rpc` with `request`, due when the user's call is (or within the rpc's default deadline)."""
         if self._end is None:
-            return default
+            return Call(rpc, request, self._deadlines.of(rpc))
         left = self._end - time.monotonic()
         if left <= 0:
             raise Sam3Error(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's timeout expired between its rpcs")
-        return left
+        return Call(rpc, request, left)
 
 
 def encode_flow(
@@ -73,14 +70,12 @@ def encode_flow(
 ) -> Flow[EncodeResult]:
     """Encode; with `prefetch`, then warm the decoder replica the image's clicks will reach (best effort:
     a failed prefetch only means the first click fetches from the store itself)."""
-    budget = Budget(timeout)
+    budget = Budget(deadlines, timeout)
     request = encode_request(image_payload(image), force=force, prewarm=prewarm)
-    result = encode_result((yield Call("encode", request, budget.left(deadlines.encode))))
+    result = encode_result((yield budget.call(Rpc.ENCODE, request)))
     if prefetch:
         with suppress(Sam3Error):
-            yield Call(
-                "prefetch", decoder_pb2.PrefetchRequest(image_id=result.image_id), budget.left(deadlines.segment)
-            )
+            yield budget.call(Rpc.PREFETCH, decoder_pb2.PrefetchRequest(image_id=result.image_id))
     return result
 
 
@@ -90,8 +85,9 @@ def segment_flow(
     """Segment; on NOT_FOUND with the image at hand, Encode it and Segment again (one user call)."""
     payload = image_payload(image)
     request = segment_request(payload.image_id, objects, **options)
-    call = Call("segment", request, deadlines.segment)
-    response, encoded = yield from _encode_on_miss(payload, call, deadlines, Budget(options.get("timeout")))
+    budget = Budget(deadlines, options.get("timeout"))
+    lost = "cannot find it: do both workers share the Redis store, key prefix and model?"
+    response, encoded = yield from _encode_on_miss(payload, Rpc.SEGMENT, request, budget, lost)
     return segment_result(response, encoded, objects, options)
 
 
@@ -138,17 +134,28 @@ def concept_flow(
 ) -> Flow[ConceptResult]:
     """SegmentConcept; on NOT_FOUND with the image at hand, Encode it and ask again (one user call)."""
     payload = image_payload(image)
-    call = Call("segment_concept", concept_request(payload.image_id, concepts, **options), deadlines.concept)
-    response, encoded = yield from _encode_on_miss(payload, call, deadlines, Budget(options.get("timeout")))
+    request = concept_request(payload.image_id, concepts, **options)
+    budget = Budget(deadlines, options.get("timeout"))
+    response, encoded = yield from _encode_on_miss(
+        payload,
+        Rpc.SEGMENT_CONCEPT,
+        request,
+        budget,
+        "finds no concept features for it: the encoders must store them (a folder from `sam3 models export` and "
+        "--concepts on), and share the Redis store and key prefix with the decoders",
+    )
     return concept_result(response, encoded)
 
 
 def _encode_on_miss(
-    payload: ImagePayload, call: Call, deadlines: Deadlines, budget: Budget
+    payload: ImagePayload, rpc: Rpc, request: Any, budget: Budget, still_missing: str
 ) -> Generator[Call, Any, tuple[Any, EncodeResult | None]]:
-    """`call`'s response; if the image is not stored and we have its bytes, Encode it and call again."""
+    """`rpc`'s response; if the image is not stored and we have its bytes, Encode it and ask again.
+
+    `still_missing`: what the decoder lacks, and why, when it still misses the image after the encode.
+    """
     try:
-        return (yield replace(call, timeout=budget.left(call.timeout))), None
+        return (yield budget.call(rpc, request)), None
     except Sam3Error as error:
         if not error.is_not_encoded:
             raise
@@ -157,26 +164,20 @@ def _encode_on_miss(
                 f"image {payload.image_id} is not in the store and only its id was given: pass the image itself "
                 f"(a path, bytes, a PIL image or an array) so the client can encode it ({error.message})"
             ) from None
-    encoded = encode_result((yield Call("encode", encode_request(payload), budget.left(deadlines.encode))))
+    encoded = encode_result((yield budget.call(Rpc.ENCODE, encode_request(payload))))
     try:
-        return (yield replace(call, timeout=budget.left(call.timeout))), encoded
+        return (yield budget.call(rpc, request)), encoded
     except Sam3Error as error:
         if not error.is_not_encoded:
             raise
-        if call.method == "segment_concept":
-            raise error.with_message(
-                f"the encoder stored image {payload.image_id} under model {encoded.model_id}, yet the decoder finds "
-                "no concept features for it: the encoders must store them (a folder from `sam3 models export` and "
-                f"--concepts on), and share the Redis store and key prefix with the decoders ({error.message})"
-            ) from None
         raise error.with_message(
-            f"the encoder stored image {payload.image_id} under model {encoded.model_id}, yet the decoder cannot "
-            f"find it: do both workers share the Redis store, key prefix and model? ({error.message})"
+            f"the encoder stored image {payload.image_id} under model {encoded.model_id}, yet the decoder "
+            f"{still_missing} ({error.message})"
         ) from None
 
 
 def info_flow(deadlines: Deadlines, timeout: float | None) -> Flow[ModelInfo]:
-    return model_info((yield Call("info", common_pb2.GetModelInfoRequest(), Budget(timeout).left(deadlines.info))))
+    return model_info((yield Budget(deadlines, timeout).call(Rpc.MODEL_INFO, common_pb2.GetModelInfoRequest())))
 
 
 class Session:
@@ -184,11 +185,15 @@ class Session:
 
     def __init__(self, deadlines: Deadlines, options: SegmentOptions) -> None:
         self._deadlines = deadlines
-        self.timeout = stream_deadline(options.get("timeout"), deadlines)
+        self._budget = Budget(deadlines, options.get("timeout"))
         self._options = options
         self._ready: set[str] = set()
         self._count = itertools.count()
         self._asked: dict[str, Sequence[ObjectPrompt]] = {}  # request_id -> its objects, until answered
+
+    def call(self, requests: Any) -> Call:
+        """The SegmentStream call carrying `requests` (what `request_flow` made), for the whole session."""
+        return self._budget.call(Rpc.SEGMENT_STREAM, requests)
 
     def request_flow(self, item: StreamRequest) -> Flow[decoder_pb2.SegmentRequest]:
         image, objects, *key = item
@@ -214,9 +219,14 @@ class Session:
 class Batch:
     """One encode_many: numbers its requests (request_id = position in the input)."""
 
-    def __init__(self, force: bool) -> None:
+    def __init__(self, deadlines: Deadlines, force: bool, timeout: float | None) -> None:
+        self._budget = Budget(deadlines, timeout)
         self._force = force
         self._count = itertools.count()
+
+    def call(self, requests: Any) -> Call:
+        """The EncodeBatch call carrying `requests` (what `request` made), for the whole batch."""
+        return self._budget.call(Rpc.ENCODE_BATCH, requests)
 
     def request(self, image: Any) -> encoder_pb2.EncodeRequest:
         return encode_request(image_payload(image), force=self._force, request_id=str(next(self._count)))

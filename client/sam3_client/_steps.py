@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar, cast
 import grpc
 
 from sam3_client._busy import BusyRetry
-from sam3_client._channel import Call
+from sam3_client._rpcs import Call
 from sam3_client.errors import Sam3Error
 
 T = TypeVar("T")

@@ -10,7 +10,7 @@ from typing import Any, TypeVar, Unpack
 from grpc import aio
 
 from sam3_client import _flows
-from sam3_client._channel import Call, ClientBase
+from sam3_client._channel import ClientBase
 from sam3_client._messages import encode_result
 from sam3_client._prompts import (
     Box,
@@ -22,6 +22,7 @@ from sam3_client._prompts import (
     concept_queries,
 )
 from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, ObjectResult, SegmentResult
+from sam3_client._rpcs import Call
 from sam3_client._steps import Feed, Flow, Steps, stream_errors
 
 T = TypeVar("T")
@@ -117,15 +118,14 @@ class AsyncClient(ClientBase):
         self, images: Iterable[Any] | AsyncIterable[Any], *, force: bool = False, timeout: float | None = None
     ) -> AsyncIterator[EncodeResult]:
         """Encode images over one EncodeBatch stream, results in order (see `Client.encode_many`)."""
-        batch = _flows.Batch(force)
+        batch = _flows.Batch(self.deadlines, force, timeout)
 
         async def requests() -> AsyncIterator[Any]:
             async for image in _items(images):
                 yield batch.request(image)
 
         feed = Feed()
-        call = Call("encode_batch", feed.wrap_async(requests()), _flows.stream_deadline(timeout, self.deadlines))
-        async for result in self._stream(call, feed, encode_result):
+        async for result in self._stream(batch.call(feed.wrap_async(requests())), feed, encode_result):
             yield result
 
     async def segment_stream(
@@ -143,9 +143,7 @@ class AsyncClient(ClientBase):
                 yield await self._run(session.request_flow(item))
 
         feed = Feed()
-        async for result in self._stream(
-            Call("segment_stream", feed.wrap_async(messages()), session.timeout), feed, session.result
-        ):
+        async for result in self._stream(session.call(feed.wrap_async(messages())), feed, session.result):
             yield result
 
     async def model_info(self, *, timeout: float | None = None) -> ModelInfo:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar, Unpack
 import grpc
 
 from sam3_client import _flows
-from sam3_client._channel import Call, ClientBase
+from sam3_client._channel import ClientBase
 from sam3_client._messages import encode_result
 from sam3_client._prompts import (
     Box,
@@ -22,6 +22,7 @@ from sam3_client._prompts import (
     concept_queries,
 )
 from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, ObjectResult, SegmentResult
+from sam3_client._rpcs import Call
 from sam3_client._steps import Feed, Flow, Steps, stream_errors
 
 T = TypeVar("T")
@@ -153,9 +154,8 @@ class Client(ClientBase):
         ends the stream after the images before it, then raises. `timeout` bounds the whole stream.
         """
         feed = Feed()
-        requests = feed.wrap(map(_flows.Batch(force).request, images))
-        call = Call("encode_batch", requests, _flows.stream_deadline(timeout, self.deadlines))
-        yield from self._stream(call, feed, encode_result)
+        batch = _flows.Batch(self.deadlines, force, timeout)
+        yield from self._stream(batch.call(feed.wrap(map(batch.request, images))), feed, encode_result)
 
     def segment_stream(
         self, requests: Iterable[StreamRequest], **options: Unpack[SegmentOptions]
@@ -172,7 +172,7 @@ class Client(ClientBase):
         session = _flows.Session(self.deadlines, options)
         feed = Feed()
         messages = feed.wrap(self._run(session.request_flow(item)) for item in requests)
-        yield from self._stream(Call("segment_stream", messages, session.timeout), feed, session.result)
+        yield from self._stream(session.call(messages), feed, session.result)
 
     def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """What the decoder serves (model_id, mask size, embedding shapes, server version)."""
