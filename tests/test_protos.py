@@ -148,6 +148,17 @@ def test_services_work_with_installed_grpcio() -> None:
         server.stop(None)
 
 
+def test_the_deprecated_trailer_goes_in_the_release_that_promised_it() -> None:
+    """docs/api.md, common.proto and sam3_client.errors promise sam3-error-bin's removal in 0.2.0."""
+    import tomllib
+
+    from sam3_client import errors
+
+    version = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]["version"]
+    release = tuple(int(part) for part in version.split(".")[:2])
+    assert release < (0, 2) or not hasattr(errors, "ERROR_INFO_KEY"), "remove sam3-error-bin, as promised"
+
+
 class _Status(grpc.Status):
     """An rpc error carrying ErrorInfo in the deprecated `sam3-error-bin` trailer (workers still send it too)."""
 

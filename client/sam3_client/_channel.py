@@ -9,8 +9,10 @@ table, `_rpcs.Rpc`), which go to the replica that owns it by consistent hashing 
 `ChannelSettings.affinity`) so that replica's cache keeps hitting.
 
 Worker restarts: while nothing listens, a call fails at once with UNAVAILABLE and is retried: 5
-attempts 0.2, 0.4, 0.8, 1.6 s apart, with reconnects from 250 ms, bridge an outage of about 2 s
-(measured on loopback: 2.0 s bridged 4/4, 3.0 s 0/3; the call gives up after ~3 s). For longer
+attempts, the pauses between them 0.2, 0.4, 0.8 and 1.6 s each randomised by +-20 % (gRPC core's
+jitter on the policy's backoff; grpcio 1.85 on loopback, 40 calls: 0.16-0.26, 0.34-0.52, 0.65-0.97
+and 1.31-1.92 s), so the call gives up 2.4 to 3.6 s after it started. With reconnects from 250 ms
+they bridge an outage of about 2 s (measured on loopback: 2.0 s bridged 4/4, 3.0 s 0/3). For longer
 ones, `ChannelSettings(wait_for_ready=True)` makes calls wait for a connection instead, bounded by
 their deadline: use it where rollouts and restarts should be invisible (batch jobs, services
 calling sam3), and leave it off where a wrong address should fail fast (interactive tools).

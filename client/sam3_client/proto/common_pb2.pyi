@@ -119,7 +119,7 @@ class ErrorInfo(_message.Message):
     google.rpc.BadRequest whose field violation names it (e.g. "objects[0].points[1].label").
     Every gRPC language reads it with its own helper; docs/api.md shows Node.js.
     This message is what a stream item's ItemError carries, and what the deprecated trailer
-    "sam3-error-bin" holds (still sent alongside for older clients; removed in the next minor release).
+    "sam3-error-bin" holds (still sent alongside for older clients; removed in release 0.2.0).
     Reasons, with the gRPC status code they come with:
       EMBEDDING_NOT_FOUND  NOT_FOUND           no embedding stored for image_id + model: call Encode, retry
                                                (for a video frame, metadata "frame" is its index).
