@@ -42,9 +42,10 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
 def run(args: argparse.Namespace) -> int:
     import grpc
 
-    from sam3_cli.options import tls_options
+    from sam3_cli.options import check_target, tls_options
     from sam3_serving.health_check import check
 
+    check_target("--target", args.target)
     shown = args.service or "(server)"
     try:
         status = check(args.target, args.service, timeout=args.timeout, **tls_options(args))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -169,22 +168,17 @@ def load_model(
     )
 
 
-_TARGET = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):\d{1,5}$")
-# gRPC's own target syntaxes (https://grpc.github.io/grpc/core/md_doc_naming.html), taken as they are.
-_GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
-
-
 def check_target(flag: str, target: str) -> None:
-    """HOST:PORT (or a gRPC target such as dns:///name:port); a URL or a missing port is a usage error."""
+    """The SDK's rule for targets (sam3_client.targets: HOST:PORT, always with a port), as a usage error."""
     from sam3_cli.errors import UsageError
+    from sam3_client.targets import TargetError
+    from sam3_client.targets import check_target as check
 
-    if target.startswith(_GRPC_SCHEMES) or _TARGET.match(target):
-        return
-    scheme, separator, rest = target.partition("://")
-    if separator:
-        tls = " with --tls" if scheme.lower() in ("https", "grpcs") else ""
-        raise UsageError(f"{flag} {target}: give HOST:PORT without a scheme, e.g. {flag} {rest.rstrip('/')}{tls}")
-    raise UsageError(f"{flag} {target}: give HOST:PORT with the port, e.g. {flag} {target.rstrip(':')}:50051")
+    try:
+        check(target)
+    except TargetError as error:
+        tls = " with --tls" if error.tls else ""
+        raise UsageError(f"{flag} {target} {error.problem}: give HOST:PORT, e.g. {flag} {error.example}{tls}") from None
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -791,16 +791,38 @@ def test_a_file_that_is_not_an_image_is_named(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("target", "advice"),
     [
-        ("localhost", "give HOST:PORT with the port, e.g. --server localhost:50051"),
-        ("http://localhost:50051", "give HOST:PORT without a scheme, e.g. --server localhost:50051"),
-        ("https://sam3.example.com:443/", "e.g. --server sam3.example.com:443 with --tls"),
+        ("localhost", "localhost has no port (gRPC would dial 443): give HOST:PORT, e.g. {flag} localhost:50051"),
+        (
+            "127.0.0.1:5005x",
+            "has the port '5005x', not a number from 1 to 65535: give HOST:PORT, e.g. {flag} 127.0.0.1:50051",
+        ),
+        ("[::1]", "[::1] has no port (gRPC would dial 443): give HOST:PORT, e.g. {flag} [::1]:50051"),
+        ("dns:///sam3", "give HOST:PORT, e.g. {flag} dns:///sam3:50051"),
+        (
+            "http://localhost:50051",
+            "is a URL, and a gRPC target has no scheme: give HOST:PORT, e.g. {flag} localhost:50051",
+        ),
+        ("https://sam3.example.com:443/", "e.g. {flag} sam3.example.com:443 with --tls"),
     ],
 )
-def test_a_server_address_that_is_not_host_port_is_diagnosed(target, advice, capsys):
-    assert main(["segment", "-i", str(IMAGE), "--point", "1,1", "--server", target]) == 2
-    assert advice in capsys.readouterr().err
-    assert main(["encode", str(IMAGE), "--server", target]) == 2
-    assert advice in capsys.readouterr().err
+def test_a_target_grpc_would_misread_is_a_usage_error_with_the_fix(target, advice, capsys):
+    """One rule (the SDK's sam3_client.targets) for every flag that takes a target; nothing is dialled."""
+    image = str(IMAGE)
+    commands = {
+        "--server": [
+            ["segment", "-i", image, "--point", "1,1"],
+            ["segment", "-i", image, "--text", "cat"],
+            ["encode", image],
+        ],
+        "--encoder-server": [["segment", "-i", image, "--point", "1,1", "--decoder-server", "127.0.0.1:1"]],
+        "--decoder-server": [["segment", "-i", image, "--point", "1,1", "--encoder-server", "127.0.0.1:1"]],
+        "--target": [["health"]],
+    }
+    for flag, lines in commands.items():
+        for line in lines:
+            assert main([*line, flag, target]) == 2, (flag, line)
+            assert f"sam3: error: {flag} {target} " in (err := capsys.readouterr().err)
+            assert advice.format(flag=flag) in err, err
 
 
 def test_forgetting_server_mentions_server_when_the_default_model_cannot_be_fetched(tmp_path):

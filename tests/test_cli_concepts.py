@@ -85,7 +85,10 @@ def test_overlapping_instances_go_to_the_higher_score() -> None:
     ("flags", "message"),
     [
         (["--text", "dog", "--point", "5,5"], "not both"),
-        (["--text", "dog", "--server", "no-port"], "--server no-port: give HOST:PORT"),
+        (
+            ["--text", "dog", "--server", "no-port"],
+            "--server no-port has no port (gRPC would dial 443): give HOST:PORT",
+        ),
         (["--exemplar", "1,2,3"], "--exemplar '1,2,3': expected 4 comma-separated numbers"),
         (["--text", "dog", "--threshold", "2"], "--threshold 2.0"),
         (["--exemplar", "30,30,10,10"], "x2 > x1"),

@@ -32,6 +32,7 @@ from sam3_client._affinity import IMAGE_ID_HEADER, AffinityPool
 from sam3_client._rpcs import DECODER, ENCODER, SERVICES, Call, Deadlines, Rpc
 from sam3_client.errors import Reason, Sam3Error
 from sam3_client.proto import decoder_pb2_grpc, encoder_pb2_grpc
+from sam3_client.targets import check_target
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,8 @@ class Connection:
         decoder_target = decoder_target or target
         if not encoder_target or not decoder_target:
             raise ValueError("give a target (host:port of `sam3 serve`) or both encoder_target and decoder_target")
+        for given in {encoder_target, decoder_target}:
+            check_target(given)
         self.settings = settings or ChannelSettings()
         self.deadlines = deadlines or Deadlines()
         decoder_channel = open_channel(module, decoder_target, self.settings)
@@ -250,8 +253,9 @@ class ClientBase:
         deadlines: Deadlines | None = None,
     ) -> None:
         """`target`: host:port (or dns:///name:port for round_robin over several addresses) serving both
-        services; or `encoder_target` and `decoder_target` for separate deployments. `settings`: TLS,
-        token, retries, wait_for_ready, message size. `deadlines`: default seconds per method."""
+        services; or `encoder_target` and `decoder_target` for separate deployments. A target without
+        a port raises `targets.TargetError` (a ValueError): gRPC would dial 443. `settings`: TLS, token,
+        retries, wait_for_ready, message size. `deadlines`: default seconds per method."""
         self._connection = Connection(self._grpc, target, encoder_target, decoder_target, settings, deadlines)
         self.settings = self._connection.settings
         self.deadlines = self._connection.deadlines
