@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sam3_cli.errors import CliError, UsageError, explain, first_unreachable, targets_of
+from sam3_cli.errors import CliError, UsageError, explain
 
 POSITIVE_BOX = (0, 200, 70)
 NEGATIVE_BOX = (230, 30, 30)
@@ -195,13 +195,10 @@ def _found_in_process(
 def _found_remote(
     args: argparse.Namespace, data: bytes, phrases: Sequence[str | None], exemplars: list[Any]
 ) -> tuple[list[Answer], str]:
-    import grpc
-
-    from sam3_cli.options import channel_settings, tls_options
+    from sam3_cli.options import channel_settings
     from sam3_client import Client, Sam3Error
 
     settings = channel_settings(args, retry_attempts=3)
-    targets = targets_of(args.server, args.encoder_server, args.decoder_server)
     texts = [p for p in phrases if p is not None]
     with Client(
         args.server, encoder_target=args.encoder_server, decoder_target=args.decoder_server, settings=settings
@@ -211,9 +208,7 @@ def _found_remote(
                 data, texts or None, exemplars=exemplars, threshold=args.threshold, timeout=args.timeout
             )
         except Sam3Error as error:
-            target = targets[0]
-            if error.code == grpc.StatusCode.UNAVAILABLE and len(targets) > 1:
-                target = first_unreachable(targets, **tls_options(args)) or target
+            target = error.target or args.decoder_server or args.server
             raise CliError(explain(error, target, timeout=args.timeout)) from error
     answers = [
         Answer(

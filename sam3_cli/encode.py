@@ -22,7 +22,7 @@ from typing import Any
 
 from grpc import StatusCode
 
-from sam3_cli.errors import START_HINT, CliError, UsageError, explain, first_unreachable, targets_of
+from sam3_cli.errors import START_HINT, CliError, UsageError, explain
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 # Service-wide failures: every remaining file would fail the same way, so the run stops.
@@ -108,7 +108,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sam3_cli.options import channel_settings, check_target, tls_options
+    from sam3_cli.options import channel_settings, check_target
     from sam3_client import Client
 
     target = args.encoder_server or args.server
@@ -139,9 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(stop, KeyboardInterrupt):
         raise stop  # the command's usual exit for Ctrl-C (130), now that what finished is written
     if isinstance(stop, Fatal):
-        targets = targets_of(args.server, args.encoder_server, None)
-        down = first_unreachable(targets, **tls_options(args))
-        raise CliError(explain(stop.error, down or target, timeout=args.timeout))
+        raise CliError(explain(stop.error, stop.error.target or target, timeout=args.timeout))
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
@@ -185,11 +183,11 @@ def _encode_one(client: Any, path: Path, args: argparse.Namespace) -> Outcome:
         data = path.read_bytes()
     except OSError as error:
         return Outcome(str(path), "failed", error=f"cannot read: {error.strerror or error}")
-    target = args.encoder_server or args.server
     try:
         # A pre-warm: interactive encodes go first; a busy encoder is retried by the SDK within the timeout.
         result = client.encode(data, force=args.force, timeout=args.timeout, prewarm=True)
     except Sam3Error as error:
+        target = error.target or args.encoder_server or args.server
         outcome = Outcome(str(path), "failed", error=explain(error, target, timeout=args.timeout))
         if error.code in _FATAL_CODES and error.reason != Reason.SHUTTING_DOWN:
             raise Fatal(outcome, error) from error

@@ -8,8 +8,7 @@ were sent to.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 from grpc import StatusCode
 
@@ -110,23 +109,3 @@ def _strip_field(message: str, field: str) -> str:
     """'image: not an image' -> 'not an image' (the sentence already names the field)."""
     prefix = f"{field}: "
     return message[len(prefix) :] if message.startswith(prefix) else message
-
-
-def targets_of(server: str | None, encoder: str | None, decoder: str | None) -> list[str]:
-    """The distinct targets a command talks to, in the order they are used."""
-    return list(dict.fromkeys(t for t in (decoder or server, encoder or server) if t))
-
-
-def first_unreachable(targets: Sequence[str], *, timeout: float = 1.0, **tls: Any) -> str | None:
-    """Of several targets, the first whose health service does not answer (to name the one that is down)."""
-    import grpc
-
-    from sam3_serving.health_check import check
-
-    for target in targets:
-        try:
-            check(target, timeout=timeout, **tls)  # tls: check()'s TLS keyword arguments
-        except grpc.RpcError as error:
-            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return target
-    return None

@@ -110,7 +110,7 @@ def describe(error: BaseException) -> str:
     from sam3_client import Sam3Error
 
     if isinstance(error, Sam3Error):
-        return explain(error, "the server")
+        return explain(error, error.target or "the server")
     if isinstance(error, CliError | ValueError | OSError):
         return str(error) or type(error).__name__
     return f"unexpected {type(error).__name__}: {error} (run with --debug for the traceback, and please report it)"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sam3_cli import concepts
-from sam3_cli.errors import CliError, UsageError, explain, first_unreachable, targets_of
+from sam3_cli.errors import CliError, UsageError, explain
 from sam3_cli.options import (
     HelpFormatter,
     add_connection_options,
@@ -490,14 +490,11 @@ def _segment_in_process(args: argparse.Namespace, rgb: Any, asked: Asked) -> Seg
 
 
 def _segment_remote(args: argparse.Namespace, data: bytes, asked: Asked, kind: str) -> Segmentation:
-    import grpc
-
-    from sam3_cli.options import channel_settings, tls_options
+    from sam3_cli.options import channel_settings
     from sam3_client import Client, ObjectPrompt, Sam3Error, SegmentOptions
 
     # Interactive: 3 attempts (~0.6 s of backoff) rather than the SDK's 5 (~3 s) before "cannot reach".
     settings = channel_settings(args, retry_attempts=3)
-    targets = targets_of(args.server, args.encoder_server, args.decoder_server)
     prompt = asked.prompt
     options: SegmentOptions = {"mask_format": "polygon" if kind == "polygon" else "rle"}
     if args.polygon_tolerance is not None:
@@ -515,9 +512,7 @@ def _segment_remote(args: argparse.Namespace, data: bytes, asked: Asked, kind: s
                 **options,
             )
         except Sam3Error as error:
-            target = targets[0]
-            if error.code == grpc.StatusCode.UNAVAILABLE and len(targets) > 1:
-                target = first_unreachable(targets, **tls_options(args)) or target
+            target = error.target or args.decoder_server or args.server
             raise CliError(explain(error, target, flag_for=asked.flag_for, timeout=args.timeout)) from error
     (obj,) = result.objects
     encoded = "" if result.encoded is None else f"encode {result.encoded.timings.get('total', 0):.0f} ms, "

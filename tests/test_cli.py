@@ -27,7 +27,7 @@ from sam3_cli.errors import explain
 from sam3_cli.main import main
 from sam3_cli.models import human_size
 from sam3_cli.segment import join_negative_coordinates
-from sam3_cli.workers import ENCODER
+from sam3_cli.workers import DECODER, ENCODER
 from sam3_client import Reason, Sam3Error
 from sam3_core.images import load_image
 from sam3_core.model import Preprocessing, compute_model_id, graph_path
@@ -529,6 +529,18 @@ def test_token_errors_mention_the_token_flag(redis_url, redis_namespace, capsys)
         assert "refused the call" in err and "--token" in err
         assert main([*base, "--token", "s3cret"]) == 0
         assert "Segmentation scores:" in capsys.readouterr().out
+
+
+def test_in_a_split_deployment_the_error_names_the_worker_that_refused(redis_url, redis_namespace, tmp_path, capsys):
+    with (
+        running(redis_url, redis_namespace, {ENCODER}, server={"auth_token": "s3cret"}) as encoder,
+        running(redis_url, redis_namespace, {DECODER}) as decoder,
+    ):
+        image = write_random_png(tmp_path / "new.png", 23)  # not stored: the decoder answers, then Encode fails
+        flags = ["--encoder-server", encoder.target, "--decoder-server", decoder.target]
+        assert main(["segment", "-i", str(image), "--point", "5,5", *flags]) == 1
+        err = capsys.readouterr().err
+        assert f"{encoder.target} refused the call" in err and decoder.target not in err
 
 
 FIELD = "objects[0].points[1].x"

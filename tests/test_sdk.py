@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam3_cli.workers import DECODER, start_worker
+from sam3_cli.workers import DECODER, ENCODER, start_worker
 from sam3_client import (
     AsyncClient,
     ChannelSettings,
@@ -278,6 +278,30 @@ def test_segment_re_encodes_after_the_store_lost_the_image(
     assert result.encoded.image_id == result.image_id == known.image_id
     assert result.mask is not None and result.mask.shape == (480, 640)
     assert stack.store.get(stack.embeddings, known.image_id).outcome == Outcome.REDIS
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_error_names_the_address_of_the_call_that_failed(redis_url: str, namespace: str, kind: str) -> None:
+    """Split workers, a token on the encoder only: the segment reaches the decoder, the encode it needs fails."""
+    with (
+        running(redis_url, namespace, {ENCODER}, server={"auth_token": "s3cret"}) as encoder,
+        running(redis_url, namespace, {DECODER}) as decoder,
+    ):
+        image = np.random.default_rng(23).integers(0, 256, (40, 50, 3), dtype=np.uint8)  # not stored yet
+        with pytest.raises(Sam3Error) as failure:
+            drive(
+                kind,
+                lambda sdk: sdk.segment(image, points=[[5, 5]]),
+                encoder_target=encoder.target,
+                decoder_target=decoder.target,
+            )
+        assert failure.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert failure.value.target == encoder.target
+        assert str(failure.value).startswith(f"UNAUTHENTICATED from {encoder.target}: ")
+        with pytest.raises(Sam3Error) as failure:
+            drive(kind, lambda sdk: sdk.model_info(), encoder_target=decoder.target, decoder_target=encoder.target)
+        assert failure.value.target == encoder.target  # GetModelInfo goes to the decoder target, here this one
+        assert failure.value.code == grpc.StatusCode.UNAUTHENTICATED
 
 
 @pytest.mark.parametrize("kind", KINDS)

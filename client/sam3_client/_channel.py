@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 
 from sam3_client._affinity import IMAGE_ID_HEADER, AffinityPool
-from sam3_client._rpcs import DECODER, ENCODER, SERVICES, Call, Deadlines, Rpc
+from sam3_client._rpcs import DECODER, ENCODER, SERVICES, Call, Deadlines, Kind, Rpc
 from sam3_client.errors import Reason, Sam3Error
 from sam3_client.proto import decoder_pb2_grpc, encoder_pb2_grpc
 from sam3_client.targets import check_target
@@ -136,10 +136,9 @@ def open_channel(module: Any, target: str, settings: ChannelSettings) -> Any:
     return module.insecure_channel(target, options=settings.options())
 
 
-def _try_next_replica(error: grpc.RpcError) -> bool:
+def _try_next_replica(failure: Sam3Error) -> bool:
     """Nothing answered (no reason: transport failure) or the replica is draining: another may serve it.
     A reasoned UNAVAILABLE such as STORE_UNAVAILABLE would be the same everywhere."""
-    failure = Sam3Error.from_rpc(error)
     return failure.code == grpc.StatusCode.UNAVAILABLE and failure.reason in (None, Reason.SHUTTING_DOWN)
 
 
@@ -173,6 +172,7 @@ class Connection:
         self.channels: list[Any] = (
             [decoder_channel] if encoder_channel is decoder_channel else [decoder_channel, encoder_channel]
         )
+        self.targets = {ENCODER: encoder_target, DECODER: decoder_target}
         self.stubs: dict[str, Any] = {
             ENCODER: encoder_pb2_grpc.EncoderServiceStub(encoder_channel),
             DECODER: decoder_pb2_grpc.DecoderServiceStub(decoder_channel),
@@ -192,10 +192,17 @@ class Connection:
         return getattr(self.stubs[rpc.service], rpc.method)
 
     def invoke(self, call: Call) -> Any:
-        """Start `call` with the deadline, token and wait_for_ready: a response (grpc), an awaitable (grpc.aio),
-        or a response iterator (streams). Calls about one image go to its replica first (see `affinity`)."""
+        """Start `call` with the deadline, token and wait_for_ready. Unary: the response (grpc) or an
+        awaitable of it (grpc.aio), failing with a Sam3Error that names the address that failed; calls
+        about one image go to its replica first (see `affinity`). Streams: the response iterator, to read
+        inside `stream_errors(responses, connection.targets[rpc.service])`."""
         image_id = call.request.image_id if call.rpc.routed else ""
         metadata = (*self._metadata, (IMAGE_ID_HEADER, image_id)) if image_id else self._metadata
+        attempts = [
+            (address, partial(getattr(stub, call.rpc.method), call.request, timeout=call.timeout, metadata=metadata))
+            for address, stub in (self.affinity.candidates(image_id) if self.affinity and image_id else [])
+        ]
+        # Last, or only: the target given for the rpc's service, with gRPC's own balancing and retries.
         fallback = partial(
             self.stub_method(call.rpc),
             call.request,
@@ -203,39 +210,36 @@ class Connection:
             metadata=metadata,
             wait_for_ready=self.settings.wait_for_ready,
         )
-        if self.affinity is None or not image_id:
+        attempts.append((self.targets[call.rpc.service], fallback))
+        if call.rpc.kind is Kind.STREAM:
             return fallback()
-        attempts = [
-            (address, partial(getattr(stub, call.rpc.method), call.request, timeout=call.timeout, metadata=metadata))
-            for address, stub in self.affinity.candidates(image_id)
-        ]
-        return self._first_answer_async(attempts, fallback) if self._aio else self._first_answer(attempts, fallback)
+        return self._first_answer_async(attempts) if self._aio else self._first_answer(attempts)
 
-    def _first_answer(self, attempts: Sequence[tuple[str, Callable[[], Any]]], fallback: Callable[[], Any]) -> Any:
-        for address, attempt in attempts:
+    def _first_answer(self, attempts: Sequence[tuple[str, Callable[[], Any]]]) -> Any:
+        for index, (address, attempt) in enumerate(attempts):
             try:
                 return attempt()
             except grpc.RpcError as error:
-                if not _try_next_replica(error):
-                    raise
-                self._replica_failed(address)
-        return fallback()
+                failure = Sam3Error.from_rpc(error, address)
+                if index == len(attempts) - 1 or not self._another_may_answer(address, failure):
+                    raise failure from None
 
-    async def _first_answer_async(
-        self, attempts: Sequence[tuple[str, Callable[[], Awaitable[Any]]]], fallback: Callable[[], Awaitable[Any]]
-    ) -> Any:
-        for address, attempt in attempts:
+    async def _first_answer_async(self, attempts: Sequence[tuple[str, Callable[[], Awaitable[Any]]]]) -> Any:
+        for index, (address, attempt) in enumerate(attempts):
             try:
                 return await attempt()
             except grpc.RpcError as error:
-                if not _try_next_replica(error):
-                    raise
-                self._replica_failed(address)
-        return await fallback()
+                failure = Sam3Error.from_rpc(error, address)
+                if index == len(attempts) - 1 or not self._another_may_answer(address, failure):
+                    raise failure from None
 
-    def _replica_failed(self, address: str) -> None:
+    def _another_may_answer(self, address: str, failure: Sam3Error) -> bool:
+        """After a replica's `failure`: whether to try the next address (this one is then skipped a while)."""
+        if not _try_next_replica(failure):
+            return False
         assert self.affinity is not None
         self.affinity.failed(address)
+        return True
 
 
 class ClientBase:

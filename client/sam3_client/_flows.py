@@ -211,9 +211,10 @@ class Session:
             **self._options,
         )
 
-    def result(self, response: decoder_pb2.SegmentResponse) -> SegmentResult:
-        """One answer of the stream, its objects refinable like segment()'s."""
-        return segment_result(response, None, self._asked.pop(response.request_id, ()), self._options)
+    def result(self, response: decoder_pb2.SegmentResponse, *, target: str | None = None) -> SegmentResult:
+        """One answer of the stream (from `target`), its objects refinable like segment()'s."""
+        asked = self._asked.pop(response.request_id, ())
+        return segment_result(response, None, asked, self._options, target=target)
 
 
 class Batch:

@@ -212,8 +212,11 @@ def segment_result(
     encoded: EncodeResult | None = None,
     objects: Sequence[ObjectPrompt] = (),
     options: SegmentOptions | None = None,
+    *,
+    target: str | None = None,
 ) -> SegmentResult:
-    """The result; `objects` and `options` (what was asked) let each object be refined (`Client.refine`)."""
+    """The result; `objects` and `options` (what was asked) let each object be refined (`Client.refine`);
+    `target`: where a segment_stream's response came from, named by its item error."""
     asked: list[ObjectPrompt | None] = list(objects) if len(objects) == len(response.objects) else []
     asked = asked or [None] * len(response.objects)
     kept: SegmentOptions = {key: value for key, value in (options or {}).items() if key != "timeout"}  # type: ignore[assignment]
@@ -229,7 +232,7 @@ def segment_result(
         encoded,
         response.request_id,
         response.skipped,
-        Sam3Error.from_item(response.error) if response.HasField("error") else None,
+        Sam3Error.from_item(response.error, target) if response.HasField("error") else None,
     )
 
 
@@ -241,7 +244,8 @@ def encode_request(
     return encoder_pb2.EncodeRequest(image=payload.data, force=force, request_id=request_id, prewarm=prewarm)
 
 
-def encode_result(response: encoder_pb2.EncodeResponse) -> EncodeResult:
+def encode_result(response: encoder_pb2.EncodeResponse, *, target: str | None = None) -> EncodeResult:
+    """`target`: where an encode_many response came from, named by its item error."""
     return EncodeResult(
         response.image_id,
         response.width,
@@ -249,7 +253,7 @@ def encode_result(response: encoder_pb2.EncodeResponse) -> EncodeResult:
         response.cached,
         response.model_id,
         dict(response.timings.milliseconds),
-        Sam3Error.from_item(response.error) if response.HasField("error") else None,
+        Sam3Error.from_item(response.error, target) if response.HasField("error") else None,
     )
 
 

@@ -2,8 +2,9 @@
 
 A flow is a generator that yields the rpcs it needs (`Call`) and receives their responses, or has
 the call's `Sam3Error` thrown in. `Client` makes each rpc with blocking stubs and `AsyncClient`
-awaits grpc.aio stubs; `Steps` does everything else (busy retries, turning RpcError into Sam3Error),
-so neither client repeats any logic. `Feed` and `stream_errors` do the same for streaming calls.
+awaits grpc.aio stubs (`Connection.invoke` raises a failed rpc as a Sam3Error naming its address);
+`Steps` does everything else (busy retries, the error thrown into the flow), so neither client
+repeats any logic. `Feed` and `stream_errors` do the same for streaming calls.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Steps(Generic[T]):
     steps = Steps(flow)
     for call in steps:                      # the next rpc the flow needs
         sleep(steps.pause)                  # > 0 only before repeating a call the worker was too busy for
-        with steps.answer():                # an RpcError is thrown into the flow as a Sam3Error
+        with steps.answer():                # a failed rpc's Sam3Error is thrown into the flow
             steps.send(make_the_rpc(call))  # the response goes back into the flow
     return steps.result
     """
@@ -38,6 +39,7 @@ class Steps(Generic[T]):
         self._call: Call | None = None
         self._retry: BusyRetry | None = None
         self._result: T | None = None
+        self._reply: Any = None
         self.pause = 0.0
         self._advance(None, None)
 
@@ -46,31 +48,31 @@ class Steps(Generic[T]):
             yield self._call
 
     def send(self, reply: Any) -> None:
-        self._advance(reply, None)
+        """The response of the current call: the flow receives it when the `answer()` block ends."""
+        self._reply = reply
 
     @contextmanager
     def answer(self) -> Iterator[None]:
+        """Around making the current call: its Sam3Error is retried (busy) or thrown into the flow; errors
+        the flow raises itself (a timeout between rpcs, advice on a miss) leave the block unchanged."""
         try:
             yield
-        except grpc.RpcError as rpc_error:
-            error = Sam3Error.from_rpc(rpc_error)
+        except Sam3Error as error:
+            again = self._retry.after(error) if self._retry is not None else None
+            if again is not None:
+                self.pause, self._call = again
+                return
+            failed: Sam3Error | None = error
         else:
-            return
-        again = self._retry.after(error) if self._retry is not None else None
-        if again is not None:
-            self.pause, self._call = again
-            return
-        try:
-            self._advance(None, error)
-        except Sam3Error as final:
-            raise final from None  # the RpcError behind it says nothing more
+            failed = None
+        self._advance(self._reply, failed)
 
     @property
     def result(self) -> T:
         return cast(T, self._result)
 
     def _advance(self, reply: Any, error: Sam3Error | None) -> None:
-        self.pause = 0.0
+        self.pause, self._reply = 0.0, None
         try:
             self._call = self._flow.send(reply) if error is None else self._flow.throw(error)
         except StopIteration as done:
@@ -79,12 +81,13 @@ class Steps(Generic[T]):
 
 
 @contextmanager
-def stream_errors(call: Any) -> Iterator[None]:
-    """Around reading a streaming call: RpcError -> Sam3Error, and the call cancelled if the reader stops early."""
+def stream_errors(call: Any, target: str) -> Iterator[None]:
+    """Around reading a streaming call to `target`: RpcError -> Sam3Error, and the call cancelled if the
+    reader stops early."""
     try:
         yield
     except grpc.RpcError as error:
-        raise Sam3Error.from_rpc(error) from None
+        raise Sam3Error.from_rpc(error, target) from None
     finally:
         call.cancel()
 

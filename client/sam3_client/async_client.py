@@ -158,11 +158,12 @@ class AsyncClient(ClientBase):
                 steps.send(await self._connection.invoke(call))
         return steps.result
 
-    async def _stream(self, call: Call, feed: Feed, convert: Callable[[Any], T]) -> AsyncIterator[T]:
+    async def _stream(self, call: Call, feed: Feed, convert: Callable[..., T]) -> AsyncIterator[T]:
+        target = self._connection.targets[call.rpc.service]
         responses = self._connection.invoke(call)
-        with stream_errors(responses):
+        with stream_errors(responses, target):
             async for response in responses:
-                yield convert(response)
+                yield convert(response, target=target)
         feed.raise_error()
 
 

@@ -186,9 +186,10 @@ class Client(ClientBase):
                 steps.send(self._connection.invoke(call))
         return steps.result
 
-    def _stream(self, call: Call, feed: Feed, convert: Callable[[Any], T]) -> Iterator[T]:
+    def _stream(self, call: Call, feed: Feed, convert: Callable[..., T]) -> Iterator[T]:
+        target = self._connection.targets[call.rpc.service]
         responses = self._connection.invoke(call)
-        with stream_errors(responses):
+        with stream_errors(responses, target):
             for response in responses:
-                yield convert(response)
+                yield convert(response, target=target)
         feed.raise_error()

@@ -71,7 +71,9 @@ class Sam3Error(Exception):
 
     Branch on `code` (a grpc.StatusCode) or on `reason` (a `Reason`, or None when the failure came
     from the transport, e.g. nothing listening), never on the message text. `metadata` carries
-    context such as the offending prompt "field" or the "limit" an image exceeded.
+    context such as the offending prompt "field" or the "limit" an image exceeded. `target` is the
+    address the failed call went to (in a split deployment: the encoder's or the decoder's; with
+    affinity: the replica's), None when no call failed (a timeout that expired between two rpcs).
     """
 
     def __init__(
@@ -80,15 +82,17 @@ class Sam3Error(Exception):
         message: str,
         reason: Reason | None = None,
         metadata: Mapping[str, str] | None = None,
+        target: str | None = None,
     ) -> None:
-        super().__init__(f"{code.name}: {message}")
+        super().__init__(f"{code.name}{f' from {target}' if target else ''}: {message}")
         self.code = code
         self.message = message
         self.reason = reason
         self.metadata = dict(metadata or {})
+        self.target = target
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.code, self.message, self.reason, self.metadata))
+        return (type(self), (self.code, self.message, self.reason, self.metadata, self.target))
 
     @property
     def is_not_encoded(self) -> bool:
@@ -97,11 +101,12 @@ class Sam3Error(Exception):
 
     def with_message(self, message: str) -> Sam3Error:
         """The same error (code, reason, metadata) explained differently."""
-        return Sam3Error(self.code, message, self.reason, self.metadata)
+        return Sam3Error(self.code, message, self.reason, self.metadata, self.target)
 
     @classmethod
-    def from_rpc(cls, error: Any) -> Sam3Error:
-        """From a grpc.RpcError (sync stubs, streaming iterators) or grpc.aio.AioRpcError (async stubs).
+    def from_rpc(cls, error: Any, target: str | None = None) -> Sam3Error:
+        """From a grpc.RpcError (sync stubs, streaming iterators) or grpc.aio.AioRpcError (async stubs)
+        of a call sent to `target`.
 
         The only place that reads the error details back from a failed call: the standard
         google.rpc.Status, else (a worker from before it) the deprecated sam3-error-bin trailer.
@@ -111,13 +116,13 @@ class Sam3Error(Exception):
         except Exception:  # a garbled trailer must not hide the status itself
             info = None
         info = info or common_pb2.ErrorInfo()
-        return cls(error.code(), error.details() or "", Reason.parse(info.reason), info.metadata)
+        return cls(error.code(), error.details() or "", Reason.parse(info.reason), info.metadata, target)
 
     @classmethod
-    def from_item(cls, item: common_pb2.ItemError) -> Sam3Error:
-        """From the error of one item of a stream that carried on (EncodeBatch, SegmentStream)."""
+    def from_item(cls, item: common_pb2.ItemError, target: str | None = None) -> Sam3Error:
+        """From the error of one item of a stream that carried on (EncodeBatch, SegmentStream) at `target`."""
         code = _CODES.get(item.code, grpc.StatusCode.UNKNOWN)
-        return cls(code, item.message, Reason.parse(item.info.reason), item.info.metadata)
+        return cls(code, item.message, Reason.parse(item.info.reason), item.info.metadata, target)
 
 
 def _standard_error_info(error: Any) -> common_pb2.ErrorInfo | None:
