@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,14 +132,32 @@ def test_the_rules_form_layers_without_cycles() -> None:
         placed |= layer
 
 
+def sdk_project() -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+
+
+def sdk_dependencies() -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", requirement)[0].lower() for requirement in sdk_project()["dependencies"]}
+
+
 def test_the_sdk_distribution_declares_no_server_dependency() -> None:
     import tomllib
 
-    sdk = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
-    names = {re.split(r"[<>=!~\[; ]", requirement)[0].lower() for requirement in sdk["dependencies"]}
+    names = sdk_dependencies()
     assert names <= {"grpcio", "protobuf", "numpy", "pillow", "grpcio-status", "googleapis-common-protos"}, names
     server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert f"sam3-client=={sdk['version']}" in server["dependencies"], "the service depends on this very SDK"
+    assert f"sam3-client=={sdk_project()['version']}" in server["dependencies"], "the service depends on this SDK"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/architecture.md", "client/README.md"])
+def test_the_docs_list_every_dependency_of_the_sdk(doc: str) -> None:
+    """Where a doc says what the SDK installs (its first mention of grpcio), it names all of it."""
+    names = sdk_dependencies()
+    text = (ROOT / doc).read_text().lower()
+    listed = " ".join(text[text.index("grpcio") :][:200].split())
+    assert all(re.search(rf"\b{re.escape(name)}\b(?!-)", listed) for name in names), (names, listed)
 
 
 def test_the_label_studio_backend_depends_on_the_sdk_and_an_http_server_only() -> None:

@@ -1,8 +1,8 @@
 """The SDK installs alone and works: a fresh venv with only client/ (sam3-client) segments against a live
 `sam3 serve`, gets the same answer as this venv's client, and has none of the server in it.
 
-pip installs grpcio, protobuf, numpy and Pillow from its cache (or the package index), so this takes
-a few tens of seconds, once per module.
+pip installs the SDK's dependencies (grpcio, grpcio-status, protobuf, googleapis-common-protos, numpy,
+Pillow) from its cache (or the package index), so this takes a few tens of seconds, once per module.
 """
 
 from __future__ import annotations
