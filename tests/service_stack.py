@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import references
@@ -62,11 +63,11 @@ def running(
 
 @contextmanager
 def serve_subprocess(
-    *extra: str, env: dict[str, str] | None = None, command: str = "serve"
+    *extra: str, env: dict[str, str] | None = None, command: str = "serve", model_dir: Path = references.MODEL_DIR
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`sam3 serve` (or `sam3 encoder` / `sam3 decoder`) as a real process, on the tiny model."""
+    """`sam3 serve` (or `sam3 encoder` / `sam3 decoder`) as a real process, on the tiny model (or `model_dir`)."""
     worker = WorkerProcess(
-        command, "--model-dir", str(references.MODEL_DIR), "--log-format", "text", *extra, env=env, start_timeout=60
+        command, "--model-dir", str(model_dir), "--log-format", "text", *extra, env=env, start_timeout=60
     )
     try:
         yield worker.process, worker.target
