@@ -34,8 +34,9 @@ def reason_phrase(message: str) -> str:
 
 
 def from_sam3(error: Sam3Error, target: str) -> BackendError:
-    """A failed sam3 call, said for the person looking at Label Studio (`target`: where sam3 was called)."""
-    code, reason, message = error.code.name, error.reason, error.message
+    """A failed sam3 call, said for the person looking at Label Studio (`target`: where sam3 is called; the
+    error's own target, when it has one, names the worker that failed: the encoder's or the decoder's)."""
+    code, reason, message, target = error.code.name, error.reason, error.message, error.target or target
     if reason is Reason.CONCEPTS_NOT_SUPPORTED:
         return BackendError(
             400,
