@@ -196,8 +196,8 @@ def run_worker(args: argparse.Namespace, roles: set[Role], *, embedded_redis: bo
     from sam3_serving.redis_server import start_embedded_redis
     from sam3_serving.store import StoreConfig, ValueStore
 
-    configure_logging(args.log_level, json_logs=args.log_format == "json")
     config = server_config(args)  # settings are checked before minutes of model loading, not after
+    configure_logging(args.log_level, json_logs=args.log_format == "json")
     embedded = None
     redis_url = args.redis_url
     if not redis_url:

@@ -362,18 +362,19 @@ def test_malformed_bodies_are_invalid_argument_after_auth(
         return REGISTRY.get_sample_value("sam3_rpcs_total", labels) or 0.0
 
     with (
+        caplog.at_level(logging.INFO),
         running(redis_url, uuid.uuid4().hex, server={"auth_token": "t0ken"}) as stack,
         grpc.insecure_channel(stack.target) as channel,
     ):
         segment = channel.unary_unary(SEGMENT)
         assert code_of(lambda: segment(body, timeout=5))[:2] == ("UNAUTHENTICATED", Reason.UNAUTHENTICATED)
         before = counted()
-        with caplog.at_level(logging.INFO):
-            outcome = code_of(lambda: segment(body, timeout=5, metadata=[("authorization", "Bearer t0ken")]))
+        outcome = code_of(lambda: segment(body, timeout=5, metadata=[("authorization", "Bearer t0ken")]))
         assert outcome[:2] == ("INVALID_ARGUMENT", Reason.MALFORMED_REQUEST)
         assert counted() == before + 1
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
-    assert [r.code for r in caplog.records if r.name == "sam3_serving.rpc"] == ["INVALID_ARGUMENT"]
+    # The body is parsed only after authentication: the caller without a token never reached the parser.
+    assert [r.code for r in caplog.records if r.name == "sam3_serving.rpc"] == ["UNAUTHENTICATED", "INVALID_ARGUMENT"]
 
 
 @pytest.mark.parametrize("method", [SEGMENT_STREAM, ENCODE_BATCH])
