@@ -98,3 +98,29 @@ def data_files(path: Path) -> list[Path]:
     candidates = [path, *sorted(path.parent.glob(escaped + PUBLISHED_DATA_SUFFIX + "*"))]
     candidates.append(path.with_name(path.name + QUANTIZER_DATA_SUFFIX))
     return [p for p in dict.fromkeys(candidates) if p.is_file()]
+
+
+# The video tracker's graphs (docs/video.md), beside the click and concept graphs of the same folder. Objects
+# are the batch axis of each; memory and pointer counts are dynamic (the runtime groups objects that agree).
+MEMORY_ATTENTION_FILE = "memory_attention.onnx"
+MEMORY_ATTENTION_INPUTS = (EMBEDDING_NAMES[2], "memory_features", "memory_time", "object_pointers", "pointer_time")
+MEMORY_ATTENTION_OUTPUT = "conditioned"
+TRACKING_DECODER_FILE = "tracking_decoder.onnx"
+TRACKING_DECODER_INPUTS = (
+    MEMORY_ATTENTION_OUTPUT,
+    EMBEDDING_NAMES[0],
+    EMBEDDING_NAMES[1],
+    "input_points",
+    "input_labels",
+    "mask_inputs",
+    "use_mask_inputs",
+    "object_present",
+)
+TRACKING_DECODER_OUTPUTS = ("masks", "iou_scores", "object_score_logits", "object_pointers")
+MEMORY_ENCODER_FILE = "memory_encoder.onnx"
+MEMORY_ENCODER_INPUTS = (EMBEDDING_NAMES[2], "mask_logits", "binarize", "object_score_logits")
+MEMORY_ENCODER_OUTPUT = "memory_features"
+MASK_PROMPT_FILE = "mask_prompt.onnx"
+MASK_PROMPT_INPUTS = ("masks", EMBEDDING_NAMES[2])
+MASK_PROMPT_OUTPUTS = ("mask_inputs", "frame_features")
+VIDEO_FILES = (MEMORY_ATTENTION_FILE, TRACKING_DECODER_FILE, MEMORY_ENCODER_FILE, MASK_PROMPT_FILE)

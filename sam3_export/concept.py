@@ -1,6 +1,7 @@
-"""The default export: ONE model folder that serves clicks and concepts, from a Sam3VideoModel.
+"""The default export: ONE model folder that serves clicks, concepts and video tracking, from a Sam3VideoModel.
 
-The folder holds the tracker's graphs (`tracker`) and three more (docs/concepts.md):
+The folder holds the tracker's graphs (`tracker`), the video tracker's (`video`, docs/video.md) and three
+more (docs/concepts.md):
 
 - `vision_encoder.onnx`: pixel_values -> the tracker's `image_embeddings.0/.1/.2` (today's contract,
   `no_memory_embedding` on the 72x72 level as SAM3's video path adds it) and `detector_features.0/.1/.2`
@@ -58,6 +59,7 @@ from sam3_export.tokenizer_files import write_tokenizer
 from sam3_export.tracing import trace
 from sam3_export.tracker import cpu_session, export_click_decoders, max_error
 from sam3_export.tracker_graphs import GraphInputs, PromptDecoderGraph, example_inputs
+from sam3_export.video import export_video_graphs, level_position, validate_video_graphs, video_manifest
 from sam3_export.weights import build_video_model, tracker_of
 
 
@@ -132,7 +134,8 @@ class ConceptExport:
             list(CONCEPT_OUTPUTS),
             {name: {1: "tokens"} for name in CONCEPT_PROMPT_INPUTS},
         )
-        return seconds
+        position = level_position(self.model.tracker_neck, embeddings[2])
+        return seconds | export_video_graphs(self.model.tracker_model, position, out_dir, embeddings)
 
     def write_extra_files(self, out_dir: Path) -> None:
         write_tokenizer(out_dir, self.checkpoint)
@@ -146,7 +149,8 @@ class ConceptExport:
                 "concept_decoder": CONCEPT_DECODER_FILE,
                 "text_length": TEXT_LENGTH,
                 "box_only_text": BOX_ONLY_TEXT,
-            }
+            },
+            **video_manifest(self.model.tracker_model),
         }
 
     def validate(self, out_dir: Path) -> dict[str, float]:
@@ -196,4 +200,6 @@ class ConceptExport:
                 reference = detector(pixel_values=inputs.pixel_values, input_ids=ids, attention_mask=mask, **box_kwargs)
             for name, value in zip(CONCEPT_OUTPUTS, ours, strict=True):
                 errors[f"{case}/{name}"] = max_error(value, getattr(reference, name))
-        return errors
+        embeddings = tuple(torch.from_numpy(output) for output in outputs[:3])
+        position = level_position(video.tracker_neck, embeddings[2])
+        return errors | validate_video_graphs(video.tracker_model, position, out_dir, embeddings)

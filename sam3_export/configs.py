@@ -64,3 +64,31 @@ VIDEO_CONFIGS: dict[str, dict[str, Any]] = {
     },
     "full": {},
 }
+
+# Sam3TrackerVideoConfig of the committed video fixture (tests/fixtures/model-tiny-video): the tiny ViT, with a
+# 224-pixel input (16x16 features) and 128 hidden channels, so that memory attention, which scales with the
+# square of the feature map and with the hidden size, costs milliseconds in tests. Memory channels stay 64
+# (transformers hard-codes the cross-attention's key width) and 128 // 64 = 2 keeps the split of each object
+# pointer into tokens under test. The full-size shapes are checked by exporting "tiny" or "full" with --validate.
+_MICRO = 128
+_MICRO_VIDEO_TRACKER: dict[str, Any] = {
+    "vision_config": {
+        "model_type": "sam3_vision_model",
+        "backbone_config": {**_TINY_BACKBONE, "image_size": 224, "window_size": 8, "pretrain_image_size": 112},
+        "fpn_hidden_size": _MICRO,
+    },
+    "prompt_encoder_config": {"hidden_size": _MICRO},
+    "mask_decoder_config": {"hidden_size": _MICRO, "mlp_dim": 128, "iou_head_hidden_dim": 32},
+    "image_size": 224,
+    "memory_attention_hidden_size": _MICRO,
+    "memory_attention_num_layers": 1,
+    "memory_attention_feed_forward_hidden_size": 64,
+    "memory_encoder_hidden_size": _MICRO,
+    "mask_downsampler_embed_dim": _MICRO,
+    "memory_fuser_embed_dim": _MICRO,
+    "memory_fuser_num_layers": 1,
+    "memory_fuser_intermediate_dim": 64,
+}
+# Sam3TrackerVideoConfig overrides per size (a standalone video tracker: the fixture, and the benchmark's
+# comparison with transformers on the same weights).
+VIDEO_TRACKER_CONFIGS: dict[str, dict[str, Any]] = {"micro": _MICRO_VIDEO_TRACKER, "full": {}}

@@ -6,7 +6,8 @@ reference export used. The vision encoder's attention is fused for ONNX Runtime 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,25 +52,31 @@ def trace_encoder(
     """Writes a vision encoder graph: its ViT attention fused for ONNX Runtime unless `fused` is False, and
     the vector it adds to `image_embeddings.2` named `no_memory_embedding`."""
     graph.eval()
-    if fused:
-        heads = backbone_config.num_attention_heads
-        symbolic = fused_attention_symbolic(heads, backbone_config.hidden_size // heads)
-        torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", symbolic, OPSET)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(
-                graph,
-                (pixel_values,),
-                str(path),
-                input_names=[ENCODER_INPUT],
-                output_names=list(outputs),
-                opset_version=OPSET,
-                dynamo=False,
-            )
-    finally:
-        if fused:
-            torch.onnx.unregister_custom_op_symbolic("aten::scaled_dot_product_attention", OPSET)
+    heads = backbone_config.num_attention_heads
+    attention = fused_attention(heads, backbone_config.hidden_size // heads) if fused else contextlib.nullcontext()
+    with attention, torch.no_grad():
+        torch.onnx.export(
+            graph,
+            (pixel_values,),
+            str(path),
+            input_names=[ENCODER_INPUT],
+            output_names=list(outputs),
+            opset_version=OPSET,
+            dynamo=False,
+        )
     save_graph(path, edit=name_no_memory_constant)
+
+
+@contextlib.contextmanager
+def fused_attention(heads: int, head_size: int) -> Iterator[None]:
+    """While tracing, `F.scaled_dot_product_attention` becomes ONNX Runtime's fused MultiHeadAttention
+    (`fused_attention_symbolic`). Only for graphs whose every attention has this head layout."""
+    symbolic = fused_attention_symbolic(heads, head_size)
+    torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", symbolic, OPSET)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::scaled_dot_product_attention", OPSET)
 
 
 def save_graph(onnx_path: Path, edit: Callable[[Any], None] | None = None) -> None:

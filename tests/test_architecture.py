@@ -280,3 +280,42 @@ def test_the_sdk_exports_every_class_its_methods_take_or_return() -> None:
             pending.extend(typing.get_type_hints(getter).get("return") for getter in getters)
     missing = sorted(cls.__name__ for cls in seen if cls.__name__ not in sam3_client.__all__)
     assert not missing, f"add to sam3_client.__all__: {missing}"
+
+
+# sam3_core.tracking (video tracking, docs/video.md): its modules import each other only downwards in this
+# list, and the image path of sam3_core never imports it.
+TRACKING_LAYERS = [
+    {"errors", "bfloat16", "resize", "state", "results"},
+    {"bank", "serialise"},
+    {"graphs"},
+    {"session"},
+    {"__init__"},
+]
+
+
+def _tracking_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        found |= {name.split(".")[2] for name in names if name.startswith("sam3_core.tracking.")}
+    return found
+
+
+def test_tracking_modules_import_downwards_only() -> None:
+    folder = ROOT / "sam3_core" / "tracking"
+    layer_of = {name: depth for depth, layer in enumerate(TRACKING_LAYERS) for name in layer}
+    modules = {path.stem for path in folder.glob("*.py")}
+    assert modules == set(layer_of), (
+        f"place every tracking module in TRACKING_LAYERS: {sorted(modules ^ set(layer_of))}"
+    )
+    upward = [
+        f"{path.stem} imports {target}"
+        for path in sorted(folder.glob("*.py"))
+        for target in _tracking_imports(path)
+        if layer_of[target] >= layer_of[path.stem]
+    ]
+    assert not upward, upward
+    outside = {m for m in _modules_importing("sam3_core.tracking") if not m.startswith("sam3_core/tracking/")}
+    assert not {m for m in outside if m.startswith("sam3_core/")}, outside

@@ -1,5 +1,5 @@
 """The README stays true: its first screen's two commands exist, every worker flag is documented, and every
-snippet of the README, client/README.md and docs/concepts.md runs as printed."""
+snippet of the README, client/README.md, docs/concepts.md and docs/video.md runs as printed."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 
 import concept_references
 import references
+import video_references
 from sam3_cli.main import build_parser
 from sam3_cli.options import env_name
 from service_stack import serve_subprocess
@@ -96,6 +97,7 @@ SNIPPET_FILES = {
     ROOT / "README.md": references.MODEL_DIR,
     ROOT / "client" / "README.md": references.MODEL_DIR,
     ROOT / "docs" / "concepts.md": concept_references.MODEL_DIR,
+    ROOT / "docs" / "video.md": video_references.MODEL_DIR,
 }
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
 # The address the snippets use; the test's own `sam3 serve` listens on a free port instead.
