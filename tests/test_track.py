@@ -1,0 +1,183 @@
+"""`sam3 track`: its flags are checked before any model work, and what it writes reads back as what it tracked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from sam3_cli.main import main
+from sam3_cli.track import FrameFeed
+from sam3_cli.track_outputs import COLOURS, TrackOutputs
+from sam3_client.video import open_frames
+from videos import frame_number, moving_shapes, numbered_frames, write_video
+
+COUNT, WIDTH, HEIGHT = 12, 64, 48
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(tmp_path_factory.mktemp("track") / "shapes.mp4", moving_shapes(COUNT, WIDTH, HEIGHT))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--point", "1:0"],
+            "--point 1:0: expected the object, the frame and the prompt, separated by colons; "
+            "write OBJ:FRAME:X,Y, e.g. --point 1:0:320,240",
+        ),
+        (
+            ["--point", "1,0,20,30"],
+            "--point 1,0,20,30: separate the object and the frame with colons: --point 1:0:20,30",
+        ),
+        (["--point", "car:0:20,30"], "--point car:0:20,30: the object 'car' is not a whole number"),
+        (["--point", "0:0:20,30"], "the object must be 1..65535 (0 is the background of a label PNG)"),
+        (
+            ["--bg-point", "1:x:20,30"],
+            "--bg-point 1:x:20,30: the frame 'x' is not a whole number (frames count from 0)",
+        ),
+        (["--box", "1:0:1,2,3"], "--box 1:0:1,2,3: '1,2,3' is not 4 comma-separated numbers (X1,Y1,X2,Y2)"),
+        (["--point", "1:0:nan,3"], "'nan,3' is not 2 comma-separated numbers (X,Y)"),
+        (["--box", "1:0:1,2,30,40", "--box", "1:0:2,2,30,40"], "object 1 already has a box on frame 0; give one"),
+        (["--point", "1:12:20,30"], "--point 1:12:20,30: frame 12 is past the video's last frame (11)"),
+        (["--point", "1:0:20,30", "--point", "1:0:65,30"], "--point 1:0:65,30: 65 is outside the image (0..64)"),
+        (["--box", "2:3:30,30,10,40"], "--box 2:3:30,30,10,40: (30.0, 30.0, 10.0, 40.0) needs x2 > x1 and y2 > y1"),
+        (["--mask", "1:0:m.png", "--point", "1:0:2,2"], "a mask prompt stands alone; give object 1 on frame 0 either"),
+        ([], "give at least one prompt, e.g. --point 1:0:320,240"),
+        (["--point", "1:0:20,30", "--start-frame", "12"], "--start-frame 12: past the video's last frame (11)"),
+        (["--point", "1:0:20,30", "--fps", "0"], "--fps 0: give a frame rate above 0"),
+    ],
+)
+def test_bad_prompts_are_one_line_usage_errors_naming_the_flag_and_the_fix(clip, flags, message, tmp_path, capsys):
+    assert main(["track", str(clip), *flags, "--json", str(tmp_path / "out.json")]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.startswith("sam3: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ([], "say what to write: --labels DIR (a PNG per frame), --json PATH and/or --overlay PATH.mp4"),
+        (["--overlay", "seen.gif"], "--overlay seen.gif: use a .mp4, .mov, .mkv file name"),
+        (["--json", "no/such/folder/t.json"], "--json no/such/folder/t.json: the folder"),
+    ],
+)
+def test_outputs_are_checked_before_the_video_is_read(flags, message, capsys):
+    assert main(["track", "missing.mp4", "--point", "1:0:1,1", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_video_that_cannot_be_read_is_named(tmp_path, capsys):
+    assert main(["track", str(tmp_path / "missing.mp4"), "--point", "1:0:1,1", "--json", "t.json"]) == 1
+    assert "sam3: error: VIDEO " in (err := capsys.readouterr().err) and "missing.mp4: no such file or folder" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bg-piont", "1:0:1,1"], "did you mean --bg-point?"),
+        (["--direction", "backwards"], "did you mean 'backward'?"),
+        (["--start-frame", "-1"], "-1 is below 0"),
+    ],
+)
+def test_misspelled_flags_and_choices_get_a_suggestion(argv, message, capsys):
+    assert main(["track", "clip.mp4", "--point", "1:0:1,1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: sam3 track ") and message in err
+
+
+def test_a_mask_prompt_of_another_size_or_empty_is_refused(clip, tmp_path, capsys):
+    Image.fromarray(np.full((HEIGHT, WIDTH + 1), 255, np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(np.zeros((HEIGHT, WIDTH), np.uint8)).save(tmp_path / "empty.png")
+    for name, message in (("wide.png", "the mask is 65x48, the video 64x48"), ("empty.png", "the mask is empty")):
+        assert main(["track", str(clip), "--mask", f"1:0:{tmp_path / name}", "--json", str(tmp_path / "t.json")]) == 2
+        assert message in capsys.readouterr().err
+
+
+def disc(centre_x: float, centre_y: float, radius: float) -> np.ndarray:
+    rows, columns = np.mgrid[:HEIGHT, :WIDTH]
+    return (rows - centre_y) ** 2 + (columns - centre_x) ** 2 <= radius**2
+
+
+def test_label_pngs_hold_object_ids_and_the_higher_score_wins_an_overlap(clip, tmp_path):
+    left, right = disc(20, 20, 10), disc(30, 20, 10)
+    with open_frames(clip) as frames:
+        outputs = TrackOutputs(frames, [3, 7], labels=tmp_path / "labels", json_path=None, overlay=None)
+        outputs.add(4, [3, 7], [left, right], [2.5, -1.0])
+        outputs.add(5, [3, 7], [left, right], [-3.0, 0.5])
+    four = np.asarray(Image.open(tmp_path / "labels" / "00004.png"))
+    five = np.asarray(Image.open(tmp_path / "labels" / "00005.png"))
+    assert four.dtype == np.uint8 and set(np.unique(four)) == {0, 3, 7}
+    assert (four[left] == 3).all() and (four[right & ~left] == 7).all()
+    assert (five[right] == 7).all() and (five[left & ~right] == 3).all()
+    assert (four[~(left | right)] == 0).all()
+
+
+def test_object_ids_above_255_make_every_label_png_16_bit(clip, tmp_path):
+    with open_frames(clip) as frames:
+        outputs = TrackOutputs(frames, [1, 300], labels=tmp_path, json_path=None, overlay=None)
+        outputs.add(0, [1], [disc(20, 20, 5)], [1.0])
+    labels = np.asarray(Image.open(tmp_path / "00000.png"))
+    assert labels.dtype == np.uint16 and set(np.unique(labels)) == {0, 1}
+
+
+def test_the_json_is_coco_rle_per_frame_and_object_and_a_frame_answered_twice_keeps_the_later(clip, tmp_path):
+    first, later, other = disc(20, 20, 8), disc(22, 24, 9), np.zeros((HEIGHT, WIDTH), bool)
+    other[:, 50:] = True  # touches the last column and every row
+    with open_frames(clip) as frames:
+        outputs = TrackOutputs(frames, [1, 2], labels=None, json_path=tmp_path / "t.json", overlay=None)
+        outputs.add(3, [1, 2], [first, other], [1.5, 2.0])
+        outputs.add(2, [1, 2], [first, np.zeros_like(other)], [1.0, -4.0])
+        outputs.add(3, [1, 2], [later, other], [2.5, 2.0])
+        assert outputs.finish({"video": "x"}) == [f"COCO RLE of 2 frames in {tmp_path / 't.json'}"]
+    written = json.loads((tmp_path / "t.json").read_text())
+    assert written["video"] == "x" and [f["frame"] for f in written["frames"]] == [2, 3]
+    assert written["frames"][0]["name"] == "frame 2"
+    hidden = written["frames"][0]["objects"][1]
+    assert (hidden["id"], hidden["visible"], hidden["area"], hidden["bbox"]) == (2, False, 0, [0, 0, 0, 0])
+    for record, expected in zip(written["frames"][1]["objects"], [later, other], strict=True):
+        rle = coco_mask.frPyObjects(record["segmentation"], HEIGHT, WIDTH)
+        assert np.array_equal(coco_mask.decode(rle).astype(bool), expected)
+        assert record["area"] == int(coco_mask.area(rle)) and record["bbox"] == coco_mask.toBbox(rle).tolist()
+    assert written["frames"][1]["objects"][0]["score"] == 2.5
+
+
+def test_the_overlay_is_a_video_of_the_finished_frames_coloured_per_object(tmp_path):
+    shapes = moving_shapes(COUNT, WIDTH - 1, HEIGHT - 1)  # odd sizes: padded for 4:2:0, cropped when read
+    source = write_video(tmp_path / "odd.mkv", shapes, codec="ffv1")
+    square = np.zeros((HEIGHT - 1, WIDTH - 1), bool)
+    square[20:40, 5:25] = True
+    overlay = tmp_path / "seen.mp4"
+    with open_frames(source) as frames:
+        outputs = TrackOutputs(frames, [1, 2], labels=None, json_path=None, overlay=overlay, fps=5)
+        for index in (7, 2, 3, 4, 8):  # two runs, out of order (a backward pass, then a forward one)
+            outputs.add(index, [2], [square], [1.0])
+        prompts = [{"frame": 3, "points": [[50, 40]], "labels": [1], "box": None}]
+        outputs.finish({"prompts": prompts})
+    with open_frames(overlay) as seen:
+        assert (len(seen), seen.fps, seen.width, seen.height) == (5, 5.0, WIDTH, HEIGHT)
+        pictures = [rgb for _, rgb in seen.read(range(5))]
+    expected = np.asarray(COLOURS[1], float) * 0.5 + np.asarray([110, 110, 110]) * 0.5
+    inside = pictures[0][25:35, 10:20].reshape(-1, 3).mean(axis=0)
+    assert np.abs(inside - expected).max() < 12, inside  # orange over grey
+    outside = pictures[0][2:4, 30:40].reshape(-1, 3).mean(axis=0)
+    assert np.abs(outside - 110).max() < 12, outside
+    assert pictures[1][40, 50, 1] > 150 and pictures[0][40, 50, 1] < 150  # the click (green) on frame 3 only
+
+
+def test_the_frame_feed_decodes_once_per_frame_whichever_way_propagation_goes(tmp_path):
+    """Prompt frame, then forward from it, then backward from it: each frame encoded once, in runs."""
+    encoded: list[int] = []
+    with open_frames(write_video(tmp_path / "n.mp4", numbered_frames(10))) as frames:
+        feed = FrameFeed(frames, lambda rgb: encoded.append(frame_number(rgb)) or frame_number(rgb))
+        asked = [5, 5, 6, 7, 8, 9, 5, 4, 3, 2, 1, 0, 9]
+        assert [feed(i) for i in asked] == asked
+    assert encoded == [5, 6, 7, 8, 9, 5, 4, 3, 2, 1, 0, 9]
