@@ -58,3 +58,9 @@ def write_video(
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+if __name__ == "__main__":  # the committed clip the README's `sam3 track` and the SDK's video snippet run on
+    folder = Path(__file__).parent / "fixtures" / "videos"
+    folder.mkdir(exist_ok=True)
+    write_video(folder / "shapes.mp4", moving_shapes(6))
