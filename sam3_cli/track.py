@@ -64,7 +64,10 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
         help="where propagation starts (default: the first prompt's)",
     )
     propagation.add_argument(
-        "--max-frames", type=whole_number(1), metavar="N", help="at most N frames per direction (default: all)"
+        "--max-frames",
+        type=whole_number(0),
+        metavar="N",
+        help="track at most N frames past the start frame in each direction (default: to the video's end)",
     )
     outputs = parser.add_argument_group("output (at least one)")
     outputs.add_argument(
@@ -125,6 +128,16 @@ class FrameFeed:
         return self._last[1]
 
 
+def propagation_length(count: int, start: int, direction: str, max_frames: int | None) -> int:
+    """How many frames a propagation answers, for the progress bar: the start frame and up to `max_frames`
+    more in each direction ("both" answers the start twice), none backward from frame 0 (transformers' order,
+    which the core keeps)."""
+    limit = count if max_frames is None else max_frames
+    forward = min(start + limit, count - 1) - start + 1
+    backward = start - max(start - limit, 0) + 1 if start > 0 else 0
+    return {"forward": forward, "backward": backward, "both": forward + backward}[direction]
+
+
 def _open_video(path: Path) -> Any:
     from sam3_client.video import VideoError, open_frames
 
@@ -179,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         size = (frames.height, frames.width)
         check_against_video(prompts, frames.count, size)
         _check_propagation(args, frames.count)
-        masks = {id(p): read_mask(p.mask, p, size) for p in prompts if p.mask is not None}
+        masks = {(p.obj_id, p.frame): read_mask(p.mask, p, size) for p in prompts if p.mask is not None}
         outputs = TrackOutputs(
             frames,
             sorted({p.obj_id for p in prompts}),
@@ -198,8 +211,9 @@ def run(args: argparse.Namespace) -> int:
         finally:
             for line in outputs.finish(_summary(args, frames, prompts, interrupted)):
                 print(f"Wrote {line}")
-            stopped = " (interrupted)" if interrupted else ""
-            print(f"Tracked {len(outputs.finished)} frames in {time.perf_counter() - started:.1f} s{stopped}")
+            stopped = ", interrupted" if interrupted else ""
+            seconds = time.perf_counter() - started
+            print(f"Time: {len(outputs.finished)} frames in {seconds:.1f} s{stopped}", file=sys.stderr)
     return 0
 
 
@@ -229,13 +243,17 @@ def _track(
                 points=prompt.points,
                 labels=prompt.labels,
                 box=prompt.box,
-                mask=masks.get(id(prompt)),
+                mask=masks.get((prompt.obj_id, prompt.frame)),
             )
-            _add(outputs, answer)
-            shown = next(o for o in answer.objects if o.obj_id == prompt.obj_id)
-            print(f"{prompt.describe()}: {int(shown.mask().sum())} pixels, score {shown.object_score_logit:.2f}")
+            area = _add(outputs, answer)[prompt.obj_id]
+            score = next(o.object_score_logit for o in answer.objects if o.obj_id == prompt.obj_id)
+            print(f"{prompt.describe()}: {area} pixels, score {score:.2f}")
+        start = min(p.frame for p in prompts) if args.start_frame is None else args.start_frame
         progress = tqdm(
-            total=None, unit="frame", file=sys.stderr, disable=None if args.progress is None else not args.progress
+            total=propagation_length(frames.count, start, args.direction, args.max_frames),
+            unit="frame",
+            file=sys.stderr,
+            disable=None if args.progress is None else not args.progress,
         )
         with progress:
             for result in session.propagate(args.start_frame, direction=args.direction, max_frames=args.max_frames):
@@ -245,8 +263,9 @@ def _track(
         raise CliError(str(error)) from error
 
 
-def _add(outputs: Any, result: Any) -> None:
+def _add(outputs: Any, result: Any) -> dict[int, int]:
+    """Hands one frame's answer to the outputs; returns each object's area in pixels."""
     objects = result.objects
-    outputs.add(
-        result.frame, [o.obj_id for o in objects], [o.mask() for o in objects], [o.object_score_logit for o in objects]
-    )
+    masks = [o.mask() for o in objects]
+    outputs.add(result.frame, [o.obj_id for o in objects], masks, [o.object_score_logit for o in objects])
+    return {o.obj_id: int(mask.sum()) for o, mask in zip(objects, masks, strict=True)}
