@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
+from subprocess import PIPE
 
 import numpy as np
 import pytest
@@ -181,3 +186,140 @@ def test_the_frame_feed_decodes_once_per_frame_whichever_way_propagation_goes(tm
         asked = [5, 5, 6, 7, 8, 9, 5, 4, 3, 2, 1, 0, 9]
         assert [feed(i) for i in asked] == asked
     assert encoded == [5, 6, 7, 8, 9, 5, 4, 3, 2, 1, 0, 9]
+
+
+# ---------------------------------------------------------------- end to end, on the committed tiny video model
+
+VIDEO_MODEL = Path(__file__).parent / "fixtures" / "model-tiny-video"
+CLIP = Path(__file__).parent / "fixtures" / "videos" / "shapes.mp4"
+
+
+@pytest.fixture(scope="module")
+def embeddings() -> dict[int, object]:
+    from sam3_core.model import Sam3Model
+    from sam3_core.predictor import encode
+
+    model = Sam3Model(VIDEO_MODEL, load_decoder=False)
+    with open_frames(CLIP) as frames:
+        return {index: encode(model, rgb) for index, rgb in frames.read(range(len(frames)))}
+
+
+def core_answers(embeddings: dict, prompts: list[tuple], **propagation: object) -> dict[int, dict[int, np.ndarray]]:
+    """The tracking core driven directly: frame -> object id -> mask, a frame answered twice keeping the later."""
+    from sam3_core.tracking import TrackingSession, VideoGraphs
+
+    session = TrackingSession(VideoGraphs(VIDEO_MODEL), embeddings.__getitem__, video_size=(48, 64), num_frames=6)
+    answers = [session.add_prompt(frame, obj, **prompt) for frame, obj, prompt in prompts]
+    answers += list(session.propagate(**propagation))
+    return {answer.frame: {o.obj_id: o.mask() for o in answer.objects} for answer in answers}
+
+
+@pytest.mark.parametrize(
+    ("flags", "prompts", "propagation"),
+    [
+        (
+            ["--point", "1:0:10,12", "--box", "2:0:36,2,52,18"],
+            [(0, 1, {"points": [(10, 12)], "labels": [1]}), (0, 2, {"box": (36, 2, 52, 18)})],
+            {},
+        ),
+        (  # a correction on a later frame (foreground and background, in the order typed), backward from the end
+            [
+                "--point",
+                "1:0:10,12",
+                "--bg-point",
+                "1:3:40,40",
+                "--point",
+                "1:3:20,12",
+                "--direction",
+                "backward",
+                "--start-frame",
+                "5",
+                "--max-frames",
+                "2",
+            ],
+            [(0, 1, {"points": [(10, 12)], "labels": [1]}), (3, 1, {"points": [(40, 40), (20, 12)], "labels": [0, 1]})],
+            {"start_frame": 5, "direction": "backward", "max_frames": 2},
+        ),
+        (  # an object first prompted mid-video by its mask, both ways from there
+            ["--mask", "7:2:{mask}", "--direction", "both"],
+            [(2, 7, {"mask": "mask"})],
+            {"direction": "both"},
+        ),
+    ],
+    ids=["clicks and a box", "correction, backward", "mask mid-video, both ways"],
+)
+def test_the_command_writes_what_the_core_answers(embeddings, flags, prompts, propagation, tmp_path, capsys):
+    mask = np.zeros((48, 64), bool)
+    mask[8:20, 30:42] = True
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    flags = [flag.format(mask=tmp_path / "mask.png") for flag in flags]
+    prompts = [(f, o, {k: mask if v == "mask" else v for k, v in p.items()}) for f, o, p in prompts]
+    labels, tracks = tmp_path / "labels", tmp_path / "tracks.json"
+    argv = ["track", str(CLIP), *flags, "--labels", str(labels), "--json", str(tracks), "--model-dir", str(VIDEO_MODEL)]
+    assert main(argv) == 0
+    expected = core_answers(embeddings, prompts, **propagation)
+    written = json.loads(tracks.read_text())
+    assert [f["frame"] for f in written["frames"]] == sorted(expected)
+    assert sorted(p.name for p in labels.iterdir()) == [f"{frame:05d}.png" for frame in sorted(expected)]
+    for record in written["frames"]:
+        masks = expected[record["frame"]]
+        assert [o["id"] for o in record["objects"]] == list(masks)
+        for obj in record["objects"]:
+            rle = coco_mask.frPyObjects(obj["segmentation"], 48, 64)
+            assert np.array_equal(coco_mask.decode(rle).astype(bool), masks[obj["id"]]), (record["frame"], obj["id"])
+        label = np.asarray(Image.open(labels / f"{record['frame']:05d}.png"))
+        covered = np.sum(list(masks.values()), axis=0)
+        for obj_id, obj_mask in masks.items():  # every pixel an object alone covers holds its id
+            assert (label[obj_mask & (covered == 1)] == obj_id).all()
+        assert (label[covered == 0] == 0).all()
+    assert capsys.readouterr().out.count(" pixels, score ") == len(prompts)  # each prompt's answer is printed
+
+
+def test_ctrl_c_stops_within_a_frame_exits_130_and_writes_every_finished_frame(tmp_path):
+    """SIGINT to a real `sam3 track` mid-propagation: the frame being computed is dropped (or finishes, if
+    the signal came as it ended), the JSON, the label PNGs and the overlay hold the same finished frames."""
+    count = 150
+    video = write_video(tmp_path / "long.mp4", moving_shapes(count, WIDTH, HEIGHT))
+    labels, tracks, overlay = tmp_path / "labels", tmp_path / "tracks.json", tmp_path / "seen.mp4"
+    sam3 = Path(sys.executable).with_name("sam3")
+    command = [str(sam3)] if sam3.exists() else [sys.executable, "-m", "sam3_cli"]
+    # As from a terminal: SIGINT handled by default even where pytest runs with it ignored (a background job).
+    as_typed = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    flags = ["--point", "1:0:10,12", "--labels", str(labels), "--json", str(tracks), "--overlay", str(overlay)]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            as_typed,
+            *command,
+            "track",
+            str(video),
+            *flags,
+            "--model-dir",
+            str(VIDEO_MODEL),
+            "--progress",
+        ],
+        stdout=PIPE,
+        stderr=PIPE,
+    )
+    progress = b""
+    while not re.search(rb" [2-9]/%d " % count, progress):  # tqdm's "n/150": propagation is under way
+        byte = process.stderr.read(1)
+        assert byte, f"sam3 track ended before propagating: {progress.decode(errors='replace')}"
+        progress += byte
+    finished_before = len(list(labels.iterdir()))
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err.decode(errors="replace")
+    assert b"sam3: interrupted" in err and b"Traceback" not in err
+    written = json.loads(tracks.read_text())
+    frames = [f["frame"] for f in written["frames"]]
+    assert written["interrupted"] is True
+    assert finished_before <= len(frames) <= finished_before + 1 < count  # at most the frame in flight finished
+    assert frames == list(range(len(frames)))
+    assert sorted(p.name for p in labels.iterdir()) == [f"{frame:05d}.png" for frame in frames]
+    with open_frames(overlay) as seen:
+        assert len(seen) == len(frames)
+    assert f"Wrote COCO RLE of {len(frames)} frames in {tracks}" in out.decode()
