@@ -36,7 +36,7 @@ def test_a_video_is_numbered_in_presentation_order_and_reads_forward(mp4: Path) 
 
 @pytest.mark.parametrize("window", [1, 5, 16, 64])
 def test_a_video_reads_backward_window_by_window(mp4: Path, window: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(video, "BACKWARD_WINDOW", window)
+    monkeypatch.setattr(video, "BACKWARD_WINDOW_BYTES", window * 48 * 32 * 3)
     with open_frames(mp4) as frames:
         assert numbers(frames, range(COUNT - 1, -1, -1)) == [(i, i) for i in reversed(range(COUNT))]
         assert numbers(frames, range(17, 5, -1)) == [(i, i) for i in range(17, 5, -1)]
