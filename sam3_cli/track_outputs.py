@@ -8,6 +8,7 @@ id (8-bit, 16-bit when an id is above 255), 0 none; where objects overlap, the h
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ def check_output_paths(labels: Path | None, json_path: Path | None, overlay: Pat
             raise UsageError(f"{flag} {path}: the folder {path.absolute().parent} does not exist")
     if overlay is not None and overlay.suffix.lower() not in OVERLAY_SUFFIXES:
         raise UsageError(f"--overlay {overlay}: use a {', '.join(OVERLAY_SUFFIXES)} file name (an H.264 video)")
+    if overlay is not None and importlib.util.find_spec("av") is None:
+        raise UsageError(f"--overlay {overlay}: writing a video needs PyAV: pip install 'sam3-service[video]'")
 
 
 def colour(obj_id: int) -> tuple[int, int, int]:

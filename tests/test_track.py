@@ -323,3 +323,25 @@ def test_ctrl_c_stops_within_a_frame_exits_130_and_writes_every_finished_frame(t
     with open_frames(overlay) as seen:
         assert len(seen) == len(frames)
     assert f"Wrote COCO RLE of {len(frames)} frames in {tracks}" in out.decode()
+
+
+def test_without_pyav_a_video_file_or_an_overlay_says_what_to_install(clip, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *rest: None if name == "av" else object())
+    assert main(["track", str(clip), "--point", "1:0:1,1", "--overlay", str(tmp_path / "o.mp4")]) == 2
+    assert "writing a video needs PyAV: pip install 'sam3-service[video]'" in capsys.readouterr().err
+    assert main(["track", str(clip), "--point", "1:0:1,1", "--json", str(tmp_path / "t.json")]) == 1
+    assert "reading video files needs PyAV: pip install 'sam3-client[video]'" in capsys.readouterr().err
+
+
+def test_a_folder_of_frames_is_tracked_and_its_file_names_kept(tmp_path, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    with open_frames(CLIP) as frames:
+        for index, rgb in frames.read(range(3)):
+            Image.fromarray(rgb).save(folder / f"img{index + 8}.png")  # img8, img9, img10: sorted as numbers
+    argv = ["track", str(folder), "--box", "2:1:36,2,52,18", "--direction", "both", "--json", str(tmp_path / "t.json")]
+    assert main([*argv, "--model-dir", str(VIDEO_MODEL)]) == 0
+    written = json.loads((tmp_path / "t.json").read_text())
+    assert written["fps"] is None and written["frame_count"] == 3
+    assert [(f["frame"], f["name"]) for f in written["frames"]] == [(0, "img8.png"), (1, "img9.png"), (2, "img10.png")]
