@@ -155,7 +155,7 @@ def _check_propagation(args: argparse.Namespace, count: int) -> None:
 
 
 def _summary(
-    args: argparse.Namespace, frames: Any, prompts: Sequence[FramePrompt], interrupted: bool
+    args: argparse.Namespace, frames: Any, prompts: Sequence[FramePrompt], stop: BaseException | None
 ) -> dict[str, Any]:
     return {
         "video": str(args.video),
@@ -178,7 +178,8 @@ def _summary(
             }
             for p in prompts
         ],
-        "interrupted": interrupted,
+        "interrupted": isinstance(stop, KeyboardInterrupt),
+        "error": None if stop is None or isinstance(stop, KeyboardInterrupt) else str(stop),  # why frames are missing
     }
 
 
@@ -202,16 +203,16 @@ def run(args: argparse.Namespace) -> int:
             fps=args.fps,
         )
         started = time.perf_counter()
-        interrupted = False
+        stop: BaseException | None = None
         try:
             _track(args, frames, prompts, masks, outputs)
-        except KeyboardInterrupt:
-            interrupted = True
-            raise  # the command's usual exit for Ctrl-C (130), once what finished is written below
+        except BaseException as error:
+            stop = error
+            raise  # Ctrl-C exits 130, a failure is reported: both once what finished is written below
         finally:
-            for line in outputs.finish(_summary(args, frames, prompts, interrupted)):
+            for line in outputs.finish(_summary(args, frames, prompts, stop)):
                 print(f"Wrote {line}")
-            stopped = ", interrupted" if interrupted else ""
+            stopped = ", interrupted" if isinstance(stop, KeyboardInterrupt) else ""
             seconds = time.perf_counter() - started
             print(f"Time: {len(outputs.finished)} frames in {seconds:.1f} s{stopped}", file=sys.stderr)
     return 0

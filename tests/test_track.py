@@ -316,7 +316,7 @@ def test_ctrl_c_stops_within_a_frame_exits_130_and_writes_every_finished_frame(t
     assert b"sam3: interrupted" in err and b"Traceback" not in err
     written = json.loads(tracks.read_text())
     frames = [f["frame"] for f in written["frames"]]
-    assert written["interrupted"] is True
+    assert written["interrupted"] is True and written["error"] is None
     assert finished_before <= len(frames) <= finished_before + 1 < count  # at most the frame in flight finished
     assert frames == list(range(len(frames)))
     assert sorted(p.name for p in labels.iterdir()) == [f"{frame:05d}.png" for frame in frames]
@@ -345,3 +345,21 @@ def test_a_folder_of_frames_is_tracked_and_its_file_names_kept(tmp_path, capsys)
     written = json.loads((tmp_path / "t.json").read_text())
     assert written["fps"] is None and written["frame_count"] == 3
     assert [(f["frame"], f["name"]) for f in written["frames"]] == [(0, "img8.png"), (1, "img9.png"), (2, "img10.png")]
+
+
+def test_a_failure_part_way_still_writes_the_finished_frames(tmp_path, capsys):
+    """A folder whose fourth frame has another size: frames 0..2 are tracked and written, then the error."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    with open_frames(CLIP) as frames:
+        for index, rgb in frames.read(range(4)):
+            Image.fromarray(rgb if index < 3 else np.pad(rgb, ((0, 0), (0, 1), (0, 0)))).save(folder / f"{index}.png")
+    tracks = tmp_path / "t.json"
+    argv = ["track", str(folder), "--point", "1:0:10,12", "--json", str(tracks), "--model-dir", str(VIDEO_MODEL)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "sam3: error: " in captured.err and "3.png is 65x48, 0.png 64x48: every frame" in captured.err
+    written = json.loads(tracks.read_text())
+    assert [f["frame"] for f in written["frames"]] == [0, 1, 2] and written["interrupted"] is False
+    assert "3.png is 65x48" in written["error"]
+    assert f"Wrote COCO RLE of 3 frames in {tracks}" in captured.out
