@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from sam3_cli import encode, health, models, segment
+from sam3_cli import encode, health, models, segment, track
 from sam3_cli.errors import CliError, UsageError, explain
 from sam3_cli.options import HelpFormatter
 from sam3_cli.parsing import Parser
@@ -27,6 +27,7 @@ examples:
   sam3 serve --model-dir models/sam3 --port 50051                          # encoder + decoder + Redis
   sam3 segment -i photo.jpg --point 500,375 --server localhost:50051 --overlay preview.png
   sam3 encode photos/ --server localhost:50051                             # pre-warm a folder
+  sam3 track clip.mp4 --point 1:0:320,240 --overlay seen.mp4 --model-dir models/sam3   # follow object 1
   sam3 models pull --variant int8 --dir models/sam3-int8                   # download (needs network)
   sam3 models export --random-init --config tiny --out models/tiny         # build one offline
   sam3 health --target localhost:50051                                     # exit 0 when SERVING
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     segment.add_parser(commands, parents)
     encode.add_parser(commands, parents)
+    track.add_parser(commands, parents)
     _add_workers(commands, parents)
     models.add_parser(commands, parents)
     health.add_parser(commands, parents)

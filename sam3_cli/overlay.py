@@ -1,4 +1,5 @@
-"""`sam3 segment --overlay`: the image with the chosen mask tinted and the prompts drawn on it.
+"""`sam3 segment --overlay`: the image with the chosen mask tinted and the prompts drawn on it (`tint` also
+colours `sam3 track`'s overlay video, one colour per object).
 
 Foreground clicks are green dots, background clicks red dots, the box a rectangle; the mask is
 blended in blue with an opaque outline so thin objects stay visible. Written as PNG or JPEG by the
@@ -38,6 +39,16 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
+def tint(rgb: np.ndarray, masks: Sequence[np.ndarray], colours: Sequence[Sequence[int]]) -> np.ndarray:
+    """RGB uint8 with each mask blended in its colour and outlined opaquely (thin objects stay visible)."""
+    pixels = rgb.astype(np.float32)
+    for mask, colour in zip(masks, colours, strict=True):
+        shade = np.asarray(colour, np.float32)
+        pixels[mask] = pixels[mask] * (1 - MASK_ALPHA) + shade * MASK_ALPHA
+        pixels[_outline(mask)] = shade
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
 def render_overlay(
     rgb: np.ndarray,
     mask: np.ndarray,
@@ -49,13 +60,20 @@ def render_overlay(
     height, width = mask.shape
     if rgb.shape[:2] != (height, width):
         raise ValueError(f"mask {width}x{height} does not match the image {rgb.shape[1]}x{rgb.shape[0]}")
-    pixels = rgb.astype(np.float32)
-    tint = np.asarray(MASK_TINT, np.float32)
-    pixels[mask] = pixels[mask] * (1 - MASK_ALPHA) + tint * MASK_ALPHA
-    pixels[_outline(mask)] = tint
-    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+    image = Image.fromarray(tint(rgb, [mask], [MASK_TINT]), "RGB")
+    draw_prompts(image, foreground, background, box)
+    return image
+
+
+def draw_prompts(
+    image: Image.Image,
+    foreground: Sequence[Sequence[float]] = (),
+    background: Sequence[Sequence[float]] = (),
+    box: Sequence[float] | None = None,
+) -> None:
+    """Clicks as dots (green: foreground, red: background) and the box as a rectangle, sized to the image."""
     draw = ImageDraw.Draw(image)
-    radius = max(3.0, min(height, width) / 80)
+    radius = max(3.0, min(image.size) / 80)
     line = max(1, round(radius / 3))
     if box is not None:
         x1, y1, x2, y2 = box
@@ -63,7 +81,6 @@ def render_overlay(
     for points, colour in ((foreground, FOREGROUND_DOT), (background, BACKGROUND_DOT)):
         for x, y in points:
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour, outline="white", width=line)
-    return image
 
 
 def write_overlay(path: Path, image: Image.Image) -> None:

@@ -73,16 +73,25 @@ def to_packed_bits(mask: np.ndarray) -> bytes:
     return np.packbits(np.asarray(mask, dtype=bool).reshape(-1)).tobytes()
 
 
-def label_image(masks: Sequence[np.ndarray], scores: Sequence[float], height: int, width: int) -> np.ndarray:
-    """uint8 (uint16 beyond 255 masks) H x W: pixel = k + 1 for masks[k], 0 = none; overlaps go to the higher score."""
-    labels = np.zeros((height, width), np.uint8 if len(masks) <= 255 else np.uint16)
+def label_image(
+    masks: Sequence[np.ndarray],
+    scores: Sequence[float],
+    height: int,
+    width: int,
+    values: Sequence[int] | None = None,
+) -> np.ndarray:
+    """uint8 (uint16 beyond 255) H x W: pixel = values[k] (default k + 1) for masks[k], 0 = none; overlaps go to
+    the higher score. A video's objects keep their ids as values, so one object has one value on every frame."""
+    values = range(1, len(masks) + 1) if values is None else values
+    labels = np.zeros((height, width), np.uint8 if max(values, default=0) <= 255 else np.uint16)
     for k in sorted(range(len(masks)), key=lambda k: scores[k]):
-        labels[masks[k]] = k + 1
+        labels[masks[k]] = values[k]
     return labels
 
 
 def to_label_png(labels: np.ndarray) -> bytes:
     """A label image as an 8- or 16-bit greyscale PNG (values are instance numbers, not intensities)."""
     buffer = io.BytesIO()
-    Image.fromarray(labels, "L" if labels.dtype == np.uint8 else "I;16").save(buffer, format="PNG", compress_level=6)
+    # The mode follows the dtype (L, I;16): Pillow 13 refuses an explicit "I;16" for a uint16 array.
+    Image.fromarray(np.ascontiguousarray(labels)).save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()

@@ -113,6 +113,7 @@ def prediction():
         [],
         ["segment"],
         ["encode"],
+        ["track"],
         ["serve"],
         ["encoder"],
         ["decoder"],
@@ -136,7 +137,7 @@ def test_help_as_a_process_is_fast_and_lists_the_commands():
     result = sam3("--help")
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 10
-    for command in ("segment", "encode", "serve", "encoder", "decoder", "models", "health", "export"):
+    for command in ("segment", "encode", "track", "serve", "encoder", "decoder", "models", "health", "export"):
         assert re.search(rf"^\s+{command}\s", result.stdout, re.MULTILINE), command
     assert "examples:" in result.stdout
 
