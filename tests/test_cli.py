@@ -672,11 +672,12 @@ def test_models_list_shows_local_folders_and_the_hub_cache(tmp_path, capsys):
         ("hub cache", "onnx-community/sam3-tracker-ONNX"),
         ("local", None),  # model-tiny
         ("local", None),  # model-tiny-concept
+        ("local", None),  # model-tiny-video
     ]
     for folder in listed:
         assert folder["usable"]
         encoder = next(g for g in folder["graphs"] if g["role"] == "encoder")
-        if not folder["path"].endswith("model-tiny-concept"):  # a different model: its own id
+        if folder["path"].endswith("model-tiny"):  # the others are different models: their own ids
             assert encoder["model_id"] == tiny_model_id()
 
     assert main(["models", "list", "--cache-dir", str(tmp_path / "empty")]) == 0
