@@ -1,12 +1,15 @@
-"""The cost of tracking one frame, per object, ours (ONNX Runtime, objects batched) vs transformers' eager
-`Sam3TrackerVideoModel` (objects one at a time) on the same weights, in the steady state: 1 prompted + 6
-recent memories and 16 object pointers per object (docs/video.md has the figures).
+"""Tracking's figures (docs/video.md has them):
+
+- the comparison (default): the cost of tracking one frame, per object, ours (ONNX Runtime, objects batched) vs
+  transformers' eager `Sam3TrackerVideoModel` (objects one at a time) on the same weights, in the steady
+  state: 1 prompted + 6 recent memories and 16 object pointers per object. Needs torch and transformers
+  (the export extra); the folder's video graphs must come from `TrackerVideoExport` at the same --config
+  and --seed, so that transformers rebuilds the very same weights. Frame features and memories are random:
+  cost does not depend on their values.
+- `--long FRAMES`: a long synthetic video through a session, torch-free: state bytes and peak RSS as frames go by.
 
     PYTHONPATH=. python -m sam3_bench.tracking --model-dir models/full-video --config full --objects 1 4 16
-
-Needs torch and transformers (the export extra) besides the folder's video graphs, which must come from
-`TrackerVideoExport` at the same --config and --seed so that transformers rebuilds the very same weights.
-Frame features and memories are random: cost does not depend on their values.
+    python -m sam3_bench.tracking --model-dir tests/fixtures/model-tiny-video --long 1000
 """
 
 from __future__ import annotations
@@ -149,15 +152,49 @@ def _line(row: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
+def long_run(model_dir: Path, frames: int) -> None:
+    """Three objects prompted on frame 0 of a synthetic video, propagated to its end; prints the state's size
+    (bytes serialised, bytes of arrays) and the process's peak RSS every 100 frames."""
+    from sam3_bench.videos import synthetic_video
+    from sam3_core.model import Sam3Model
+    from sam3_core.predictor import encode
+    from sam3_core.tracking import TrackingSession, VideoGraphs, state_to_bytes
+
+    height, width = 120, 160
+    video = synthetic_video(frames, width, height)
+    model = Sam3Model(model_dir)
+    session = TrackingSession(
+        VideoGraphs(model_dir), lambda i: encode(model, video[i]), video_size=(height, width), num_frames=frames
+    )
+    session.add_prompt(0, 1, points=[(0.25 * width, 0.3 * height)])
+    session.add_prompt(0, 2, box=(0.45 * width, 0.35 * height, 0.45 * width + 0.2 * height, 0.55 * height))
+    session.add_prompt(0, 3, points=[(0.725 * width, 0.75 * height)])
+    started = time.perf_counter()
+    for result in session.propagate(0):
+        if result.frame % 100 == 0 or result.frame == frames - 1:
+            arrays = sum(session.state.nbytes_per_object().values())
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(
+                f"frame {result.frame:5d}: state {len(state_to_bytes(session.state))} bytes ({arrays} in arrays), "
+                f"peak RSS {rss:.0f} MB",
+                flush=True,
+            )
+    print(f"{(time.perf_counter() - started) / frames * 1e3:.1f} ms per frame (3 objects, encoding included)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--config", default="full")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--long", type=int, metavar="FRAMES", help="the long run instead of the comparison")
+    parser.add_argument("--config", default="full", help="comparison: the folder's export config")
+    parser.add_argument("--seed", type=int, default=0, help="comparison: the folder's export seed")
+    parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 16], help="comparison: objects per frame")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    measure(args.model_dir, args.config, args.seed, args.objects, args.threads)
+    if args.long:
+        long_run(args.model_dir, args.long)
+    else:
+        measure(args.model_dir, args.config, args.seed, args.objects, args.threads)
 
 
 if __name__ == "__main__":
