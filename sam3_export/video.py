@@ -32,7 +32,7 @@ from sam3_core.graphs import (
 )
 from sam3_export.configs import VIDEO_TRACKER_CONFIGS
 from sam3_export.progress import log
-from sam3_export.tracing import fused_attention, trace
+from sam3_export.tracing import fused_attention, share_constants, trace
 from sam3_export.tracker import TrackerExport, cpu_session, max_error
 from sam3_export.tracker_graphs import GraphInputs, example_inputs, image_embeddings
 from sam3_export.video_graphs import (
@@ -144,7 +144,7 @@ def export_video_graphs(
         inputs, outputs = _NAMES[name]
         fused = fused_attention(attention.num_attention_heads, attention.head_dim)
         with fused if name == MEMORY_ATTENTION_FILE else contextlib.nullcontext():
-            trace(graph, _inputs_of(example, name), out_dir / name, inputs, outputs, _DYNAMIC[name])
+            trace(graph, _inputs_of(example, name), out_dir / name, inputs, outputs, _DYNAMIC[name], share_constants)
         seconds[name.removesuffix(".onnx")] = time.perf_counter() - started
         log(f"  {name} written in {seconds[name.removesuffix('.onnx')]:.1f} s")
     return seconds

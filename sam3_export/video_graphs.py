@@ -40,7 +40,8 @@ def _rope_attention(
     rotated_frames: int,
 ) -> torch.Tensor:
     """transformers' Sam3TrackerVideoRoPEAttention on [B, L, D] tensors: RoPE on the queries and on the first
-    `rotated_frames` x HW keys (the spatial memories; object pointers are not rotated)."""
+    `rotated_frames` x HW keys (the spatial memories; object pointers are not rotated). `cos` and `sin`
+    [1, 1, HW, head_dim] broadcast over heads, and over memories too."""
     batch, heads, head_dim = query.shape[0], attention.num_attention_heads, attention.head_dim
 
     def split(x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,7 @@ def _rope_attention(
     positions = cos.shape[-2]
     spatial = rotated_frames * positions
     k_rot = k[:, :, :spatial].reshape(batch, heads, rotated_frames, positions, head_dim)
-    k_rot = k_rot * cos[:, None] + _rotate_pairwise(k_rot) * sin[:, None]
+    k_rot = k_rot * cos + _rotate_pairwise(k_rot) * sin
     k = torch.cat([k_rot.reshape(batch, heads, spatial, head_dim), k[:, :, spatial:]], dim=2)
     out = F.scaled_dot_product_attention(q, k, v, scale=attention.scaling)
     return attention.o_proj(out.transpose(1, 2).reshape(batch, -1, heads * head_dim))
@@ -77,7 +78,7 @@ class MemoryAttentionGraph(nn.Module):
         self.register_buffer("memory_position", memory_position.flatten(2).transpose(1, 2)[:, None], persistent=False)
         attention = tracker.memory_attention
         cos, sin = attention.rotary_emb(position, attention.position_ids)
-        self.register_buffer("cos", cos[None], persistent=False)  # [1, 1, HW, head_dim]
+        self.register_buffer("cos", cos[None], persistent=False)  # [1, 1, HW, head_dim]: heads, then memories
         self.register_buffer("sin", sin[None], persistent=False)
 
     def forward(
