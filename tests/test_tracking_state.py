@@ -117,6 +117,22 @@ def test_the_bank_selects_conditioning_frames_as_transformers_does() -> None:
     assert bank.pointer_time == pytest.approx([9 / 3, 1 / 3, 2 / 3, 3 / 3])
 
 
+def test_pointers_come_from_the_selected_conditioning_frames_as_in_sam3() -> None:
+    """SAM2/SAM3 (`_prepare_memory_conditioned_features`: `ptr_cond_outputs` from `selected_cond_outputs`)
+    read the pointers of the at most 4 selected prompted frames; transformers reads every prompted frame's.
+    They agree up to 4 prompted frames (the parity scenarios); past that we keep SAM3's rule, which is bounded."""
+    from sam3_core.tracking.state import Conditioning
+
+    state = ObjectState(1)
+    limits = BankLimits()
+    for frame in (0, 10, 20, 30, 40, 50):
+        pointer = np.full(4, frame, np.float32)
+        state.conditioning[frame] = Conditioning(np.zeros((1, 1, 1), np.uint16), pointer, np.zeros((2, 2)), 1.0)
+    bank = gather(state, 25, reverse=False, num_frames=100, limits=limits)
+    assert [int(p[0]) for p in bank.pointers] == [20, 10]  # selected: 20, 30, 10, 40; not after 25: 20, 10
+    assert len(bank.memories) == 4
+
+
 def test_bfloat16_rounds_to_nearest_even_like_torch() -> None:
     """Expected values from torch 2.14: `tensor(values).to(torch.bfloat16).float()`."""
     values = np.array([1.0, 1.00390625, 1.01171875, -3.14159, 65504.0, np.inf, 1e-40, np.nan], np.float32)
