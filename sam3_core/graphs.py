@@ -4,8 +4,8 @@ A model folder in the onnx-community layout (onnx-community/sam3-tracker-ONNX) h
 `vision_encoder[_variant].onnx` and `prompt_encoder_mask_decoder[_variant].onnx`, in the folder itself or
 in its `onnx/` subfolder. What `sam3 models export` writes adds the split click decoder's graphs and, for
 concept prompts, the concept graphs with the tokenizer (`CONCEPT_FILES`) and an encoder that also emits
-the detector's features (`DETECTOR_OUTPUTS`). A large
-graph keeps its weights beside it: `<name>.onnx_data` (onnx-community and our exporter) or
+the detector's features (`DETECTOR_OUTPUTS`); a video export adds the tracker's graphs (`VIDEO_FILES`). A
+large graph keeps its weights beside it: `<name>.onnx_data` (onnx-community and our exporter) or
 `<name>.onnx.data` (ONNX Runtime's quantizer). Export, quantization, downloads and model loading all
 take these names from here (the exporter, sam3_export, too). docs/model-contract.md describes the tensors.
 """

@@ -700,7 +700,7 @@ def test_models_list_shows_local_folders_and_the_hub_cache(tmp_path, capsys):
         ("local", None),  # model-tiny-concept
         ("local", None),  # model-tiny-video
     ]
-    assert [f["concepts"] for f in listed] == [False, False, True]  # only the unified export serves concepts
+    assert [f["concepts"] for f in listed] == [False, False, True, False]  # only the unified export serves concepts
     for folder in listed:
         assert folder["usable"]
         encoder = next(g for g in folder["graphs"] if g["role"] == "encoder")
