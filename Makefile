@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime
 TOOLING := $(VENV)/.installed
 
-.PHONY: test test-labelstudio lint serve proto bench clean
+.PHONY: test test-labelstudio test-export-extra lint serve proto bench clean
 
 test: $(TOOLING) lint
 	$(BIN)/python -m pytest
@@ -16,6 +16,11 @@ test: $(TOOLING) lint
 # pip install and database migrations, so not part of `make test` (labelstudio/README.md has the times).
 test-labelstudio: $(TOOLING)
 	$(BIN)/python -m pytest -m labelstudio tests/test_labelstudio_server.py
+
+# The export extra as a user installs it (the README's offline command, into a fresh venv of the test's own),
+# then a tiny export with it: minutes of pip install (torch, torchvision, transformers), so not part of `make test`.
+test-export-extra: $(TOOLING)
+	$(BIN)/python -m pytest -m export_extra tests/test_export_extra.py
 
 lint: $(TOOLING)
 	$(BIN)/python protos/generate.py --check

@@ -2,7 +2,7 @@
 within the answer's budget.
 
 `concept_budget` checks the worst case (every concept returning `max_instances` masks) before the concept
-decoder runs; `concept_result` keeps the `instances_cap` best instances of what the model found, reserves
+decoder runs; `concept_result` keeps the `max_instances` best instances of what the model found, reserves
 their masks before the first one is computed, then makes them one at a time (all of them only for a
 label image).
 """
@@ -29,13 +29,14 @@ REMEDY = Remedy(
 )
 
 
-def concept_budget(plan: ConceptPlan, size: tuple[int, int], limits: ResponseLimits) -> ResponseBudget:
+def concept_budget(plan: ConceptPlan, size: tuple[int, int], limits: ResponseLimits, queries: int) -> ResponseBudget:
     """The budget of the answer about an image of `size`; with `max_instances` set, refused at once when the
-    worst case is over it. (Without, the instances found are reserved as they are known.)"""
+    worst case (each concept finding `queries` instances, the model's most) is over it. (Without, the
+    instances found are reserved as they are known.)"""
     budget = ResponseBudget(limits, size, REMEDY)
     if plan.max_instances is not None:
         budget.check(
-            len(plan.concepts) * plan.instances_cap,
+            len(plan.concepts) * plan.instances_cap(queries),
             f"{len(plan.concepts)} concepts x max_instances {plan.max_instances}",
             mask_format=plan.mask_format,
             full_size=plan.computes_masks,
@@ -58,7 +59,7 @@ def concept_result(
 ) -> decoder_pb2.ConceptResult:
     """The answer for `plan.concepts[index]`, from what the concept decoder found on an image of `size`."""
     concept = plan.concepts[index]
-    found = best_instances(answer.instances, plan.instances_cap)
+    found = best_instances(answer.instances, plan.instances_cap(len(answer.instances)))
     budget.reserve(  # before any mask: their number is only known now
         len(found),
         f"concepts[{index}] found {len(found)} instances",

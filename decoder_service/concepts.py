@@ -33,8 +33,6 @@ from sam3_serving.store import TEXT_FEATURES, StoreUnavailableError, ValueStore
 
 __all__ = ["Concept", "ConceptLimits", "ConceptPlan", "ConceptSlots", "TextFeatureCache", "concept_plan"]
 
-MODEL_QUERIES = 200  # SAM3's DETR decoder: at most this many instances per concept
-
 
 @dataclass(frozen=True)
 class ConceptLimits:
@@ -60,12 +58,12 @@ class ConceptPlan:
     threshold: float
     mask_format: int
     label_image: bool
-    max_instances: int | None  # None: every instance found (the model has MODEL_QUERIES)
+    max_instances: int | None  # None: every instance found (at most the model's queries)
     polygon_tolerance: float = DEFAULT_TOLERANCE  # pixels, for MASK_FORMAT_POLYGON
 
-    @property
-    def instances_cap(self) -> int:
-        return MODEL_QUERIES if self.max_instances is None else min(self.max_instances, MODEL_QUERIES)
+    def instances_cap(self, available: int) -> int:
+        """How many of `available` instances (the model's queries, or those found) the answer keeps."""
+        return available if self.max_instances is None else min(self.max_instances, available)
 
     @property
     def computes_masks(self) -> bool:

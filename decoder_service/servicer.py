@@ -38,8 +38,9 @@ from decoder_service.mask_memory import DEFAULT_SECONDS, MaskMemory
 from decoder_service.segment_answer import object_result, remembered_index, segment_budget
 from decoder_service.segment_plan import segment_plan
 from sam3_client.proto import common_pb2, decoder_pb2, decoder_pb2_grpc
-from sam3_core.concept import ConceptModel, DetectorFeatures, has_concept_graphs
+from sam3_core.concept import ConceptModel, DetectorFeatures
 from sam3_core.embeddings import ImageEmbeddings
+from sam3_core.graphs import missing_concept_files
 from sam3_core.model import Sam3Model
 from sam3_core.predictor import decode
 from sam3_core.prompts import PromptError, PromptLimits
@@ -90,7 +91,8 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
         self.store = store
         self.cache = cache
         self.settings = settings
-        self.serves_concepts = has_concept_graphs(model.folder)
+        self._missing_concept_files = missing_concept_files(model.folder)
+        self.serves_concepts = not self._missing_concept_files
         self._concepts: ConceptModel | None = None  # loaded on the first concept query (clicks never pay)
         self._concepts_lock = threading.Lock()
         self._concept_slots = ConceptSlots(settings.concepts.max_concurrent)
@@ -130,7 +132,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"model folder {self.model.folder.name} serves clicks and boxes only: concept prompts need a folder "
-                "exported with `sam3 models export` (text_encoder.onnx, exemplar_encoder.onnx, concept_decoder.onnx)",
+                f"exported with `sam3 models export` (it lacks {', '.join(self._missing_concept_files)})",
                 Reason.CONCEPTS_NOT_SUPPORTED,
                 model_id=self.model.model_id,
             )
@@ -144,7 +146,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                     concepts = self._concept_model()
                 features = self._detector_features(store, concepts, request.image_id, timer)
                 check_exemplars_inside(checked, features.original_size)
-                budget = concept_budget(checked, features.original_size, self.settings.responses)
+                budget = concept_budget(checked, features.original_size, self.settings.responses, concepts.queries)
                 results = [
                     self._concept_result(concepts, store, features, checked, index, timer, budget)
                     for index in range(len(checked.concepts))

@@ -411,10 +411,10 @@ class Bench:
     def concepts(self) -> None:
         """The concept column, when the model folder serves concepts (a `sam3 models export` folder)."""
         from sam3_bench.concepts import PHRASE, measure
-        from sam3_core.concept import has_concept_graphs
+        from sam3_core.graphs import missing_concept_files
         from sam3_serving.redis_server import start_embedded_redis
 
-        if not has_concept_graphs(self.model_dir):
+        if missing_concept_files(self.model_dir):
             self.results["concepts"] = {"skipped": f"{self.model_dir} serves clicks only"}
             return
         variant = self._fastest_variant()

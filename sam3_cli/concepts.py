@@ -173,7 +173,7 @@ def _found_in_process(
     started = time.perf_counter()
     model = load_model(args, hint_server=True)
     if not model.has_detector_features:  # before the encode: a tracker-only folder cannot answer
-        raise ConceptsNotSupportedError(model.folder)
+        raise ConceptsNotSupportedError(model.folder, model.encoder_path)
     predictor = Predictor(model, concepts=ConceptModel(model.folder, runtime=model.runtime))
     predictor.set_image(rgb)
     encoded = time.perf_counter()

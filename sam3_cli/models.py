@@ -30,9 +30,13 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
         "models",
         parents=parents,
         help="download, list and export model folders",
-        description="Model folders hold the two ONNX graphs (vision_encoder[_variant].onnx, "
-        "prompt_encoder_mask_decoder[_variant].onnx) and preprocessor_config.json, as published in "
-        f"{DEFAULT_REPO}. Every command that loads a model takes --model-dir DIR or --model REPO.",
+        description="A model folder holds an image encoder (vision_encoder[_variant].onnx), a click decoder "
+        "(prompt_encoder_mask_decoder[_variant].onnx) and preprocessor_config.json: what "
+        f"{DEFAULT_REPO} publishes (clicks and boxes). `sam3 models export` adds the split click decoder "
+        "(mask_decoder_*.onnx) and, unless --tracker-only, what concept prompts need: text_encoder.onnx, "
+        "exemplar_encoder.onnx, concept_decoder.onnx, tokenizer.json and an encoder that also emits the "
+        "detector's features. `sam3 models list` says which folders serve concepts. Every command that loads "
+        "a model takes --model-dir DIR (a folder here) or --model REPO (downloaded).",
     )
     actions = models.add_subparsers(title="model commands", metavar="ACTION", required=True)
 
@@ -68,8 +72,9 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
         parents=parents,
         help="show the model folders available here (Hugging Face cache and --dir folders)",
         description="List SAM2/SAM3 ONNX model folders in the Hugging Face cache and in the given --dir paths "
-        "(a model folder itself, or a folder of model folders): their graph variants, sizes, and the model id "
-        "each encoder variant stores embeddings under.",
+        "(a model folder itself, or a folder of model folders): their graph variants, sizes, the model id "
+        "each encoder variant stores embeddings under, and whether the folder serves concept prompts or "
+        "clicks and boxes only.",
     )
     listing.add_argument(
         "--dir", type=Path, action="append", default=[], metavar="DIR", help="local folder to look in (repeatable)"
@@ -221,6 +226,8 @@ def _print_folder(folder: Any) -> None:
     else:
         print(f"{folder.path}  [{folder.origin} folder, {human_size(folder.size)}]")
     print(f"  path: {folder.path}")
+    if folder.usable:
+        print(f"  serves: {'clicks, boxes and concepts' if folder.concepts else 'clicks and boxes (no concepts)'}")
     if not folder.graphs:
         print("  (no graph files yet: an interrupted download? run `sam3 models pull` again)")
     for graph in folder.graphs:
@@ -239,6 +246,7 @@ def _as_json(folder: Any) -> dict[str, Any]:
         "refs": list(folder.refs),
         "size": folder.size,
         "usable": folder.usable,
+        "concepts": folder.concepts,
         "graphs": [
             {"role": g.role, "variant": g.variant, "file": str(g.path), "size": g.size, "model_id": g.model_id}
             for g in folder.graphs

@@ -121,8 +121,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         choices=ENCODER_RUNTIMES,
         default="onnxruntime",
         help="who runs the encoder: ONNX Runtime, or OpenVINO at f32 or bf16 (the fastest on CPUs with "
-        "AVX-512 BF16 or AMX; needs the openvino extra). bf16 embeddings get their own model id: give "
-        "decoders the same flag",
+        "AVX-512 BF16 or AMX, refused on others; needs the openvino extra). bf16 embeddings get their own model "
+        "id: give decoders the same flag",
     )
 
 

@@ -24,20 +24,20 @@ from sam3_core.cache import LruCache
 from sam3_core.graphs import (
     BOX_ONLY_TEXT,
     CONCEPT_DECODER_FILE,
+    CONCEPT_OUTPUTS,
     CONCEPT_PROMPT_INPUTS,
     DETECTOR_OUTPUTS,
     EXEMPLAR_ENCODER_FILE,
     EXEMPLAR_INPUTS,
     TEXT_ENCODER_FILE,
     TEXT_INPUTS,
+    missing_concept_files,
 )
 from sam3_core.model import ConceptsNotSupportedError, RuntimeOptions
-from sam3_core.postprocess import upsample_logits
-from sam3_core.tokenizer import TOKENIZER_FILE, ClipTokenizer
+from sam3_core.postprocess import MASK_PROBABILITY_THRESHOLD, upsample_logits
+from sam3_core.tokenizer import ClipTokenizer
 
-CONCEPT_FILES = (TEXT_ENCODER_FILE, EXEMPLAR_ENCODER_FILE, CONCEPT_DECODER_FILE, TOKENIZER_FILE)
-DEFAULT_THRESHOLD = 0.5
-MASK_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.5  # on the instance score, sigmoid(logit) x presence
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class ConceptInstance:
 
     def mask(self) -> np.ndarray:
         """Boolean mask at the original size: probabilities resized bilinearly, then > 0.5."""
-        return upsample_logits(self.low_res_probabilities, *self.original_size) > MASK_THRESHOLD
+        return upsample_logits(self.low_res_probabilities, *self.original_size) > MASK_PROBABILITY_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,6 @@ def prompt_phrase(text: str | None) -> str:
     return BOX_ONLY_TEXT if text is None else text
 
 
-def has_concept_graphs(folder: Path) -> bool:
-    return all((folder / name).exists() for name in CONCEPT_FILES)
-
-
 class ConceptModel:
     """The three concept sessions of a model folder and the tokenizer; text features cached per phrase
     (`text_cache_bytes`: 8 MiB holds ~250 phrases at full size, 33 KB each)."""
@@ -136,9 +132,8 @@ class ConceptModel:
         self, folder: str | Path, *, runtime: RuntimeOptions = RuntimeOptions(), text_cache_bytes: int = 8 << 20
     ):
         self.folder = Path(folder)
-        missing = [name for name in CONCEPT_FILES if not (self.folder / name).exists()]
-        if missing:
-            raise ConceptsNotSupportedError(self.folder, ", ".join(missing))
+        if missing_concept_files(self.folder):
+            raise ConceptsNotSupportedError(self.folder)
         providers = runtime.resolved_providers()
 
         def session(name: str) -> ort.InferenceSession:
@@ -157,6 +152,12 @@ class ConceptModel:
         """The detector features' shapes the concept decoder takes (what a stored value must have)."""
         inputs = {i.name: i for i in self.decoder.get_inputs()}
         return [tuple(inputs[name].shape) for name in DETECTOR_OUTPUTS]
+
+    @property
+    def queries(self) -> int:
+        """How many instances one run can find at most: the decoder's queries (200 in SAM3's DETR decoder)."""
+        outputs = {o.name: o for o in self.decoder.get_outputs()}
+        return int(outputs[CONCEPT_OUTPUTS[0]].shape[1])
 
     def text_key(self, phrase: str) -> str:
         """A name for the phrase's text features: the sha256 of its token ids, so phrases the tokenizer
@@ -187,18 +188,6 @@ class ConceptModel:
         (tokens,) = self.exemplar_encoder.run(None, dict(zip(EXEMPLAR_INPUTS, feeds, strict=True)))
         return np.asarray(tokens, np.float32)
 
-    def predict(
-        self,
-        features: DetectorFeatures,
-        text: str | None = None,
-        exemplars: Iterable[Exemplar | tuple[Sequence[float], bool] | Sequence[float]] = (),
-        threshold: float = DEFAULT_THRESHOLD,
-        *,
-        text_features: TextFeatures | None = None,
-    ) -> list[ConceptInstance]:
-        """Every instance scoring above `threshold`, in query order (as transformers returns them)."""
-        return self.detect(features, text, exemplars, threshold, text_features=text_features).instances
-
     def detect(
         self,
         features: DetectorFeatures,
@@ -208,7 +197,8 @@ class ConceptModel:
         *,
         text_features: TextFeatures | None = None,
     ) -> ConceptAnswer:
-        """`predict`, with the presence score kept even when no instance passes the threshold.
+        """Every instance scoring above `threshold`, in query order (as transformers returns them), and the
+        presence score, which is there even when no instance passes the threshold.
 
         `text_features`: the phrase's features when the caller keeps its own cache (the services do,
         in Redis); else `text_features(text)`.

@@ -1,9 +1,11 @@
 """The graph-file contract: file names, tensor names and weight files of a model folder.
 
-A model folder in the onnx-community layout (onnx-community/sam3-tracker-ONNX, and what `sam3 models
-export` writes) holds two graphs, `vision_encoder[_variant].onnx` and
-`prompt_encoder_mask_decoder[_variant].onnx`, in the folder itself or in its `onnx/` subfolder. A large
-graph keeps its weights beside it: `<name>.onnx_data` (onnx-community and our exporter) or
+A model folder in the onnx-community layout (onnx-community/sam3-tracker-ONNX) holds two graphs,
+`vision_encoder[_variant].onnx` and `prompt_encoder_mask_decoder[_variant].onnx`, in the folder itself or
+in its `onnx/` subfolder. What `sam3 models export` writes adds the split click decoder's graphs and, for
+concept prompts, the concept graphs with the tokenizer (`CONCEPT_FILES`) and an encoder that also emits
+the detector's features (`DETECTOR_OUTPUTS`); a video export adds the tracker's graphs (`VIDEO_FILES`). A
+large graph keeps its weights beside it: `<name>.onnx_data` (onnx-community and our exporter) or
 `<name>.onnx.data` (ONNX Runtime's quantizer). Export, quantization, downloads and model loading all
 take these names from here (the exporter, sam3_export, too). docs/model-contract.md describes the tensors.
 """
@@ -50,6 +52,8 @@ SPLIT_MASK_OUTPUTS = tuple(f"mask_{name}" for name in SPLIT_MASK_REPLACES)
 TEXT_ENCODER_FILE = "text_encoder.onnx"
 EXEMPLAR_ENCODER_FILE = "exemplar_encoder.onnx"
 CONCEPT_DECODER_FILE = "concept_decoder.onnx"
+TOKENIZER_FILE = "tokenizer.json"  # CLIP's, as transformers saves it (sam3_core.tokenizer reads it)
+CONCEPT_FILES = (TEXT_ENCODER_FILE, EXEMPLAR_ENCODER_FILE, CONCEPT_DECODER_FILE, TOKENIZER_FILE)
 TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_OUTPUT = "text_features"
 EXEMPLAR_INPUTS = (DETECTOR_OUTPUTS[2], "boxes", "labels")
@@ -124,3 +128,8 @@ MASK_PROMPT_FILE = "mask_prompt.onnx"
 MASK_PROMPT_INPUTS = ("masks", EMBEDDING_NAMES[2])
 MASK_PROMPT_OUTPUTS = ("mask_inputs", "frame_features")
 VIDEO_FILES = (MEMORY_ATTENTION_FILE, TRACKING_DECODER_FILE, MEMORY_ENCODER_FILE, MASK_PROMPT_FILE)
+
+
+def missing_concept_files(folder: Path) -> list[str]:
+    """The files concept prompts need that `folder` lacks (none: the folder serves concepts)."""
+    return [name for name in CONCEPT_FILES if not (folder / name).is_file()]

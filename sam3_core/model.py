@@ -84,13 +84,19 @@ class MaskInputNotSupportedError(ModelNotFoundError):
 
 
 class ConceptsNotSupportedError(ModelNotFoundError):
-    """A tracker-only folder (e.g. onnx-community/sam3-tracker-ONNX): clicks and boxes work, phrases do not."""
+    """A tracker-only folder (e.g. onnx-community/sam3-tracker-ONNX): clicks and boxes work, phrases do not.
 
-    def __init__(self, folder: Path, missing: str = "detector features in vision_encoder.onnx") -> None:
+    The message names what the folder lacks: the concept graph files, and (`encoder`, when the caller
+    knows that graph has no detector outputs) the encoder's detector features."""
+
+    def __init__(self, folder: Path, encoder: Path | None = None) -> None:
+        self.missing = graphs.missing_concept_files(folder)
+        if encoder is not None:
+            self.missing.append(f"the detector outputs of {encoder.name} ({', '.join(graphs.DETECTOR_OUTPUTS)})")
         super().__init__(
             f"model folder {folder} serves clicks and boxes only: concept prompts (phrases, exemplar boxes) need "
-            f"{missing}. Export a folder that serves both with `sam3 models export --checkpoint DIR --out DIR` "
-            "(a Sam3VideoModel checkpoint) or `--random-init --config tiny|full`."
+            f"{', '.join(self.missing)}. Export a folder that serves both with `sam3 models export --checkpoint "
+            "DIR --out DIR` (a Sam3VideoModel checkpoint) or `--random-init --config tiny|full`."
         )
 
 
@@ -327,7 +333,7 @@ class Sam3Model:
         wanted = [o.name for o in self.encoder.get_outputs() if o.name not in graphs.DETECTOR_OUTPUTS]
         if detector_features:
             if not self.has_detector_features:
-                raise ConceptsNotSupportedError(self.folder)
+                raise ConceptsNotSupportedError(self.folder, self.encoder_path)
             wanted += graphs.DETECTOR_OUTPUTS
         outputs = self.encoder.run(wanted, {model_input.name: feed}, run_options)
         return tuple(np.asarray(o, dtype=np.float32) for o in outputs)

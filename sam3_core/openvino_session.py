@@ -12,6 +12,7 @@ has the figures). Optional: `pip install 'sam3-service[openvino]'`.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,30 @@ def precision_of(runtime: str) -> str | None:
     return _PRECISION.get(runtime)
 
 
+class PrecisionUnavailableError(ValueError):
+    """This CPU cannot compute at the precision asked for (bf16 without AVX-512 BF16 or AMX)."""
+
+
+def cpu_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin can compute here ("BF16" only on CPUs with AVX-512 BF16 or AMX)."""
+    import openvino as ov
+
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def check_precision(precision: str, capabilities: Sequence[str]) -> None:
+    """Refuses bf16 on a CPU without bf16 arithmetic. OpenVINO would silently compute at f32 there, and the
+    embeddings would be stored under the bf16 model id: a fleet mixing CPU kinds would keep values of two
+    precisions under one id."""
+    if precision == "bf16" and "BF16" not in capabilities:
+        raise PrecisionUnavailableError(
+            "--encoder-runtime openvino-bf16: this CPU has no bf16 arithmetic (OpenVINO reports "
+            f"{', '.join(capabilities) or 'nothing'}; bf16 needs AVX-512 BF16 or AMX), so OpenVINO would run at "
+            "f32 under the bf16 model id. Use --encoder-runtime openvino-f32 or onnxruntime here (the float32 "
+            "model id), or run bf16 encoders on CPUs that have it."
+        )
+
+
 class OpenVinoSession:
     """One ONNX graph compiled by OpenVINO for the CPU, run like an ONNX Runtime session."""
 
@@ -59,6 +84,7 @@ class OpenVinoSession:
             raise ImportError(
                 "the OpenVINO encoder runtime needs the openvino package: pip install 'sam3-service[openvino]'"
             ) from error
+        check_precision(precision, cpu_capabilities())
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads

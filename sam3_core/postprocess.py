@@ -16,10 +16,19 @@ import numpy as np
 from sam3_core.masks import CocoRle, to_coco_rle
 from sam3_core.preprocess import checked_size
 
-__all__ = ["MASK_THRESHOLD", "upsample_logits", "upsample_logits_to_mask", "upsample_logits_to_rle"]
+__all__ = [
+    "MASK_LOGIT_THRESHOLD",
+    "MASK_PROBABILITY_THRESHOLD",
+    "upsample_logits",
+    "upsample_logits_to_mask",
+    "upsample_logits_to_rle",
+]
 
-# SAM's mask rule: foreground where the logit is above 0 (the RLE solver below relies on it being 0).
-MASK_THRESHOLD = 0.0
+# SAM's click-mask rule: foreground where the resized logit is above 0 (the RLE solver below relies on it being 0).
+MASK_LOGIT_THRESHOLD = 0.0
+# SAM3's concept-mask rule (Sam3Processor.post_process_instance_segmentation): the sigmoid is resized, then
+# kept above 0.5. Not the same masks as resizing the logits: bilinear resizing does not commute with the sigmoid.
+MASK_PROBABILITY_THRESHOLD = 0.5
 
 
 @functools.lru_cache(maxsize=64)
@@ -82,7 +91,7 @@ def upsample_logits_to_mask(logits2d: np.ndarray, height: int, width: int) -> np
     if not isinstance(logits2d, np.ndarray) or logits2d.ndim != 2:
         shape = getattr(logits2d, "shape", None)
         raise ValueError(f"logits2d must be a 2-D numpy array, got shape {shape}")
-    return upsample_logits(logits2d, height, width) > MASK_THRESHOLD
+    return upsample_logits(logits2d, height, width) > MASK_LOGIT_THRESHOLD
 
 
 # Above this many sign changes between vertically adjacent logits, solving for crossings costs more
@@ -102,7 +111,7 @@ def upsample_logits_to_rle(logits2d: np.ndarray, height: int, width: int) -> Coc
     h, w = logits2d.shape
     height, width = checked_size(height, width)
     x = logits2d.astype(np.float32, copy=False)
-    vertical_sign_changes = int(np.count_nonzero((x[1:] > MASK_THRESHOLD) != (x[:-1] > MASK_THRESHOLD)))
+    vertical_sign_changes = int(np.count_nonzero((x[1:] > MASK_LOGIT_THRESHOLD) != (x[:-1] > MASK_LOGIT_THRESHOLD)))
     if height < h or width < w or vertical_sign_changes > SMOOTH_MASK_SIGN_CHANGES:
         # Downscaling, or a speckled mask (random weights make these): thresholding the full image is cheaper.
         return to_coco_rle(upsample_logits_to_mask(x, height, width))
@@ -112,9 +121,9 @@ def upsample_logits_to_rle(logits2d: np.ndarray, height: int, width: int) -> Coc
     xt = np.ascontiguousarray(x.T)
     columns = xt[c0] * (np.float32(1.0) - lam_x)[:, None] + xt[c1] * lam_x[:, None]
     first = columns[:, r0[0]] * (np.float32(1.0) - lam_y[0]) + columns[:, r1[0]] * lam_y[0]
-    starts_inside = first > MASK_THRESHOLD  # state of each column's first output row
+    starts_inside = first > MASK_LOGIT_THRESHOLD  # state of each column's first output row
 
-    positive = columns > MASK_THRESHOLD
+    positive = columns > MASK_LOGIT_THRESHOLD
     col, seg = np.nonzero(positive[:, 1:] != positive[:, :-1])  # sign changes between source rows seg, seg + 1
     upper, lower = columns[col, seg], columns[col, seg + 1]
     crossing = seg + upper / (upper - lower)  # source coordinate where the line through them hits 0

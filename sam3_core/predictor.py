@@ -25,7 +25,7 @@ from sam3_core.embeddings import ImageEmbeddings
 from sam3_core.images import ImageInput, ImageLimits, load_image
 from sam3_core.masks import CocoRle
 from sam3_core.model import ConceptsNotSupportedError, DecoderEmbeddings, MaskInputNotSupportedError, Sam3Model
-from sam3_core.postprocess import MASK_THRESHOLD, upsample_logits, upsample_logits_to_mask, upsample_logits_to_rle
+from sam3_core.postprocess import MASK_LOGIT_THRESHOLD, upsample_logits, upsample_logits_to_mask, upsample_logits_to_rle
 from sam3_core.preprocess import pixel_values
 from sam3_core.prompts import Prompt, PromptLimits, build_batches, validate
 from sam3_core.timing import StageTimer
@@ -61,7 +61,7 @@ class ObjectPrediction:
 
     def masks(self) -> np.ndarray:
         """All candidate masks, boolean [3, H, W]."""
-        return upsample_logits(self.low_res_logits, *self.original_size) > MASK_THRESHOLD
+        return upsample_logits(self.low_res_logits, *self.original_size) > MASK_LOGIT_THRESHOLD
 
 
 def _check_index(index: int, count: int) -> int:
@@ -206,7 +206,7 @@ class Predictor:
         if self._detector_features is None:
             if self._embeddings is None or self.model.has_detector_features:
                 raise RuntimeError("call set_image() before predict_concept()")
-            raise ConceptsNotSupportedError(self.model.folder)
+            raise ConceptsNotSupportedError(self.model.folder, self.model.encoder_path)
         return self.concepts.detect(self._detector_features, text, exemplars, threshold)
 
     @property

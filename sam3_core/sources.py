@@ -52,18 +52,33 @@ def resolve_model_dir(
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """A local model folder for `source`: the folder itself, or the cached snapshot of a hub repo."""
+    """A local model folder for `source`: the folder itself, or the cached snapshot of a hub repo.
+
+    A path object (what `--model-dir` gives) is always a folder on this machine and never downloads, even
+    when it reads like `owner/name`; a string that reads like a repo id and names no folder is a hub repo.
+    """
     path = Path(source).expanduser()
     if path.is_dir():
         return path
     text = str(source)
-    if not looks_like_repo_id(text) or path.exists():
-        raise ModelNotFoundError(
-            f"model folder {text} does not exist. Pass --model-dir DIR (a folder in the onnx-community layout), "
-            f"--model OWNER/REPO (downloaded from the Hugging Face Hub), or create one offline with "
-            f"`sam3 models export --random-init --config tiny --out DIR`."
-        )
+    if isinstance(source, os.PathLike) or not looks_like_repo_id(text) or path.exists():
+        raise ModelNotFoundError(_missing_folder_message(path))
     return download(text, variant=variant, decoder_variant=decoder_variant, revision=revision, cache_dir=cache_dir)
+
+
+def _missing_folder_message(path: Path) -> str:
+    """What to do about a model folder that does not exist (and, if it reads like a repo id, how to fetch it)."""
+    message = f"model folder {path} does not exist (--model-dir reads a folder on this machine; it never downloads)."
+    if looks_like_repo_id(str(path)):
+        return (
+            f"{message} If you meant the Hugging Face repo {path}, pass --model {path}, or download it into a "
+            f"folder first with `sam3 models pull --model {path} --dir DIR`."
+        )
+    return (
+        f"{message} Pass --model-dir DIR (a folder in the onnx-community layout), --model OWNER/REPO (downloaded "
+        "from the Hugging Face Hub), or create one offline with `sam3 models export --random-init --config tiny "
+        "--out DIR`."
+    )
 
 
 def download(
@@ -134,6 +149,11 @@ class ModelFolder:
     def usable(self) -> bool:
         """At least one encoder and one decoder graph: `--model-dir` can load it."""
         return {g.role for g in self.graphs} >= {"encoder", "decoder"}
+
+    @property
+    def concepts(self) -> bool:
+        """Whether it serves concept prompts too (phrases, exemplar boxes), not only clicks and boxes."""
+        return self.usable and not graphs.missing_concept_files(self.path)
 
 
 def graph_size(path: Path) -> int:

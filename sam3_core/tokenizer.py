@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-TOKENIZER_FILE = "tokenizer.json"
+from sam3_core.graphs import TOKENIZER_FILE
+
 TEXT_LENGTH = 32
 
 

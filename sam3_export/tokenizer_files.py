@@ -40,8 +40,8 @@ def open_clip_bpe() -> Path:
     path = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz" if spec and spec.origin else None
     if path is None or not path.exists():
         raise SystemExit(
-            "a random-init export needs CLIP's BPE vocabulary, which open-clip-torch ships: "
-            "pip install --no-deps open-clip-torch"
+            "a random-init export needs CLIP's BPE vocabulary, which open-clip-torch ships (the export extra "
+            "installs it): pip install 'sam3-service[export]'"
         )
     return path
 

@@ -15,16 +15,18 @@ import pytest
 
 from sam3_serving.redis_server import EmbeddedRedis, start_embedded_redis
 
+# Tests that install into a venv of their own first (minutes of pip): each runs when asked for by its marker
+# (`make test-labelstudio` is `-m labelstudio`, `make test-export-extra` is `-m export_extra`), not in every run.
+OPT_IN_MARKERS = ("labelstudio", "export_extra")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The real-Label-Studio test installs Label Studio first (minutes): it runs when asked for by its
-    marker (`make test-labelstudio`, i.e. `-m labelstudio`), not in every run."""
-    if "labelstudio" in (config.getoption("markexpr") or ""):
-        return
-    skipped = [item for item in items if item.get_closest_marker("labelstudio")]
+    asked = config.getoption("markexpr") or ""
+    left_out = [marker for marker in OPT_IN_MARKERS if marker not in asked]
+    skipped = [item for item in items if any(item.get_closest_marker(marker) for marker in left_out)]
     if skipped:
         config.hook.pytest_deselected(items=skipped)
-        items[:] = [item for item in items if not item.get_closest_marker("labelstudio")]
+        items[:] = [item for item in items if item not in skipped]
 
 
 @pytest.fixture(autouse=True)

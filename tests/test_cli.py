@@ -247,6 +247,31 @@ def test_missing_model_folder_says_what_to_do(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("given", ["models/sam3", "./models/sam3"])
+def test_a_model_dir_that_reads_like_a_repo_id_is_a_folder_and_never_downloads(given, tmp_path, monkeypatch, capsys):
+    """`--model-dir models/sam3` names a folder here: it says the folder is missing (and how to fetch the repo
+    of that name) instead of trying the Hugging Face Hub (pointed at a closed port: a try would say so)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    code = main(["segment", "-i", str(IMAGE), "--point", "5,5", "--model-dir", given])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "model folder models/sam3 does not exist" in err and "never downloads" in err
+    assert "--model models/sam3" in err and "sam3 models pull --model models/sam3 --dir DIR" in err
+    assert "cannot download" not in err and "Traceback" not in err
+
+
+def test_a_hub_repo_that_cannot_be_reached_says_what_to_do(tmp_path, monkeypatch, capsys):
+    """--model is the flag that downloads: without the Hub it fails within seconds, naming the way offline."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    code = main(["segment", "-i", str(IMAGE), "--point", "5,5", "--model", "models/sam3"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "cannot download models/sam3 from the Hugging Face Hub" in err and "--model-dir DIR" in err
+    assert "Traceback" not in err
+
+
 def test_missing_image_is_one_line(capsys):
     assert main(["segment", "-i", "no-such.jpg", "--point", "5,5"]) == 1
     err = capsys.readouterr().err
@@ -660,6 +685,7 @@ def test_models_list_shows_local_folders_and_the_hub_cache(tmp_path, capsys):
     out = capsys.readouterr().out
     assert str(references.MODEL_DIR) in out
     assert f"model id {tiny_model_id()}" in out
+    assert "serves: clicks and boxes (no concepts)" in out
     for role, stem in (("encoder", "vision_encoder"), ("decoder", "prompt_encoder_mask_decoder")):
         size = human_size(graph_size(graph_path(references.MODEL_DIR, stem, None)))
         assert re.search(rf"{role}\s+fp32\s+{re.escape(size)}", out), (role, size, out)
@@ -674,6 +700,7 @@ def test_models_list_shows_local_folders_and_the_hub_cache(tmp_path, capsys):
         ("local", None),  # model-tiny-concept
         ("local", None),  # model-tiny-video
     ]
+    assert [f["concepts"] for f in listed] == [False, False, True, False]  # only the unified export serves concepts
     for folder in listed:
         assert folder["usable"]
         encoder = next(g for g in folder["graphs"] if g["role"] == "encoder")

@@ -14,6 +14,7 @@ import pytest
 import concept_references as refs
 import references
 from sam3_core.concept import ConceptModel, Exemplar
+from sam3_core.graphs import CONCEPT_FILES, DETECTOR_OUTPUTS
 from sam3_core.model import ConceptsNotSupportedError, Sam3Model
 from sam3_core.predictor import Predictor
 from sam3_core.tokenizer import ClipTokenizer
@@ -118,10 +119,18 @@ def test_tracker_only_folder_serves_clicks_and_refuses_concepts_clearly() -> Non
     predictor = Predictor(Sam3Model(references.MODEL_DIR))
     predictor.set_image(refs.IMAGES_DIR / "tiny_17x23.png")
     assert predictor.predict(points=[[5, 5]]).iou_scores.shape == (3,)
-    with pytest.raises(ConceptsNotSupportedError, match=r"clicks and boxes only.*sam3 models export"):
+    with pytest.raises(ConceptsNotSupportedError, match=r"clicks and boxes only.*sam3 models export") as info:
         predictor.predict_concept("a dog")
-    with pytest.raises(ConceptsNotSupportedError, match=r"text_encoder\.onnx"):
+    # It names what the folder lacks (docs/concepts.md says so): the concept files and the encoder's outputs.
+    for missing in (*CONCEPT_FILES, "detector outputs of vision_encoder.onnx", *DETECTOR_OUTPUTS):
+        assert missing in str(info.value)
+    with pytest.raises(ConceptsNotSupportedError, match=r"need text_encoder\.onnx, exemplar_encoder\.onnx"):
         ConceptModel(references.MODEL_DIR)
+
+
+def test_the_decoder_has_detrs_200_queries() -> None:
+    """The most instances one concept can return, read from the graph (SAM3's DETR decoder: 200)."""
+    assert concepts().queries == 200
 
 
 def test_predict_concept_before_set_image_says_so() -> None:

@@ -36,6 +36,7 @@ from test_service_behaviour import new_image
 
 IMAGE = "landscape.jpg"
 FORMATS = ("rle", "png", "bits", "none", "polygon")
+QUERIES = 200  # the concept decoder's queries (ConceptModel.queries reads them from the graph)
 
 
 @cache
@@ -234,6 +235,8 @@ def test_a_tracker_only_worker_says_it_cannot_do_concepts(redis_url: str) -> Non
         client.segment_concept(image_bytes("tiny_17x23.png"), "a dog")
     assert failure.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert failure.value.reason == Reason.CONCEPTS_NOT_SUPPORTED and "sam3 models export" in failure.value.message
+    lacks = "lacks text_encoder.onnx, exemplar_encoder.onnx, concept_decoder.onnx, tokenizer.json"
+    assert lacks in failure.value.message
 
 
 def test_a_query_that_could_return_too_many_masks_is_refused_before_the_decoder_runs(redis_url: str) -> None:
@@ -287,11 +290,14 @@ def test_one_budget_counts_the_worst_case_and_then_what_was_found() -> None:
 
     size, limits = (1000, 1000), ResponseLimits(max_response_bytes=1_000_000, max_mask_pixels=10_000_000)
     bits, rle, none = decoder_pb2.MASK_FORMAT_PACKED_BITS, decoder_pb2.MASK_FORMAT_RLE, decoder_pb2.MASK_FORMAT_NONE
-    assert refusal(lambda: concept_budget(plan(bits, 8), size, limits)) is None  # 8 x 125 kB
-    assert refusal(lambda: concept_budget(plan(bits, 5, concepts=2), size, limits)) == "max_message_bytes"
-    assert refusal(lambda: concept_budget(plan(rle, 11), size, limits)) == "max_mask_megapixels"  # 11 MP
-    assert refusal(lambda: concept_budget(plan(none, 200, concepts=8), size, limits)) is None  # nothing full size
-    budget = concept_budget(plan(bits), size, limits)  # no max_instances: nothing known before the run
+    assert refusal(lambda: concept_budget(plan(bits, 8), size, limits, QUERIES)) is None  # 8 x 125 kB
+    assert refusal(lambda: concept_budget(plan(bits, 5, concepts=2), size, limits, QUERIES)) == "max_message_bytes"
+    assert refusal(lambda: concept_budget(plan(rle, 11), size, limits, QUERIES)) == "max_mask_megapixels"  # 11 MP
+    nothing_full_size = plan(none, 200, concepts=8)
+    assert refusal(lambda: concept_budget(nothing_full_size, size, limits, QUERIES)) is None
+    # max_instances above what the model can find counts the model's queries (here a model of 8)
+    assert refusal(lambda: concept_budget(plan(bits, 500), size, limits, 8)) is None
+    budget = concept_budget(plan(bits), size, limits, QUERIES)  # no max_instances: nothing known before the run
     budget.reserve(5, "concepts[0] found 5 instances", mask_format=bits, full_size=True)
     found_more = partial(budget.reserve, 4, "concepts[1] found 4 instances", mask_format=bits, full_size=True)
     assert refusal(found_more) == "max_message_bytes"  # 9 x 125 kB in all

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sam3_core.postprocess import MASK_THRESHOLD, upsample_logits
+from sam3_core.postprocess import MASK_LOGIT_THRESHOLD, upsample_logits
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class ObjectFrame:
 
     def mask(self) -> np.ndarray:
         """bool [H, W] at the video's size: logits upsampled as transformers' post-processing, then > 0."""
-        return upsample_logits(self.mask_logits, *self.original_size) > MASK_THRESHOLD
+        return upsample_logits(self.mask_logits, *self.original_size) > MASK_LOGIT_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -45,4 +45,4 @@ class FrameResult:
         if not self.objects:
             return np.zeros((0, 0, 0), bool)
         logits = np.stack([obj.mask_logits for obj in self.objects])
-        return upsample_logits(logits, *self.objects[0].original_size) > MASK_THRESHOLD
+        return upsample_logits(logits, *self.objects[0].original_size) > MASK_LOGIT_THRESHOLD
