@@ -23,6 +23,7 @@ from decoder_service.fields import check_image_id, invalid_prompt, require_enum
 from decoder_service.tracking_answer import StoredObject, decode_rle, frame_result
 from decoder_service.tracking_sessions import HeldSessions, Open, Writer, frame_not_encoded
 from decoder_service.tracking_state import Propagation, SessionRecord
+from sam3_client import wire
 from sam3_client.proto import decoder_pb2, tracker_pb2, tracker_pb2_grpc
 from sam3_core.model import Sam3Model
 from sam3_core.prompts import PromptError
@@ -72,12 +73,13 @@ def _invalid(field: str, message: str) -> ServiceError:
     return invalid_prompt(PromptError(field, message))
 
 
-def _tracking_error(error: TrackingError) -> ServiceError:
-    """The core's refusal as the caller's field problem."""
+def _tracking_error(error: TrackingError | PromptError) -> ServiceError:
+    """The core's refusal as the caller's field problem (a prompt's fields are named as in AddPromptRequest)."""
     if isinstance(error, PromptError):
-        return invalid_prompt(error)
-    field = {FrameIndexError: "frame_index", UnknownObjectError: "object_id", NoPromptsError: "object_ids"}
-    return _invalid(next((f for kind, f in field.items() if isinstance(error, kind)), "session_id"), str(error))
+        field = error.field.removeprefix("objects[0].")
+        return invalid_prompt(PromptError(field, str(error).removeprefix(f"{error.field}: ")))
+    fields = {FrameIndexError: "frame_index", UnknownObjectError: "object_id", NoPromptsError: "object_ids"}
+    return _invalid(next((f for kind, f in fields.items() if isinstance(error, kind)), "session_id"), str(error))
 
 
 def plan(start: int, directions: Sequence[bool], max_frames: int | None, frame_count: int) -> list[list[int]]:
@@ -151,10 +153,10 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
                 "max_frames_per_session",
             )
         for index, frame_id in enumerate(frame_ids):
-            try:
-                check_image_id(frame_id)
-            except PromptError as error:
-                raise _invalid(f"frame_ids[{index}]", error.message) from error
+            if not wire.is_image_id(frame_id):
+                raise _invalid(
+                    f"frame_ids[{index}]", "expected an image id: the 64 lowercase hex digits of the frame's sha256"
+                )
         if not frame_ids and not request.live:
             raise _invalid("frame_ids", "a session needs its frames (or `live` to append them as they arrive)")
         tenant = tenant_of(context)
@@ -241,7 +243,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
                         box=box,
                         mask=mask,
                     )
-                except TrackingError as error:
+                except (TrackingError, PromptError) as error:
                     raise _tracking_error(error) from error
             metrics.MODEL_RUNS.labels(WORKER).inc()
             (objects,) = writer.commit([result])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import tracking_fleet as video
+from sam3_client.errors import Reason, Sam3Error
 from sam3_client.proto import decoder_pb2, tracker_pb2, tracker_pb2_grpc
 from sam3_serving.store import SessionStore, SessionStoreConfig
 from service_stack import running
@@ -81,3 +82,123 @@ def test_a_session_answers_as_the_core_does_and_reads_back_from_the_store(fleet)
     with pytest.raises(grpc.RpcError) as error:
         tracker.DescribeSession(tracker_pb2.DescribeSessionRequest(session_id=session.session_id), timeout=10)
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def prompt(session_id: str, frame: int = 0, object_id: int = 1, **fields) -> tracker_pb2.AddPromptRequest:
+    points = [decoder_pb2.Point(x=x, y=y, label=decoder_pb2.POINT_LABEL_FOREGROUND) for x, y in CLICK]
+    return tracker_pb2.AddPromptRequest(
+        session_id=session_id, frame_index=frame, object_id=object_id, points=points, **{"mask_format": RLE, **fields}
+    )
+
+
+def refusal(call) -> Sam3Error:
+    with pytest.raises(grpc.RpcError) as failure:
+        call()
+    return Sam3Error.from_rpc(failure.value)
+
+
+def test_bad_calls_are_refused_with_the_field_or_limit_named(fleet) -> None:
+    tracker, frame_ids, _ = fleet
+    session_id = tracker.CreateSession(
+        tracker_pb2.CreateSessionRequest(frame_ids=frame_ids), timeout=30
+    ).session.session_id
+    cases = [
+        (
+            lambda: tracker.AddPrompt(prompt(session_id, frame=video.FRAMES), timeout=30),
+            "INVALID_PROMPT",
+            "field",
+            "frame_index",
+        ),
+        (lambda: tracker.AddPrompt(prompt("f" * 32), timeout=30), "SESSION_NOT_FOUND", "session_id", "f" * 32),
+        (lambda: tracker.AddPrompt(prompt("nope"), timeout=30), "INVALID_PROMPT", "field", "session_id"),
+        (
+            lambda: tracker.AddPrompt(prompt(session_id, mask_format=0), timeout=30),
+            "INVALID_PROMPT",
+            "field",
+            "mask_format",
+        ),
+        (
+            lambda: tracker.RemoveObject(
+                tracker_pb2.RemoveObjectRequest(session_id=session_id, object_id=9), timeout=30
+            ),
+            "INVALID_PROMPT",
+            "field",
+            "object_id",
+        ),
+        (
+            lambda: list(
+                tracker.Propagate(
+                    tracker_pb2.PropagateRequest(session_id=session_id, direction=FORWARD, mask_format=RLE), timeout=30
+                )
+            ),
+            "INVALID_PROMPT",
+            "field",
+            "object_ids",
+        ),
+        (
+            lambda: tracker.CreateSession(tracker_pb2.CreateSessionRequest(frame_ids=["x"]), timeout=30),
+            "INVALID_PROMPT",
+            "field",
+            "frame_ids[0]",
+        ),
+    ]
+    for call, reason, key, value in cases:
+        error = refusal(call)
+        assert (error.reason, error.metadata.get(key)) == (reason, value), error
+    outside = prompt(session_id)
+    outside.points[0].x = video.SIZE[1] + 5
+    assert refusal(lambda: tracker.AddPrompt(outside, timeout=30)).reason == Reason.INVALID_PROMPT
+    tracker.AddPrompt(prompt(session_id), timeout=30)  # revision 2
+    stale = refusal(lambda: tracker.AddPrompt(prompt(session_id, expected_revision=1), timeout=30))
+    assert (stale.reason, stale.metadata["revision"]) == (Reason.REVISION_MISMATCH, "2")
+    assert tracker.AddPrompt(prompt(session_id, expected_revision=2), timeout=30).frame.revision == 3
+
+
+def test_limits_bound_what_one_caller_can_make_a_worker_hold(redis_url, session_redis_url, redis_namespace) -> None:
+    from decoder_service.tracker import TrackerSettings
+
+    prefix = redis_namespace.rstrip(":")
+    config = SessionStoreConfig(session_redis_url, key_prefix=prefix, lease_ttl_seconds=1.0, max_sessions=2)
+    sessions = SessionStore(config, video.video_model().model_id)
+    settings = TrackerSettings(max_objects_per_session=1, max_frames_per_session=video.FRAMES, max_prompted_frames=1)
+    with running(redis_url, prefix, model=video.video_model(), sessions=sessions, tracker=settings) as stack:
+        channel = grpc.insecure_channel(stack.target)
+        tracker, frame_ids = tracker_pb2_grpc.TrackerServiceStub(channel), video.encode_frames(channel)
+        create = lambda ids: tracker.CreateSession(tracker_pb2.CreateSessionRequest(frame_ids=ids), timeout=30)  # noqa: E731
+        assert refusal(lambda: create(frame_ids + frame_ids[:1])).metadata["limit"] == "max_frames_per_session"
+        session_id = create(frame_ids).session.session_id
+        tracker.AddPrompt(prompt(session_id), timeout=30)
+        assert (
+            refusal(lambda: tracker.AddPrompt(prompt(session_id, object_id=2), timeout=30)).metadata["limit"]
+            == "max_objects_per_session"
+        )
+        assert (
+            refusal(lambda: tracker.AddPrompt(prompt(session_id, frame=1), timeout=30)).metadata["limit"]
+            == "max_prompted_frames"
+        )
+        create(frame_ids)
+        error = refusal(lambda: create(frame_ids))
+        assert (error.reason, error.metadata["limit"]) == (Reason.SESSION_LIMIT, "max_sessions")
+        channel.close()
+    sessions.close_connection()
+
+
+def test_cancelling_a_propagation_stops_it_within_one_frame_and_keeps_what_was_answered(fleet) -> None:
+    tracker, frame_ids, _ = fleet
+    session_id = tracker.CreateSession(
+        tracker_pb2.CreateSessionRequest(frame_ids=frame_ids), timeout=30
+    ).session.session_id
+    tracker.AddPrompt(prompt(session_id), timeout=30)
+    stream = tracker.Propagate(
+        tracker_pb2.PropagateRequest(session_id=session_id, direction=FORWARD, mask_format=RLE), timeout=60
+    )
+    first = next(stream)
+    stream.cancel()
+    # the lease is free again at once (a writer waiting on it gets it), and the frames done are committed
+    tracker.AddPrompt(prompt(session_id, object_id=1), timeout=30)
+    reread = list(
+        tracker.ReadResults(tracker_pb2.ReadResultsRequest(session_id=session_id, mask_format=RLE), timeout=30)
+    )
+    assert first.frame.frame_index in [r.frame.frame_index for r in reread]
+    described = tracker.DescribeSession(tracker_pb2.DescribeSessionRequest(session_id=session_id), timeout=10).session
+    assert not described.HasField("propagation")  # the prompt after the cancel ended it
