@@ -19,7 +19,7 @@ from sam3_core.model import Sam3Model
 from sam3_core.predictor import encode
 from sam3_core.tracking import TrackingSession, VideoGraphs
 
-VIDEO_MODEL_DIR = Path(os.environ.get("SAM3_VIDEO_MODEL_DIR", Path(__file__).parent / "fixtures" / "model-micro-video"))
+VIDEO_MODEL_DIR = Path(os.environ.get("SAM3_VIDEO_MODEL_DIR", Path(__file__).parent / "fixtures" / "model-tiny-video"))
 SIZE = (48, 64)  # (height, width) of the synthetic video
 FRAMES = 6
 
