@@ -6,7 +6,8 @@ last (a `TrackingSession` at a revision) so the next call on it reads only the j
 replica's write moves the revision on, and the copy is then read again from the store: whichever replica
 serves a call continues from the last committed step, which is what makes a takeover exact. At most
 `capacity` sessions are held (--max-sessions-per-worker); the one loaded longest ago and not being written
-makes room (it costs one read of the store when it comes back), and when every one is being written a new one is refused (RESOURCE_EXHAUSTED / SESSION_LIMIT).
+makes room (it costs one read of the store when it comes back), and when every one is being written a new
+one is refused (RESOURCE_EXHAUSTED / SESSION_LIMIT).
 
 `Writer` is one call's hold on a session: the lease (one writer in the fleet), the copy, and `commit`, which
 stores the step (the objects' changed memory fields, the frame's results, the journal record) in one script
