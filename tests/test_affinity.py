@@ -50,11 +50,15 @@ def test_pool_re_resolves_and_skips_a_failed_replica_for_a_while() -> None:
         clock=lambda: now[0],
     )
     image = next(i for i in ids(100) if rendezvous_order(ADDRESSES, i)[0] == ADDRESSES[2])
-    assert [a for a, _ in pool.candidates(image)] == rendezvous_order(ADDRESSES, image)
+    assert [a for a, _ in pool.candidates(image, decoder_pb2_grpc.DecoderServiceStub)] == rendezvous_order(
+        ADDRESSES, image
+    )
     pool.failed(ADDRESSES[2])
-    assert next(a for a, _ in pool.candidates(image)) != ADDRESSES[2]
+    assert next(a for a, _ in pool.candidates(image, decoder_pb2_grpc.DecoderServiceStub)) != ADDRESSES[2]
     now[0] = 6.0
-    assert next(a for a, _ in pool.candidates(image)) == ADDRESSES[2]  # back after down_seconds
+    assert (
+        next(a for a, _ in pool.candidates(image, decoder_pb2_grpc.DecoderServiceStub)) == ADDRESSES[2]
+    )  # back after down_seconds
     now[0] = 31.0
     assert pool.addresses == ADDRESSES[:2]  # re-resolved: the third replica left DNS
     pool.close()

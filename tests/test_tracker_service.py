@@ -23,14 +23,14 @@ CLICK = [(20.0, 24.0)]
 @pytest.fixture
 def fleet(
     redis_url: str, session_redis_url: str, redis_namespace: str
-) -> Iterator[tuple[tracker_pb2_grpc.TrackerServiceStub, list[str], SessionStore]]:
+) -> Iterator[tuple[tracker_pb2_grpc.TrackerServiceStub, list[str], str]]:
     prefix = redis_namespace.rstrip(":")
     sessions = SessionStore(
         SessionStoreConfig(session_redis_url, key_prefix=prefix, lease_ttl_seconds=1.0), video.video_model().model_id
     )
     with running(redis_url, prefix, model=video.video_model(), sessions=sessions) as stack:
         channel = grpc.insecure_channel(stack.target)
-        yield tracker_pb2_grpc.TrackerServiceStub(channel), video.encode_frames(channel), sessions
+        yield tracker_pb2_grpc.TrackerServiceStub(channel), video.encode_frames(channel), stack.target
         channel.close()
     sessions.close_connection()
 
@@ -202,3 +202,32 @@ def test_cancelling_a_propagation_stops_it_within_one_frame_and_keeps_what_was_a
     assert first.frame.frame_index in [r.frame.frame_index for r in reread]
     described = tracker.DescribeSession(tracker_pb2.DescribeSessionRequest(session_id=session_id), timeout=10).session
     assert not described.HasField("propagation")  # the prompt after the cancel ended it
+
+
+def test_the_sdk_session_sync_and_async_answers_as_the_raw_rpcs(fleet) -> None:
+    import asyncio
+
+    from sam3_client import AsyncClient, Client
+
+    _, frame_ids, target = fleet
+    _, expected = video.reference([(0, 1, CLICK)], {"direction": "forward"})
+    with Client(target) as sam3, sam3.video_session(frame_ids) as session:
+        assert session.info.frame_count == video.FRAMES and session.info.missing_frames == ()
+        first = session.add_prompt(0, 1, points=CLICK)
+        assert first.revision == 2
+        tracked = list(session.propagate())
+        assert session.describe().object_ids == (1,)
+    assert [f.frame_index for f in tracked] == [frame for frame, _ in expected]
+    for frame, (_, masks) in zip(tracked, expected, strict=True):
+        np.testing.assert_array_equal(frame.masks()[1], masks[1])
+
+    async def run() -> list:
+        async with AsyncClient(target) as sam3, await sam3.video_session(frame_ids) as session:
+            await session.add_prompt(0, 1, points=CLICK)
+            return [frame async for frame in session.propagate()]
+
+    for frame, (_, masks) in zip(asyncio.run(run()), expected, strict=True):
+        np.testing.assert_array_equal(frame.masks()[1], masks[1])
+    with Client(target) as sam3, pytest.raises(Sam3Error) as error:
+        sam3.video_session([])
+    assert (error.value.reason, error.value.metadata["field"]) == (Reason.INVALID_PROMPT, "frame_ids")
