@@ -85,7 +85,9 @@ def test_a_session_answers_as_the_core_does_and_reads_back_from_the_store(fleet)
 
 
 def prompt(session_id: str, frame: int = 0, object_id: int = 1, **fields) -> tracker_pb2.AddPromptRequest:
-    points = [decoder_pb2.Point(x=x, y=y, label=decoder_pb2.POINT_LABEL_FOREGROUND) for x, y in CLICK]
+    points = fields.pop(
+        "points", [decoder_pb2.Point(x=x, y=y, label=decoder_pb2.POINT_LABEL_FOREGROUND) for x, y in CLICK]
+    )
     return tracker_pb2.AddPromptRequest(
         session_id=session_id, frame_index=frame, object_id=object_id, points=points, **{"mask_format": RLE, **fields}
     )
@@ -231,3 +233,50 @@ def test_the_sdk_session_sync_and_async_answers_as_the_raw_rpcs(fleet) -> None:
     with Client(target) as sam3, pytest.raises(Sam3Error) as error:
         sam3.video_session([])
     assert (error.value.reason, error.value.metadata["field"]) == (Reason.INVALID_PROMPT, "frame_ids")
+
+
+def test_two_decoders_serve_one_session_call_by_call_as_one_would(
+    redis_url: str, session_redis_url: str, redis_namespace: str
+) -> None:
+    """A round-robin client: every call lands on the other replica, which re-reads the session's committed
+    state (its copy is a revision behind) and answers as a single replica would have."""
+    prefix = redis_namespace.rstrip(":")
+    model = video.video_model()
+    stores = [
+        SessionStore(SessionStoreConfig(session_redis_url, key_prefix=prefix, lease_ttl_seconds=1.0), model.model_id)
+        for _ in range(2)
+    ]
+    prompted, expected = video.reference([(0, 1, CLICK), (2, 2, [(40.0, 20.0)])], {"direction": "forward"})
+    with (
+        running(redis_url, prefix, model=model, sessions=stores[0]) as first,
+        running(redis_url, prefix, model=model, sessions=stores[1]) as second,
+    ):
+        channels = [grpc.insecure_channel(stack.target) for stack in (first, second)]
+        stubs = [tracker_pb2_grpc.TrackerServiceStub(channel) for channel in channels]
+        turn = iter(stubs * 10)
+        frame_ids = video.encode_frames(channels[0])
+        session_id = (
+            next(turn)
+            .CreateSession(tracker_pb2.CreateSessionRequest(frame_ids=frame_ids), timeout=30)
+            .session.session_id
+        )
+        next(turn).AddPrompt(prompt(session_id, 0, 1), timeout=30)
+        last = next(turn).AddPrompt(
+            prompt(session_id, 2, 2, points=[decoder_pb2.Point(x=40, y=20, label=1)]), timeout=30
+        )
+        for obj_id, mask in prompted.items():
+            np.testing.assert_array_equal(video.masks_of(last.frame)[obj_id], mask)
+        request = tracker_pb2.PropagateRequest(session_id=session_id, direction=FORWARD, mask_format=RLE)
+        tracked = list(next(turn).Propagate(request, timeout=60))
+        reread = list(
+            next(turn).ReadResults(tracker_pb2.ReadResultsRequest(session_id=session_id, mask_format=RLE), timeout=30)
+        )
+        for answers in (tracked, reread):
+            assert [r.frame.frame_index for r in answers] == [frame for frame, _ in expected]
+            for response, (_, masks) in zip(answers, expected, strict=True):
+                for obj_id, mask in masks.items():
+                    np.testing.assert_array_equal(video.masks_of(response.frame)[obj_id], mask)
+        for channel in channels:
+            channel.close()
+    for store in stores:
+        store.close_connection()
