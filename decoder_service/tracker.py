@@ -83,15 +83,15 @@ def _tracking_error(error: TrackingError | PromptError) -> ServiceError:
 
 
 def plan(start: int, directions: Sequence[bool], max_frames: int | None, frame_count: int) -> list[list[int]]:
-    """[frame, reverse] in the core's processing order: forward to the end (or max_frames, the start frame
-    included), then backward from the start (none from frame 0: transformers' own rule)."""
+    """[frame, reverse] in the core's processing order: the start frame and up to `max_frames` more forward
+    (to the end when None), then backward from the start (none from frame 0: transformers' own rule)."""
     order: list[list[int]] = []
     limit = frame_count if max_frames is None else max_frames
     for reverse in directions:
         if reverse:
-            frames = range(start, max(start - limit, -1), -1) if start > 0 else range(0)
+            frames = range(start, max(start - limit, 0) - 1, -1) if start > 0 else range(0)
         else:
-            frames = range(start, min(start + limit, frame_count))
+            frames = range(start, min(start + limit, frame_count - 1) + 1)
         order += [[frame, int(reverse)] for frame in frames]
     return order
 
@@ -320,8 +320,8 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
                 direction = require_enum("direction", tracker_pb2.PropagationDirection, request.direction)
             except PromptError as error:
                 raise invalid_prompt(error) from error
-            if request.HasField("max_frames") and request.max_frames < 1:
-                raise _invalid("max_frames", f"{request.max_frames}: at least 1 (the start frame)")
+            if request.HasField("max_frames") and request.max_frames < 0:
+                raise _invalid("max_frames", f"{request.max_frames}: 0 or more frames after the start frame")
         timer = StageTimer()
         with self._slots.taken(), self._writing(request, context, timer) as writer:
             open_ = writer.open

@@ -86,7 +86,7 @@ def _fuzz(rng: random.Random, method: str, sessions: list[str], frame_ids: list[
             object_ids=rng.choice([[], [1], [7]]),
         )
         if rng.random() < 0.3:
-            message.max_frames = number(lambda: rng.randint(1, 3))  # type: ignore[assignment]
+            message.max_frames = number(lambda: rng.randint(0, 3))  # type: ignore[assignment]
         if rng.random() < 0.1:
             message.resume_propagation_id = rng.choice(["", "abc", "0" * 16])
     else:

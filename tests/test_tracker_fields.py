@@ -51,3 +51,14 @@ def test_a_state_read_back_from_its_fields_is_the_state_written_and_a_frame_writ
     record = SessionRecord(tracking.state.model_id, *video.SIZE, live=False)
     restored = restore(SessionRecord.from_bytes(record.to_bytes()), video.FRAMES, list(tracking.object_ids), stored)
     assert state_to_bytes(restored) == state_to_bytes(tracking.state)
+
+
+def test_the_service_plans_a_propagation_in_the_cores_own_order() -> None:
+    from decoder_service.tracker import plan
+
+    tracking = session()
+    tracking.add_prompt(2, 1, points=[(20.0, 24.0)])
+    for start, direction, max_frames in [(2, "both", None), (2, "both", 1), (0, "backward", None), (5, "forward", 3)]:
+        directions = {"forward": (False,), "backward": (True,), "both": (False, True)}[direction]
+        frames = [r.frame for r in tracking.propagate(start, direction=direction, max_frames=max_frames)]
+        assert [f for f, _ in plan(start, directions, max_frames, video.FRAMES)] == frames

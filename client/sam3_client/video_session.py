@@ -75,7 +75,7 @@ class VideoSession:
         timeout: float | None = None,
     ) -> Iterator[TrackedFrame]:
         """Tracks the objects frame by frame ("forward", "backward" or "both"), from `start_frame` (default:
-        the first prompted frame), at most `max_frames` per direction (start included). Stop iterating to
+        the first prompted frame) and up to `max_frames` more per direction (None: to the end). Stop iterating to
         stop the work within a frame; a broken stream is resumed on another replica."""
         propagation = Propagation(self._requests.propagate(start_frame, direction, max_frames, object_ids))
         connection = self._client._connection

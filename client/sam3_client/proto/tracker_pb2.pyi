@@ -567,7 +567,8 @@ class PropagateRequest(_message.Message):
     direction: Global___PropagationDirection.ValueType
     """Which way to go (required)."""
     max_frames: _builtins.int
-    """At most this many frames per direction, the start frame included; unset: to the end of the video
+    """At most this many frames per direction after the start frame, which is always answered (0: the start
+    frame alone; as `sam3 track --max-frames` and the core count); unset: to the end of the video
     (required for a forward propagation of a live session, capped at its last frame).
     """
     mask_format: _decoder_pb2.MaskFormat.ValueType
