@@ -280,3 +280,22 @@ def test_two_decoders_serve_one_session_call_by_call_as_one_would(
             channel.close()
     for store in stores:
         store.close_connection()
+
+
+def test_sam3_track_through_the_service_writes_what_it_writes_in_process(fleet, tmp_path, capsys) -> None:
+    import json
+
+    from sam3_cli.main import main
+
+    _, _, target = fleet
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, data in enumerate(video.frames()):
+        (folder / f"{index:03d}.png").write_bytes(data)
+    argv = ["track", str(folder), "--point", "1:0:20,24", "--box", "2:1:30,10,50,30", "--direction", "both"]
+    assert main([*argv, "--json", str(tmp_path / "local.json"), "--model-dir", str(video.VIDEO_MODEL_DIR)]) == 0
+    assert main([*argv, "--json", str(tmp_path / "served.json"), "--server", target]) == 0
+    local, served = (json.loads((tmp_path / name).read_text()) for name in ("local.json", "served.json"))
+    assert len(served["frames"]) == video.FRAMES
+    assert served["frames"] == local["frames"]
+    assert capsys.readouterr().out.count(" pixels, score ") == 4  # each prompt's answer, printed by both runs
