@@ -80,3 +80,51 @@ def test_a_propagation_killed_with_its_replica_finishes_on_another_identically(
     )
     for response, (_, masks) in zip(answers, expected, strict=True):
         np.testing.assert_array_equal(video.masks_of(response.frame)[1], masks[1])
+
+
+def test_the_sdk_resumes_a_propagation_on_the_surviving_replica_by_itself(
+    redis_url: str, session_redis_url: str, redis_namespace: str
+) -> None:
+    """`ipv4:a,b`: the SDK sends the session to its owner; SIGKILL the owner after two frames, and the same
+    `propagate()` iterator goes on, from the other replica, with every remaining frame and the same masks."""
+    from decoder_service.tracking_state import SessionRecord
+    from sam3_client import Client
+    from sam3_client._affinity import rendezvous_order
+    from sam3_serving.store import SessionStore, SessionStoreConfig
+
+    count, prefix = 40, redis_namespace.rstrip(":")
+    flags = (
+        "--redis-url",
+        redis_url,
+        "--session-redis-url",
+        session_redis_url,
+        "--key-prefix",
+        prefix,
+        "--session-lease-seconds",
+        "1",
+    )
+    with running(redis_url, prefix, {ENCODER}, model=video.video_model()) as encoder:
+        channel = grpc.insecure_channel(encoder.target)
+        frame_ids = video.encode_frames(channel, count=count)
+        channel.close()
+    _, expected = video.reference([(0, 1, [(20.0, 24.0)])], {"direction": "forward"}, count=count)
+    store = SessionStore(SessionStoreConfig(session_redis_url, key_prefix=prefix), video.video_model().model_id)
+    with (
+        serve_subprocess(*flags, command="decoder", model_dir=video.VIDEO_MODEL_DIR) as first,
+        serve_subprocess(*flags, command="decoder", model_dir=video.VIDEO_MODEL_DIR) as second,
+    ):
+        processes = {first[1]: first[0], second[1]: second[0]}
+        with Client(f"ipv4:{first[1]},{second[1]}") as sam3, sam3.video_session(frame_ids) as session:
+            session.add_prompt(0, 1, points=[(20.0, 24.0)])
+            frames = session.propagate()
+            received = [next(frames), next(frames)]
+            owner = rendezvous_order(sorted(processes), session.session_id)[0]
+            processes[owner].send_signal(signal.SIGKILL)
+            processes[owner].wait()
+            done = SessionRecord.from_bytes(store.journal(session.session_id).state).propagation
+            assert done is not None and done.done < count, "the kill came after the last frame: nothing to resume"
+            received += list(frames)
+    store.close_connection()
+    assert [f.frame_index for f in received] == [frame for frame, _ in expected]
+    for frame, (_, masks) in zip(received, expected, strict=True):
+        np.testing.assert_array_equal(frame.masks()[1], masks[1])

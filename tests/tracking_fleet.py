@@ -30,14 +30,14 @@ def video_model() -> Sam3Model:
 
 
 @cache
-def frames(size: tuple[int, int] = SIZE) -> tuple[bytes, ...]:
+def frames(size: tuple[int, int] = SIZE, count: int = FRAMES) -> tuple[bytes, ...]:
     """PNG frames of a disc moving right over a gradient: enough texture for the random tracker to see."""
     height, width = size
     scale = height / SIZE[0]
     y, x = np.mgrid[:height, :width] / scale
     out = []
-    for t in range(FRAMES):
-        disc = (x - 14 - 6 * t) ** 2 + (y - 24) ** 2 < 80
+    for t in range(count):
+        disc = (x - 14 - 6 * (t % FRAMES)) ** 2 + (y - 24) ** 2 < 80
         rgb = np.stack([x * 3, y * 4, np.where(disc, 250, 30)], -1).astype(np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(rgb).save(buffer, format="PNG")
@@ -45,19 +45,23 @@ def frames(size: tuple[int, int] = SIZE) -> tuple[bytes, ...]:
     return tuple(out)
 
 
-def encode_frames(channel: grpc.Channel, size: tuple[int, int] = SIZE) -> list[str]:
+def encode_frames(channel: grpc.Channel, size: tuple[int, int] = SIZE, count: int = FRAMES) -> list[str]:
     """The frames' image ids, each encoded and stored by the encoder behind `channel`."""
     encoder = encoder_pb2_grpc.EncoderServiceStub(channel)
-    return [encoder.Encode(encoder_pb2.EncodeRequest(image=data), timeout=60).image_id for data in frames(size)]
+    return [encoder.Encode(encoder_pb2.EncodeRequest(image=d), timeout=60).image_id for d in frames(size, count)]
 
 
 def reference(
-    prompts: Sequence[tuple[int, int, list[tuple[float, float]]]], propagate: dict, size: tuple[int, int] = SIZE
+    prompts: Sequence[tuple[int, int, list[tuple[float, float]]]],
+    propagate: dict,
+    size: tuple[int, int] = SIZE,
+    count: int = FRAMES,
 ) -> tuple[dict[int, np.ndarray], list[tuple[int, dict[int, np.ndarray]]]]:
     """In process: the prompted frames' masks and each propagated frame's masks, by object id."""
     model = video_model()
-    embeddings = [encode(model, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))) for data in frames(size)]
-    session = TrackingSession(VideoGraphs(model.folder), embeddings.__getitem__, video_size=size, num_frames=FRAMES)
+    rgb = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in frames(size, count)]
+    embeddings = [encode(model, frame) for frame in rgb]
+    session = TrackingSession(VideoGraphs(model.folder), embeddings.__getitem__, video_size=size, num_frames=count)
     prompted = {}
     for frame, obj_id, points in prompts:
         result = session.add_prompt(frame, obj_id, points=points)
