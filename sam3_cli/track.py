@@ -248,24 +248,37 @@ def _track(
         num_frames=frames.count,
     )
     try:
-        for prompt in prompts:
-            answer = session.add_prompt(
-                prompt.frame,
-                prompt.obj_id,
-                points=prompt.points,
-                labels=prompt.labels,
-                box=prompt.box,
-                mask=masks.get((prompt.obj_id, prompt.frame)),
-            )
-            area = _add(outputs, answer)[prompt.obj_id]
-            score = next(o.object_score_logit for o in answer.objects if o.obj_id == prompt.obj_id)
-            print(f"{prompt.describe()}: {area} pixels, score {score:.2f}")
-        with _progress(args, frames, prompts) as progress:
-            for result in session.propagate(args.start_frame, direction=args.direction, max_frames=args.max_frames):
-                _add(outputs, result)
-                progress.update(1)
+        _drive(session, _add, args, frames, prompts, masks, outputs)
     except TrackingError as error:
         raise CliError(str(error)) from error
+
+
+def _drive(
+    session: Any,
+    add: Callable[[Any, Any], dict[int, tuple[int, float]]],
+    args: argparse.Namespace,
+    frames: Any,
+    prompts: Sequence[FramePrompt],
+    masks: dict[int, Any],
+    outputs: Any,
+) -> None:
+    """The prompts, each answered and printed, then the propagation, on an in-process TrackingSession or a
+    service's VideoSession (the same verbs); `add` hands an answer to the outputs."""
+    for prompt in prompts:
+        answer = session.add_prompt(
+            prompt.frame,
+            prompt.obj_id,
+            points=prompt.points,
+            labels=prompt.labels,
+            box=prompt.box,
+            mask=masks.get((prompt.obj_id, prompt.frame)),
+        )
+        area, score = add(outputs, answer)[prompt.obj_id]
+        print(f"{prompt.describe()}: {area} pixels, score {score:.2f}")
+    with _progress(args, frames, prompts) as progress:
+        for result in session.propagate(args.start_frame, direction=args.direction, max_frames=args.max_frames):
+            add(outputs, result)
+            progress.update(1)
 
 
 def _progress(args: argparse.Namespace, frames: Any, prompts: Sequence[FramePrompt]) -> Any:
@@ -292,40 +305,25 @@ def _track_on_server(
     with Client(args.server, settings=channel_settings(args)) as client:
         frame_ids = [client.encode(rgb).image_id for _, rgb in frames.read(range(frames.count))]
         with client.video_session(frame_ids) as session:
-            for prompt in prompts:
-                answer = session.add_prompt(
-                    prompt.frame,
-                    prompt.obj_id,
-                    points=prompt.points,
-                    labels=prompt.labels,
-                    box=prompt.box,
-                    mask=masks.get((prompt.obj_id, prompt.frame)),
-                )
-                area = _add_tracked(outputs, answer)[prompt.obj_id]
-                score = next(o.score for o in answer.objects if o.object_id == prompt.obj_id)
-                print(f"{prompt.describe()}: {area} pixels, score {score:.2f}")
-            with _progress(args, frames, prompts) as progress:
-                for tracked in session.propagate(
-                    args.start_frame, direction=args.direction, max_frames=args.max_frames
-                ):
-                    _add_tracked(outputs, tracked)
-                    progress.update(1)
+            _drive(session, _add_tracked, args, frames, prompts, masks, outputs)
 
 
-def _add(outputs: Any, result: Any) -> dict[int, int]:
-    """Hands one frame's answer to the outputs; returns each object's area in pixels."""
+def _add(outputs: Any, result: Any) -> dict[int, tuple[int, float]]:
+    """Hands one frame's answer to the outputs; returns each object's area in pixels and score."""
     objects = result.objects
     masks = [o.mask() for o in objects]
     return _hand(outputs, result.frame, [o.obj_id for o in objects], masks, [o.object_score_logit for o in objects])
 
 
-def _add_tracked(outputs: Any, tracked: Any) -> dict[int, int]:
+def _add_tracked(outputs: Any, tracked: Any) -> dict[int, tuple[int, float]]:
     """`_add` for a service's answer (sam3_client.TrackedFrame)."""
     objects = tracked.objects
     masks = [o.mask.mask for o in objects]
     return _hand(outputs, tracked.frame_index, [o.object_id for o in objects], masks, [o.score for o in objects])
 
 
-def _hand(outputs: Any, frame: int, ids: list[int], masks: list[Any], scores: list[float]) -> dict[int, int]:
+def _hand(
+    outputs: Any, frame: int, ids: list[int], masks: list[Any], scores: list[float]
+) -> dict[int, tuple[int, float]]:
     outputs.add(frame, ids, masks, scores)
-    return {obj_id: int(mask.sum()) for obj_id, mask in zip(ids, masks, strict=True)}
+    return {obj_id: (int(mask.sum()), score) for obj_id, mask, score in zip(ids, masks, scores, strict=True)}

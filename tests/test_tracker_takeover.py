@@ -4,6 +4,7 @@ it from the session store's last committed frame with masks identical to an unin
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 import grpc
 import numpy as np
@@ -18,24 +19,23 @@ PACKED = decoder_pb2.MASK_FORMAT_PACKED_BITS
 CLICK = (20.0 * BIG[0] / video.SIZE[0], 24.0 * BIG[0] / video.SIZE[0])
 
 
+def decoders_over_encoded(
+    redis_url: str, session_redis_url: str, prefix: str, **frames: Any
+) -> tuple[tuple[str, ...], list[str]]:
+    """The flags of decoders sharing both stores (a 1 s session lease), and the frames' ids, encoded."""
+    flags = ("--redis-url", redis_url, "--session-redis-url", session_redis_url, "--key-prefix", prefix)
+    with running(redis_url, prefix, {ENCODER}, model=video.video_model()) as encoder:
+        channel = grpc.insecure_channel(encoder.target)
+        frame_ids = video.encode_frames(channel, **frames)
+        channel.close()
+    return (*flags, "--session-lease-seconds", "1"), frame_ids
+
+
 def test_a_propagation_killed_with_its_replica_finishes_on_another_identically(
     redis_url: str, session_redis_url: str, redis_namespace: str
 ) -> None:
     prefix = redis_namespace.rstrip(":")
-    flags = (
-        "--redis-url",
-        redis_url,
-        "--session-redis-url",
-        session_redis_url,
-        "--key-prefix",
-        prefix,
-        "--session-lease-seconds",
-        "1",
-    )
-    with running(redis_url, prefix, {ENCODER}, model=video.video_model()) as encoder:
-        channel = grpc.insecure_channel(encoder.target)
-        frame_ids = video.encode_frames(channel, BIG)
-        channel.close()
+    flags, frame_ids = decoders_over_encoded(redis_url, session_redis_url, prefix, size=BIG)
     _, expected = video.reference([(0, 1, [CLICK])], {"direction": "forward"}, BIG)
     with (
         serve_subprocess(*flags, command="decoder", model_dir=video.VIDEO_MODEL_DIR) as (first, first_target),
@@ -93,20 +93,7 @@ def test_the_sdk_resumes_a_propagation_on_the_surviving_replica_by_itself(
     from sam3_serving.store import SessionStore, SessionStoreConfig
 
     count, prefix = 40, redis_namespace.rstrip(":")
-    flags = (
-        "--redis-url",
-        redis_url,
-        "--session-redis-url",
-        session_redis_url,
-        "--key-prefix",
-        prefix,
-        "--session-lease-seconds",
-        "1",
-    )
-    with running(redis_url, prefix, {ENCODER}, model=video.video_model()) as encoder:
-        channel = grpc.insecure_channel(encoder.target)
-        frame_ids = video.encode_frames(channel, count=count)
-        channel.close()
+    flags, frame_ids = decoders_over_encoded(redis_url, session_redis_url, prefix, count=count)
     _, expected = video.reference([(0, 1, [(20.0, 24.0)])], {"direction": "forward"}, count=count)
     store = SessionStore(SessionStoreConfig(session_redis_url, key_prefix=prefix), video.video_model().model_id)
     with (
