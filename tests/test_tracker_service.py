@@ -299,3 +299,35 @@ def test_sam3_track_through_the_service_writes_what_it_writes_in_process(fleet, 
     assert len(served["frames"]) == video.FRAMES
     assert served["frames"] == local["frames"]
     assert capsys.readouterr().out.count(" pixels, score ") == 4  # each prompt's answer, printed by both runs
+
+
+def test_a_live_session_tracks_each_appended_frame_as_a_stream_of_unknown_length_does(fleet) -> None:
+    import io
+
+    from PIL import Image
+
+    from sam3_core.predictor import encode
+    from sam3_core.tracking import TrackingSession, VideoGraphs
+
+    tracker, frame_ids, _ = fleet
+    model = video.video_model()
+    embeddings = [encode(model, np.asarray(Image.open(io.BytesIO(d)).convert("RGB"))) for d in video.frames()]
+    core = TrackingSession(VideoGraphs(model.folder), embeddings.__getitem__, video_size=video.SIZE, num_frames=None)
+    core.add_prompt(0, 1, points=CLICK)
+    expected = [next(iter(core.propagate(f, direction="forward", max_frames=0))) for f in range(1, video.FRAMES)]
+    created = tracker.CreateSession(tracker_pb2.CreateSessionRequest(frame_ids=frame_ids[:1], live=True), timeout=30)
+    session_id = created.session.session_id
+    tracker.AddPrompt(prompt(session_id), timeout=30)
+    requests = [
+        tracker_pb2.AppendFramesRequest(session_id=session_id, frame_ids=[frame_id], mask_format=RLE)
+        for frame_id in [*frame_ids[1:3], "0" * 64, *frame_ids[3:]]
+    ]
+    answers = list(tracker.AppendFrames(iter(requests), timeout=60))
+    refused = [a for a in answers if a.HasField("error")]
+    assert [Sam3Error.from_item(a.error).reason for a in refused] == [Reason.EMBEDDING_NOT_FOUND]  # not appended
+    tracked = [a for a in answers if not a.HasField("error")]
+    assert [a.frame.frame_index for a in tracked] == list(range(1, video.FRAMES))
+    for answer, result in zip(tracked, expected, strict=True):
+        np.testing.assert_array_equal(video.masks_of(answer.frame)[1], result.objects[0].mask())
+    described = tracker.DescribeSession(tracker_pb2.DescribeSessionRequest(session_id=session_id), timeout=10)
+    assert described.session.frame_count == video.FRAMES and described.session.live
