@@ -331,3 +331,19 @@ def test_a_live_session_tracks_each_appended_frame_as_a_stream_of_unknown_length
         np.testing.assert_array_equal(video.masks_of(answer.frame)[1], result.objects[0].mask())
     described = tracker.DescribeSession(tracker_pb2.DescribeSessionRequest(session_id=session_id), timeout=10)
     assert described.session.frame_count == video.FRAMES and described.session.live
+
+
+def test_a_propagation_both_ways_reaches_frame_zero_as_the_core_does(fleet) -> None:
+    tracker, frame_ids, _ = fleet
+    _, expected = video.reference([(3, 1, CLICK)], {"start_frame": 3, "direction": "both"})
+    session_id = tracker.CreateSession(
+        tracker_pb2.CreateSessionRequest(frame_ids=frame_ids), timeout=30
+    ).session.session_id
+    tracker.AddPrompt(prompt(session_id, frame=3), timeout=30)
+    request = tracker_pb2.PropagateRequest(
+        session_id=session_id, start_frame=3, direction=tracker_pb2.PROPAGATION_DIRECTION_BOTH, mask_format=RLE
+    )
+    answers = list(tracker.Propagate(request, timeout=60))
+    assert [a.frame.frame_index for a in answers] == [frame for frame, _ in expected] == [3, 4, 5, 3, 2, 1, 0]
+    for answer, (_, masks) in zip(answers, expected, strict=True):
+        np.testing.assert_array_equal(video.masks_of(answer.frame)[1], masks[1])
