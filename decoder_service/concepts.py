@@ -13,13 +13,10 @@ handler thread. The answer is budgeted and assembled in decoder_service.concept_
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 
-import grpc
-
+from decoder_service.busy_slots import BusySlots
 from decoder_service.cache import LocalCache
 from decoder_service.fields import check_image_id, invalid_prompt, polygon_tolerance, require_enum
 from sam3_client.proto import decoder_pb2
@@ -27,7 +24,6 @@ from sam3_core.concept import ConceptModel, Exemplar, TextFeatures, prompt_phras
 from sam3_core.polygons import DEFAULT_TOLERANCE
 from sam3_core.prompts import PromptError, check_box, check_box_inside
 from sam3_serving import metrics
-from sam3_serving.errors import Reason, ServiceError
 from sam3_serving.outcome import Outcome
 from sam3_serving.store import TEXT_FEATURES, StoreUnavailableError, ValueStore
 
@@ -124,27 +120,15 @@ def check_exemplars_inside(plan: ConceptPlan, size: tuple[int, int]) -> None:
         raise invalid_prompt(error) from error
 
 
-class ConceptSlots:
+class ConceptSlots(BusySlots):
     """At most `count` concept decoder runs at once; a caller that finds none free is OVERLOADED at once."""
 
     def __init__(self, count: int) -> None:
-        self.count = count
-        self._slots = threading.BoundedSemaphore(count)
-
-    @contextmanager
-    def taken(self) -> Iterator[None]:
-        if not self._slots.acquire(blocking=False):
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"concept decoder busy: {self.count} concept queries already running (--max-concurrent-concepts); "
-                "retry with backoff or add decoder replicas",
-                Reason.OVERLOADED,
-                limit="max_concurrent_concepts",
-            )
-        try:
-            yield
-        finally:
-            self._slots.release()
+        super().__init__(
+            count,
+            "concept decoder busy: {count} concept queries already running (--max-concurrent-concepts)",
+            "max_concurrent_concepts",
+        )
 
 
 class TextFeatureCache:

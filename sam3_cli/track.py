@@ -24,7 +24,7 @@ DIRECTIONS = ("forward", "backward", "both")
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    from sam3_cli.options import HelpFormatter, add_model_options, whole_number
+    from sam3_cli.options import HelpFormatter, add_connection_options, add_model_options, option, whole_number
     from sam3_cli.track_outputs import OVERLAY_SUFFIXES
     from sam3_cli.track_prompts import add_prompt_arguments
 
@@ -44,7 +44,8 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
         "  sam3 track clip.mp4 --point 1:0:320,240 --box 2:0:400,100,560,300 --json tracks.json --model-dir DIR\n"
         "  sam3 track frames/ --point 1:0:320,240 --bg-point 1:12:330,250 --labels labels/ --overlay seen.mp4\n"
         "  sam3 track clip.mp4 --mask 1:99:car.png --direction backward --labels labels/\n"
-        "  sam3 track clip.mp4 --point 1:40:320,240 --direction both --max-frames 100 --json tracks.json",
+        "  sam3 track clip.mp4 --point 1:40:320,240 --direction both --max-frames 100 --json tracks.json\n"
+        "  sam3 track clip.mp4 --point 1:0:320,240 --json tracks.json --server localhost:50051",
     )
     parser.add_argument(
         "video", type=Path, metavar="VIDEO", help="a video file (MP4, MOV, MKV, WebM, ...) or a folder of frames"
@@ -97,6 +98,15 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
         help="progress bar on stderr (default: when stderr is a terminal)",
     )
     add_model_options(parser)
+    service = parser.add_argument_group("service (instead of this process)")
+    option(
+        service,
+        "--server",
+        metavar="HOST:PORT",
+        help="track through a running service: the frames are encoded there (cached by content) and the session "
+        "lives in its session store (docs/video.md); the same outputs as in process",
+    )
+    add_connection_options(service)
     parser.set_defaults(handler=run)
 
 
@@ -222,8 +232,9 @@ def _track(
     args: argparse.Namespace, frames: Any, prompts: Sequence[FramePrompt], masks: dict[int, Any], outputs: Any
 ) -> None:
     """Prompts, each answered on its frame, then propagation; every finished frame goes to `outputs`."""
-    from tqdm import tqdm
-
+    if args.server:
+        _track_on_server(args, frames, prompts, masks, outputs)
+        return
     from sam3_cli.options import load_model
     from sam3_core.predictor import encode
     from sam3_core.tracking import TrackingError, TrackingSession, VideoGraphs
@@ -237,36 +248,82 @@ def _track(
         num_frames=frames.count,
     )
     try:
-        for prompt in prompts:
-            answer = session.add_prompt(
-                prompt.frame,
-                prompt.obj_id,
-                points=prompt.points,
-                labels=prompt.labels,
-                box=prompt.box,
-                mask=masks.get((prompt.obj_id, prompt.frame)),
-            )
-            area = _add(outputs, answer)[prompt.obj_id]
-            score = next(o.object_score_logit for o in answer.objects if o.obj_id == prompt.obj_id)
-            print(f"{prompt.describe()}: {area} pixels, score {score:.2f}")
-        start = min(p.frame for p in prompts) if args.start_frame is None else args.start_frame
-        progress = tqdm(
-            total=propagation_length(frames.count, start, args.direction, args.max_frames),
-            unit="frame",
-            file=sys.stderr,
-            disable=None if args.progress is None else not args.progress,
-        )
-        with progress:
-            for result in session.propagate(args.start_frame, direction=args.direction, max_frames=args.max_frames):
-                _add(outputs, result)
-                progress.update(1)
+        _drive(session, _add, args, frames, prompts, masks, outputs)
     except TrackingError as error:
         raise CliError(str(error)) from error
 
 
-def _add(outputs: Any, result: Any) -> dict[int, int]:
-    """Hands one frame's answer to the outputs; returns each object's area in pixels."""
+def _drive(
+    session: Any,
+    add: Callable[[Any, Any], dict[int, tuple[int, float]]],
+    args: argparse.Namespace,
+    frames: Any,
+    prompts: Sequence[FramePrompt],
+    masks: dict[int, Any],
+    outputs: Any,
+) -> None:
+    """The prompts, each answered and printed, then the propagation, on an in-process TrackingSession or a
+    service's VideoSession (the same verbs); `add` hands an answer to the outputs."""
+    for prompt in prompts:
+        answer = session.add_prompt(
+            prompt.frame,
+            prompt.obj_id,
+            points=prompt.points,
+            labels=prompt.labels,
+            box=prompt.box,
+            mask=masks.get((prompt.obj_id, prompt.frame)),
+        )
+        area, score = add(outputs, answer)[prompt.obj_id]
+        print(f"{prompt.describe()}: {area} pixels, score {score:.2f}")
+    with _progress(args, frames, prompts) as progress:
+        for result in session.propagate(args.start_frame, direction=args.direction, max_frames=args.max_frames):
+            add(outputs, result)
+            progress.update(1)
+
+
+def _progress(args: argparse.Namespace, frames: Any, prompts: Sequence[FramePrompt]) -> Any:
+    from tqdm import tqdm
+
+    start = min(p.frame for p in prompts) if args.start_frame is None else args.start_frame
+    return tqdm(
+        total=propagation_length(frames.count, start, args.direction, args.max_frames),
+        unit="frame",
+        file=sys.stderr,
+        disable=None if args.progress is None else not args.progress,
+    )
+
+
+def _track_on_server(
+    args: argparse.Namespace, frames: Any, prompts: Sequence[FramePrompt], masks: dict[int, Any], outputs: Any
+) -> None:
+    """The same, through a service: each frame encoded there (a frame already stored costs nothing), one video
+    session over them, closed at the end."""
+    from sam3_cli.options import channel_settings, check_target
+    from sam3_client import Client
+
+    check_target("--server", args.server)
+    with Client(args.server, settings=channel_settings(args)) as client:
+        frame_ids = [client.encode(rgb).image_id for _, rgb in frames.read(range(frames.count))]
+        with client.video_session(frame_ids) as session:
+            _drive(session, _add_tracked, args, frames, prompts, masks, outputs)
+
+
+def _add(outputs: Any, result: Any) -> dict[int, tuple[int, float]]:
+    """Hands one frame's answer to the outputs; returns each object's area in pixels and score."""
     objects = result.objects
     masks = [o.mask() for o in objects]
-    outputs.add(result.frame, [o.obj_id for o in objects], masks, [o.object_score_logit for o in objects])
-    return {o.obj_id: int(mask.sum()) for o, mask in zip(objects, masks, strict=True)}
+    return _hand(outputs, result.frame, [o.obj_id for o in objects], masks, [o.object_score_logit for o in objects])
+
+
+def _add_tracked(outputs: Any, tracked: Any) -> dict[int, tuple[int, float]]:
+    """`_add` for a service's answer (sam3_client.TrackedFrame)."""
+    objects = tracked.objects
+    masks = [o.mask.mask for o in objects]
+    return _hand(outputs, tracked.frame_index, [o.object_id for o in objects], masks, [o.score for o in objects])
+
+
+def _hand(
+    outputs: Any, frame: int, ids: list[int], masks: list[Any], scores: list[float]
+) -> dict[int, tuple[int, float]]:
+    outputs.add(frame, ids, masks, scores)
+    return {obj_id: (int(mask.sum()), score) for obj_id, mask, score in zip(ids, masks, scores, strict=True)}

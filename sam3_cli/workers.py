@@ -179,6 +179,49 @@ def add_worker_options(parser: argparse.ArgumentParser, roles: set[Role], *, emb
             help="how long the store keeps the last low-res logits of each keyed object (ObjectPrompt.object_key), "
             "for mask_input.previous; 324 KiB each",
         )
+        sessions = parser.add_argument_group("video sessions (TrackerService, docs/video.md)")
+        option(
+            sessions,
+            "--session-redis-url",
+            help="the session store: a Redis that never evicts (maxmemory-policy noeviction), not the embedding "
+            "cache's; unset: "
+            + ("an embedded one is started" if embedded_redis else "no video sessions (TRACKING_NOT_SUPPORTED)"),
+        )
+        option(
+            sessions,
+            "--session-ttl-seconds",
+            type=whole_number(1),
+            default=3600,
+            help="a session nobody uses for this long is deleted",
+        )
+        option(
+            sessions,
+            "--session-lease-seconds",
+            type=positive_seconds,
+            default=10.0,
+            help="a session's writer lease, renewed while a call writes it: a dead replica's sessions are taken "
+            "over after this",
+        )
+        option(
+            sessions, "--max-sessions", type=whole_number(1), default=64, help="open sessions per tenant, fleet-wide"
+        )
+        option(sessions, "--max-sessions-per-worker", type=whole_number(1), default=16, help="sessions held in memory")
+        option(sessions, "--max-objects-per-session", type=whole_number(1), default=16, help="objects per session")
+        option(sessions, "--max-frames-per-session", type=whole_number(1), default=20_000, help="frames per session")
+        option(
+            sessions,
+            "--max-prompted-frames",
+            type=whole_number(1),
+            default=16,
+            help="frames one object may be prompted on (each keeps a memory for the session's life)",
+        )
+        option(
+            sessions,
+            "--max-concurrent-tracking",
+            type=whole_number(1),
+            default=2,
+            help="prompts and propagations running at once; more get RESOURCE_EXHAUSTED at once",
+        )
         option(decoder, "--max-concepts", type=whole_number(1), default=8, help="concepts per SegmentConcept request")
         option(
             decoder,
@@ -194,11 +237,11 @@ def run_worker(args: argparse.Namespace, roles: set[Role], *, embedded_redis: bo
     from sam3_core.no_memory import ADDED
     from sam3_serving.logs import configure_logging
     from sam3_serving.redis_server import start_embedded_redis
-    from sam3_serving.store import StoreConfig, ValueStore
+    from sam3_serving.store import SessionStore, SessionStoreConfig, StoreConfig, ValueStore
 
     config = server_config(args)  # settings are checked before minutes of model loading, not after
     configure_logging(args.log_level, json_logs=args.log_format == "json")
-    embedded = None
+    embedded = embedded_sessions = None
     redis_url = args.redis_url
     if not redis_url:
         if not embedded_redis:
@@ -216,7 +259,23 @@ def run_worker(args: argparse.Namespace, roles: set[Role], *, embedded_redis: bo
         )
         model = load_model(args, load_encoder=ENCODER in roles, load_decoder=DECODER in roles)
         store = ValueStore(store_config, model.model_id)
-        worker = start_worker(model, store, roles, config, **role_settings(args, roles))
+        sessions = None
+        session_url = args.session_redis_url if DECODER in roles else None
+        if DECODER in roles and not session_url and embedded_redis:
+            embedded_sessions = start_embedded_redis(policy="noeviction")
+            session_url = embedded_sessions.url
+        if session_url:
+            session_config = from_flags(
+                SessionStoreConfig,
+                url=("--session-redis-url", session_url),
+                key_prefix=("--key-prefix", args.key_prefix),
+                ttl_seconds=("--session-ttl-seconds", args.session_ttl_seconds),
+                lease_ttl_seconds=("--session-lease-seconds", args.session_lease_seconds),
+                max_sessions=("--max-sessions", args.max_sessions),
+            )
+            sessions = SessionStore(session_config, model.model_id)
+            sessions.check_never_evicts()
+        worker = start_worker(model, store, roles, config, sessions=sessions, **role_settings(args, roles))
         worker.install_signal_handlers()
         no_memory = model.no_memory_embedding
         if no_memory.state != ADDED:
@@ -231,8 +290,9 @@ def run_worker(args: argparse.Namespace, roles: set[Role], *, embedded_redis: bo
         )
         worker.wait()
     finally:
-        if embedded is not None:
-            embedded.stop()
+        for server in (embedded, embedded_sessions):
+            if server is not None:
+                server.stop()
     return 0
 
 
@@ -311,17 +371,45 @@ def role_settings(args: argparse.Namespace, roles: set[Role]) -> dict[str, Any]:
             concepts=ConceptLimits(max_concepts=args.max_concepts, max_concurrent=args.max_concurrent_concepts),
             mask_memory_seconds=args.mask_memory_seconds,
         )
+        from decoder_service.tracker import TrackerSettings
+
+        settings["tracker"] = from_flags(
+            TrackerSettings,
+            max_objects_per_session=("--max-objects-per-session", args.max_objects_per_session),
+            max_frames_per_session=("--max-frames-per-session", args.max_frames_per_session),
+            max_prompted_frames=("--max-prompted-frames", args.max_prompted_frames),
+            max_sessions_per_worker=("--max-sessions-per-worker", args.max_sessions_per_worker),
+            max_concurrent_tracking=("--max-concurrent-tracking", args.max_concurrent_tracking),
+            responses=("--max-message-mb", settings["decoder"].responses),
+        )
     return settings
 
 
 def start_worker(
-    model: Any, store: Any, roles: set[Role], config: ServerConfig, *, encoder: Any = None, decoder: Any = None
+    model: Any,
+    store: Any,
+    roles: set[Role],
+    config: ServerConfig,
+    *,
+    encoder: Any = None,
+    decoder: Any = None,
+    tracker: Any = None,
+    sessions: Any = None,
 ) -> Worker:
-    """The servicers of `roles` on one started gRPC server, sharing one loaded model and one store client."""
+    """The servicers of `roles` on one started gRPC server, sharing one loaded model and one store client.
+    A decoder also serves TrackerService: video sessions in `sessions` (a SessionStore; None: refused)."""
     from decoder_service.cache import LocalCache
     from decoder_service.servicer import DecoderServicer, DecoderSettings
+    from decoder_service.tracker import TrackerServicer, TrackerSettings
     from encoder_service.servicer import EncoderServicer, EncoderSettings
-    from sam3_client.proto import decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc
+    from sam3_client.proto import (
+        decoder_pb2,
+        decoder_pb2_grpc,
+        encoder_pb2,
+        encoder_pb2_grpc,
+        tracker_pb2,
+        tracker_pb2_grpc,
+    )
     from sam3_serving.config import Service
     from sam3_serving.server import Worker
 
@@ -344,7 +432,18 @@ def start_worker(
                 lambda server: decoder_pb2_grpc.add_DecoderServiceServicer_to_server(decoder_servicer, server),
             )
         )
-    worker = Worker(config, services, roles=roles, ready=store.check).start()
+        tracker_servicer = TrackerServicer(model, store, sessions, tracker or TrackerSettings())
+        services.append(
+            Service(
+                tracker_pb2.DESCRIPTOR.services_by_name["TrackerService"].full_name,
+                lambda server: tracker_pb2_grpc.add_TrackerServiceServicer_to_server(tracker_servicer, server),
+            )
+        )
+
+    def ready() -> bool:
+        return bool(store.check()) and (sessions is None or bool(sessions.check()))
+
+    worker = Worker(config, services, roles=roles, ready=ready).start()
     if decoder_servicer is not None:
         cache = decoder_servicer.cache
         # Values rewritten by any encoder (Encode force=true, a re-encode after a bad value) leave this

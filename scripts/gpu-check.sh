@@ -7,8 +7,9 @@
 #   scripts/gpu-check.sh --full     # the same, then the bench on the full-size model
 #
 # Steps: a fresh venv (.venv-gpu, or $SAM3_GPU_VENV) with the project and onnxruntime-gpu instead of
-# onnxruntime; check ONNX Runtime sees CUDA; run the parity and I/O-binding tests (sessions pick
-# the CUDA provider by themselves: providers "auto"); run `sam3 bench`; print its table.
+# onnxruntime; check ONNX Runtime sees CUDA; run the parity and I/O-binding tests and the video
+# tracker's (parity with transformers, sessions through the service, takeover), sessions picking the
+# CUDA provider by themselves (providers "auto"); run `sam3 bench`; print its table.
 # Exit codes: 0 all passed, 1 a step failed, 2 no NVIDIA GPU here (nothing was installed).
 set -euo pipefail
 
@@ -51,9 +52,9 @@ print("onnxruntime", ort.__version__, providers)
 assert "CUDAExecutionProvider" in providers, "onnxruntime-gpu installed but CUDAExecutionProvider is missing"
 PY
 
-echo "== parity and I/O binding tests on the GPU"
+echo "== parity and I/O binding tests on the GPU (images, then the video tracker's graphs, in process and served)"
 "$VENV/bin/python" -m pytest -q tests/test_parity.py tests/test_service_parity.py tests/test_io_binding.py \
-  tests/test_predictor.py
+  tests/test_predictor.py tests/test_tracking_parity.py tests/test_tracker_service.py tests/test_tracker_takeover.py
 
 echo "== bench"
 if [ "$FULL" = 1 ]; then

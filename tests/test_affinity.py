@@ -12,7 +12,7 @@ import grpc
 
 from sam3_cli.workers import DECODER, ENCODER
 from sam3_client import ChannelSettings, Client
-from sam3_client._affinity import IMAGE_ID_HEADER, AffinityPool, rendezvous_order, resolve
+from sam3_client._affinity import IMAGE_ID_HEADER, SESSION_ID_HEADER, AffinityPool, rendezvous_order, resolve
 from sam3_client.proto import decoder_pb2, decoder_pb2_grpc
 from service_stack import running
 from test_service_behaviour import new_image
@@ -50,11 +50,15 @@ def test_pool_re_resolves_and_skips_a_failed_replica_for_a_while() -> None:
         clock=lambda: now[0],
     )
     image = next(i for i in ids(100) if rendezvous_order(ADDRESSES, i)[0] == ADDRESSES[2])
-    assert [a for a, _ in pool.candidates(image)] == rendezvous_order(ADDRESSES, image)
+    assert [a for a, _ in pool.candidates(image, decoder_pb2_grpc.DecoderServiceStub)] == rendezvous_order(
+        ADDRESSES, image
+    )
     pool.failed(ADDRESSES[2])
-    assert next(a for a, _ in pool.candidates(image)) != ADDRESSES[2]
+    assert next(a for a, _ in pool.candidates(image, decoder_pb2_grpc.DecoderServiceStub)) != ADDRESSES[2]
     now[0] = 6.0
-    assert next(a for a, _ in pool.candidates(image)) == ADDRESSES[2]  # back after down_seconds
+    assert (
+        next(a for a, _ in pool.candidates(image, decoder_pb2_grpc.DecoderServiceStub)) == ADDRESSES[2]
+    )  # back after down_seconds
     now[0] = 31.0
     assert pool.addresses == ADDRESSES[:2]  # re-resolved: the third replica left DNS
     pool.close()
@@ -166,4 +170,6 @@ def test_the_compose_gateway_hashes_decoder_calls_on_the_header_the_sdk_sends() 
     assert clusters["decoder"]["lb_policy"] in ("RING_HASH", "MAGLEV")
     routes = config["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
     (decoder_route,) = [r for r in routes["virtual_hosts"][0]["routes"] if r["route"]["cluster"] == "decoder"]
-    assert decoder_route["route"]["hash_policy"] == [{"header": {"header_name": IMAGE_ID_HEADER}}]
+    # an image's id, and a video session's id for TrackerService calls (a request carries one of the two)
+    hashed = [policy["header"]["header_name"] for policy in decoder_route["route"]["hash_policy"]]
+    assert hashed == [IMAGE_ID_HEADER, SESSION_ID_HEADER]

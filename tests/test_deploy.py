@@ -849,6 +849,11 @@ def test_compose_has_redis_encoder_and_a_scalable_decoder() -> None:
         stop = float(str(service["stop_grace_period"]).removesuffix("s"))
         assert stop > grace + worker_final_grace(), f"{name}: stop_grace_period must exceed SAM3_GRACE_SECONDS"
 
+    sessions = services["sessions"]  # video sessions: their own Redis, which never evicts
+    assert compose_command(sessions)[compose_command(sessions).index("--maxmemory-policy") + 1] == "noeviction"
+    assert urlsplit_host(compose_env(services["decoder"])["SAM3_SESSION_REDIS_URL"]) == "sessions"
+    assert services["decoder"]["depends_on"]["sessions"]["condition"] == "service_healthy"
+
     models = services["models"]
     argv = compose_command(models)
     assert argv[:2] == ["models", "pull"]

@@ -27,12 +27,15 @@ from sam3_client._results import (
     SegmentResult,
 )
 from sam3_client._rpcs import Deadlines
+from sam3_client._tracking import SessionInfo, TrackedFrame, TrackedObject
 from sam3_client.async_client import AsyncClient
 from sam3_client.client import Client
 from sam3_client.errors import Reason, Sam3Error
+from sam3_client.video_session import AsyncVideoSession, VideoSession
 
 __all__ = [
     "AsyncClient",
+    "AsyncVideoSession",
     "ChannelSettings",
     "Client",
     "ConceptAnswer",
@@ -50,4 +53,8 @@ __all__ = [
     "Sam3Error",
     "SegmentOptions",
     "SegmentResult",
+    "SessionInfo",
+    "TrackedFrame",
+    "TrackedObject",
+    "VideoSession",
 ]

@@ -15,6 +15,8 @@ blocking getaddrinfo, also under asyncio: sub-millisecond against a cluster's DN
 
 Routed calls also carry the id in the `sam3-image-id` header, so an L7 proxy in front of the
 decoders can hash on it instead (Envoy RING_HASH/MAGLEV, Istio consistentHash: docs/deploy.md).
+A video session's calls are routed the same way by its session id (`sam3-session-id`): the replica
+that served its last call still holds it in memory, and any other one can take it over.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from sam3_client.proto import decoder_pb2_grpc
-
-__all__ = ["IMAGE_ID_HEADER", "AffinityPool", "rendezvous_order"]
+__all__ = ["IMAGE_ID_HEADER", "SESSION_ID_HEADER", "AffinityPool", "rendezvous_order"]
 
 IMAGE_ID_HEADER = "sam3-image-id"
+SESSION_ID_HEADER = "sam3-session-id"
+HEADERS = {"image_id": IMAGE_ID_HEADER, "session_id": SESSION_ID_HEADER}  # by the request field routing a call
 Resolver = Callable[[str, int], list[str]]
+T = TypeVar("T")
 
 
 def rendezvous_order(addresses: Sequence[str], image_id: str) -> list[str]:
@@ -64,7 +67,7 @@ def _parse(target: str) -> tuple[str, int] | list[str] | None:
 
 
 class AffinityPool:
-    """One decoder channel per address of a multi-address target; `candidates(image_id)` in hash order."""
+    """One decoder channel per address of a multi-address target; `candidates(key, stub)` in hash order."""
 
     @classmethod
     def for_target(cls, module: Any, target: str, settings: Any, **options: Any) -> AffinityPool | None:
@@ -99,7 +102,6 @@ class AffinityPool:
         self._clock = clock
         self._lock = threading.Lock()
         self._channels: dict[str, Any] = {}
-        self._stubs: dict[str, decoder_pb2_grpc.DecoderServiceStub] = {}
         self._down_until: dict[str, float] = {}
         self._resolved_at = -float("inf")
 
@@ -107,7 +109,7 @@ class AffinityPool:
     def addresses(self) -> list[str]:
         with self._lock:
             self._refresh()
-            return sorted(self._stubs)
+            return sorted(self._channels)
 
     def _refresh(self) -> None:
         """Caller holds the lock. Re-resolve when due; open channels for new addresses, close gone ones."""
@@ -124,25 +126,24 @@ class AffinityPool:
             except OSError:
                 return  # DNS hiccup: keep the addresses we have (none yet: calls use the fallback channel)
         for gone in set(self._channels) - set(current):
-            self._stubs.pop(gone)
             self._channels.pop(gone).close()
         for address in current:
             if address not in self._channels:
                 self._channels[address] = self._open(address)
-                self._stubs[address] = decoder_pb2_grpc.DecoderServiceStub(self._channels[address])
 
     def _open(self, address: str) -> Any:
         from sam3_client._channel import open_channel  # _channel builds the pool: import at use
 
         return open_channel(self._module, address, self._settings)
 
-    def candidates(self, image_id: str) -> list[tuple[str, decoder_pb2_grpc.DecoderServiceStub]]:
-        """(address, stub) to try for this image: its owner first, skipping addresses recently down."""
+    def candidates(self, key: str, stub: Callable[[Any], T]) -> list[tuple[str, T]]:
+        """(address, `stub` on its channel) to try for this image or session: its owner first, skipping
+        addresses recently down."""
         with self._lock:
             self._refresh()
             now = self._clock()
-            order = rendezvous_order(list(self._stubs), image_id)
-            return [(a, self._stubs[a]) for a in order if self._down_until.get(a, 0.0) <= now]
+            order = rendezvous_order(list(self._channels), key)
+            return [(a, stub(self._channels[a])) for a in order if self._down_until.get(a, 0.0) <= now]
 
     def failed(self, address: str) -> None:
         """A call to `address` failed with UNAVAILABLE: route its images to their next address for a while."""
@@ -154,5 +155,4 @@ class AffinityPool:
         with self._lock:
             closing = [channel.close() for channel in self._channels.values()]
             self._channels.clear()
-            self._stubs.clear()
         return closing

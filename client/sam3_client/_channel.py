@@ -4,9 +4,9 @@ Retries are gRPC's own (service config): only UNAVAILABLE is retried, with expon
 because every other code means the same request would fail again, except RESOURCE_EXHAUSTED /
 OVERLOADED ("busy now"), which the clients retry themselves within the deadline (_busy).
 `dns:///host:port` targets with several addresses are balanced per call with round_robin (gRPC
-balances connections, not calls), except the calls about one image (the `routed` rows of the rpc
-table, `_rpcs.Rpc`), which go to the replica that owns it by consistent hashing (`_affinity`,
-`ChannelSettings.affinity`) so that replica's cache keeps hitting.
+balances connections, not calls), except the calls about one image or one video session (the rows of
+the rpc table with a `route`, `_rpcs.Rpc`), which go to the replica that owns it by consistent hashing
+(`_affinity`, `ChannelSettings.affinity`) so that replica's cache keeps hitting.
 
 Worker restarts: while nothing listens, a call fails at once with UNAVAILABLE and is retried: 5
 attempts, the pauses between them 0.2, 0.4, 0.8 and 1.6 s each randomised by +-20 % (gRPC core's
@@ -28,10 +28,10 @@ from typing import Any
 
 import grpc
 
-from sam3_client._affinity import IMAGE_ID_HEADER, AffinityPool
-from sam3_client._rpcs import DECODER, ENCODER, SERVICES, Call, Deadlines, Kind, Rpc
+from sam3_client._affinity import HEADERS, AffinityPool
+from sam3_client._rpcs import DECODER, ENCODER, SERVICES, TRACKER, Call, Deadlines, Kind, Rpc
 from sam3_client.errors import Reason, Sam3Error
-from sam3_client.proto import decoder_pb2_grpc, encoder_pb2_grpc
+from sam3_client.proto import decoder_pb2_grpc, encoder_pb2_grpc, tracker_pb2_grpc
 from sam3_client.targets import check_target
 
 
@@ -172,10 +172,11 @@ class Connection:
         self.channels: list[Any] = (
             [decoder_channel] if encoder_channel is decoder_channel else [decoder_channel, encoder_channel]
         )
-        self.targets = {ENCODER: encoder_target, DECODER: decoder_target}
+        self.targets = {ENCODER: encoder_target, DECODER: decoder_target, TRACKER: decoder_target}
         self.stubs: dict[str, Any] = {
             ENCODER: encoder_pb2_grpc.EncoderServiceStub(encoder_channel),
             DECODER: decoder_pb2_grpc.DecoderServiceStub(decoder_channel),
+            TRACKER: tracker_pb2_grpc.TrackerServiceStub(decoder_channel),
         }
         self._metadata = self.settings.metadata()
         self._aio = module is not grpc
@@ -196,11 +197,12 @@ class Connection:
         awaitable of it (grpc.aio), failing with a Sam3Error that names the address that failed; calls
         about one image go to its replica first (see `affinity`). Streams: the response iterator, to read
         inside `stream_errors(responses, connection.targets[rpc.service])`."""
-        image_id = call.request.image_id if call.rpc.routed else ""
-        metadata = (*self._metadata, (IMAGE_ID_HEADER, image_id)) if image_id else self._metadata
+        key = getattr(call.request, call.rpc.route) if call.rpc.route else ""
+        metadata = (*self._metadata, (HEADERS[call.rpc.route], key)) if key else self._metadata
+        stub_class = type(self.stubs[call.rpc.service])
         attempts = [
             (address, partial(getattr(stub, call.rpc.method), call.request, timeout=call.timeout, metadata=metadata))
-            for address, stub in (self.affinity.candidates(image_id) if self.affinity and image_id else [])
+            for address, stub in (self.affinity.candidates(key, stub_class) if self.affinity and key else [])
         ]
         # Last, or only: the target given for the rpc's service, with gRPC's own balancing and retries.
         fallback = partial(
@@ -211,9 +213,19 @@ class Connection:
             wait_for_ready=self.settings.wait_for_ready,
         )
         attempts.append((self.targets[call.rpc.service], fallback))
+        if call.rpc.kind is Kind.SERVER_STREAM:  # on the session's replica (`stream_broke` moves it on)
+            return attempts[0][1]()
         if call.rpc.kind is Kind.STREAM:
             return fallback()
         return self._first_answer_async(attempts) if self._aio else self._first_answer(attempts)
+
+    def stream_broke(self, call: Call, failure: Sam3Error) -> None:
+        """`call`'s server stream broke with `failure`: when its replica went away, the calls routed to it go
+        to their next address for a while (where the caller resumes it)."""
+        key = getattr(call.request, call.rpc.route) if call.rpc.route else ""
+        owners = self.affinity.candidates(key, lambda channel: channel) if self.affinity and key else []
+        if owners:
+            self._another_may_answer(owners[0][0], failure)
 
     def _first_answer(self, attempts: Sequence[tuple[str, Callable[[], Any]]]) -> Any:
         for index, (address, attempt) in enumerate(attempts):

@@ -158,7 +158,7 @@ def concept_request(
     return request
 
 
-def _mask(m: decoder_pb2.Mask) -> Mask:
+def mask_of(m: decoder_pb2.Mask) -> Mask:
     return Mask(m.index, m.iou_score, (m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height), m.area, m)
 
 
@@ -168,7 +168,7 @@ def concept_result(response: decoder_pb2.SegmentConceptResponse, encoded: Encode
             concept.text or None,
             concept.presence,
             [
-                Instance(i.score, (i.box.x1, i.box.y1, i.box.x2, i.box.y2), i.mask.area, _mask(i.mask))
+                Instance(i.score, (i.box.x1, i.box.y1, i.box.x2, i.box.y2), i.mask.area, mask_of(i.mask))
                 for i in concept.instances
             ],
             concept.label_png,
@@ -193,7 +193,7 @@ def _object_result(
     if obj.HasField("low_res_logits"):
         shape = (obj.low_res_logits.count, obj.low_res_logits.height, obj.low_res_logits.width)
         logits = np.frombuffer(obj.low_res_logits.data, "<f4").reshape(shape)
-    masks = [_mask(m) for m in obj.masks]
+    masks = [mask_of(m) for m in obj.masks]
     return ObjectResult(
         masks,
         list(obj.iou_scores),

@@ -24,6 +24,8 @@ from sam3_client._prompts import (
 from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, ObjectResult, SegmentResult
 from sam3_client._rpcs import Call
 from sam3_client._steps import Feed, Flow, Steps, stream_errors
+from sam3_client._tracking import create_session, one_rpc, session_info
+from sam3_client.video_session import AsyncVideoSession
 
 T = TypeVar("T")
 
@@ -145,6 +147,14 @@ class AsyncClient(ClientBase):
         feed = Feed()
         async for result in self._stream(session.call(feed.wrap_async(messages())), feed, session.result):
             yield result
+
+    async def video_session(
+        self, frame_ids: Sequence[str], *, width: int = 0, height: int = 0, timeout: float | None = None
+    ) -> AsyncVideoSession:
+        """A new video session over frames already encoded (their image ids, in video order; see
+        `video_session.AsyncVideoSession`). `info.missing_frames` lists the frames not encoded yet."""
+        response = await self._run(one_rpc(create_session(frame_ids, width, height, self.deadlines, timeout)))
+        return AsyncVideoSession(self, session_info(response.session, response.missing_frames))
 
     async def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """What the decoder serves (see `Client.model_info`)."""

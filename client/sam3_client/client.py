@@ -24,6 +24,8 @@ from sam3_client._prompts import (
 from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, ObjectResult, SegmentResult
 from sam3_client._rpcs import Call
 from sam3_client._steps import Feed, Flow, Steps, stream_errors
+from sam3_client._tracking import create_session, one_rpc, session_info
+from sam3_client.video_session import VideoSession
 
 T = TypeVar("T")
 
@@ -173,6 +175,14 @@ class Client(ClientBase):
         feed = Feed()
         messages = feed.wrap(self._run(session.request_flow(item)) for item in requests)
         yield from self._stream(session.call(messages), feed, session.result)
+
+    def video_session(
+        self, frame_ids: Sequence[str], *, width: int = 0, height: int = 0, timeout: float | None = None
+    ) -> VideoSession:
+        """A new video session over frames already encoded (their image ids, in video order; see
+        `video_session.VideoSession`). `info.missing_frames` lists the frames not encoded yet."""
+        response = self._run(one_rpc(create_session(frame_ids, width, height, self.deadlines, timeout)))
+        return VideoSession(self, session_info(response.session, response.missing_frames))
 
     def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """What the decoder serves (model_id, mask size, embedding shapes, server version)."""

@@ -289,14 +289,14 @@ class SessionStore(TenantScoped):
         try:
             fields, length = self._pipeline("read a session", lambda pipe: (pipe.hgetall(journal), pipe.strlen(frames)))
         except _WrongType as error:
-            raise self._corrupt(session_id, error) from error
+            raise self.corrupt(session_id, error) from error
         if not fields:
             raise session_not_found(session_id)
         try:
             objects = tuple(int(o) for o in fields[b"objects"].decode().split(",") if o)
             return Journal(int(fields[b"revision"]), objects, fields[b"state"], length // _ID_BYTES)
         except (KeyError, ValueError) as error:
-            raise self._corrupt(session_id, error) from error
+            raise self.corrupt(session_id, error) from error
 
     def frame_ids(self, session_id: str, start: int = 0, stop: int | None = None) -> list[str]:
         """The ids of frames start..stop-1 (to the last frame when stop is None)."""
@@ -314,7 +314,7 @@ class SessionStore(TenantScoped):
         try:
             replies = self._pipeline("read a session's memory", lambda pipe: [pipe.hgetall(key) for key in keys])
         except _WrongType as error:
-            raise self._corrupt(session_id, error) from error
+            raise self.corrupt(session_id, error) from error
         return {o: {k.decode(): v for k, v in reply.items()} for o, reply in zip(ids, replies, strict=True)}
 
     def results(self, session_id: str, wanted: Mapping[int, Sequence[str]]) -> dict[int, list[bytes | None]]:
@@ -328,7 +328,7 @@ class SessionStore(TenantScoped):
         try:
             replies = self._pipeline("read a session's results", read)
         except _WrongType as error:
-            raise self._corrupt(session_id, error) from error
+            raise self.corrupt(session_id, error) from error
         return dict(zip(ids, replies, strict=True))
 
     def lease(
@@ -435,7 +435,7 @@ class SessionStore(TenantScoped):
     def _forget(self, session_id: str) -> None:
         self._run("uncount a session", self.connection.client.zrem, self.keys.sessions, session_id)
 
-    def _corrupt(self, session_id: str, why: BaseException) -> ServiceError:
+    def corrupt(self, session_id: str, why: BaseException) -> ServiceError:
         """A session whose keys are not what we write: deleted, and answered as not found (it cannot be used)."""
         log.warning(
             "deleting video session %s: its stored state is unreadable: %s",

@@ -516,21 +516,16 @@ class TrackedObject(_message.Message):
     MASK_FIELD_NUMBER: _builtins.int
     PRESENCE_FIELD_NUMBER: _builtins.int
     OBJECT_SCORE_LOGIT_FIELD_NUMBER: _builtins.int
-    EXACT_FIELD_NUMBER: _builtins.int
     object_id: _builtins.int
     """The caller's id for the object."""
     presence: _builtins.float
     """Probability that the object is visible on this frame: sigmoid(object_score_logit)."""
     object_score_logit: _builtins.float
     """The model's raw object score (> 0: visible)."""
-    exact: _builtins.bool
-    """False when the step read less memory than SAM3's reference implementation would have (the
-    session's bounded memory had let a frame go): docs/video.md.
-    """
     @_builtins.property
     def mask(self) -> _decoder_pb2.Mask:
-        """The mask at the frame's size (`index` 0; `iou_score` the model's estimate of its IoU). Empty when
-        the model judges the object absent from the frame.
+        """The mask at the frame's size (`index` 0; `iou_score` 0: the tracker's answer for an object is one
+        mask, `presence` says how sure it is). Empty when the model judges the object absent from the frame.
         """
 
     def __init__(
@@ -540,11 +535,10 @@ class TrackedObject(_message.Message):
         mask: _decoder_pb2.Mask | None = ...,
         presence: _builtins.float = ...,
         object_score_logit: _builtins.float = ...,
-        exact: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["mask", b"mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exact", b"exact", "mask", b"mask", "object_id", b"object_id", "object_score_logit", b"object_score_logit", "presence", b"presence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mask", b"mask", "object_id", b"object_id", "object_score_logit", b"object_score_logit", "presence", b"presence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -573,7 +567,8 @@ class PropagateRequest(_message.Message):
     direction: Global___PropagationDirection.ValueType
     """Which way to go (required)."""
     max_frames: _builtins.int
-    """At most this many frames per direction, the start frame included; unset: to the end of the video
+    """At most this many frames per direction after the start frame, which is always answered (0: the start
+    frame alone; as `sam3 track --max-frames` and the core count); unset: to the end of the video
     (required for a forward propagation of a live session, capped at its last frame).
     """
     mask_format: _decoder_pb2.MaskFormat.ValueType

@@ -1,0 +1,196 @@
+"""A video session on the fleet: prompt objects on frames, track them through the video (docs/video.md).
+
+>>> frame_ids = [r.image_id for r in sam3.encode_many(frames)]      # a frame is an image, encoded once
+>>> with sam3.video_session(frame_ids) as video:
+...     first = video.add_prompt(0, object_id=1, points=[[320, 240]])
+...     for frame in video.propagate():                              # one TrackedFrame a frame, as committed
+...         save(frame.frame_index, frame.masks()[1])
+
+The session lives in the fleet's session store: its calls go to the replica that holds it (routed by session
+id), a propagation whose replica dies is resumed on another with the frames it missed, and closing the
+session (leaving the `with` block) deletes it. `AsyncVideoSession` is the same for `AsyncClient`, awaited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sam3_client._rpcs import Rpc
+from sam3_client._steps import stream_errors
+from sam3_client._tracking import (
+    Propagation,
+    SessionInfo,
+    TrackedFrame,
+    VideoRequests,
+    one_rpc,
+    session_info,
+    tracked_frame,
+)
+from sam3_client.errors import Sam3Error
+
+if TYPE_CHECKING:
+    from sam3_client.async_client import AsyncClient
+    from sam3_client.client import Client
+
+__all__ = ["AsyncVideoSession", "VideoSession"]
+
+
+class VideoSession:
+    """One video session of a `Client` (`Client.video_session`); a context manager that closes it."""
+
+    def __init__(self, client: Client, info: SessionInfo) -> None:
+        self._client = client
+        self.info = info
+        self.session_id = info.session_id
+        self._requests = VideoRequests(info.session_id, client.deadlines)
+
+    def add_prompt(
+        self,
+        frame: int,
+        object_id: int,
+        *,
+        points: Sequence[Sequence[float]] = (),
+        labels: Sequence[int] | None = None,
+        box: Sequence[float] | None = None,
+        mask: np.ndarray | None = None,
+        timeout: float | None = None,
+    ) -> TrackedFrame:
+        """Sets `object_id`'s prompt on `frame` (every click so far, a box, or a mask at the frame's size:
+        it replaces the object's earlier prompt there); the frame's masks for every object."""
+        request = self._requests.add_prompt(frame, object_id, points, labels, box, mask)
+        response = self._client._run(one_rpc(self._requests.call(Rpc.ADD_PROMPT, request, timeout)))
+        return tracked_frame(response.frame)
+
+    def propagate(
+        self,
+        start_frame: int | None = None,
+        *,
+        direction: str = "forward",
+        max_frames: int | None = None,
+        object_ids: Sequence[int] = (),
+        timeout: float | None = None,
+    ) -> Iterator[TrackedFrame]:
+        """Tracks the objects frame by frame ("forward", "backward" or "both"), from `start_frame` (default:
+        the first prompted frame) and up to `max_frames` more per direction (None: to the end). Stop iterating to
+        stop the work within a frame; a broken stream is resumed on another replica."""
+        propagation = Propagation(self._requests.propagate(start_frame, direction, max_frames, object_ids))
+        connection = self._client._connection
+        while True:
+            call = self._requests.call(Rpc.PROPAGATE, propagation.request(), timeout)
+            responses = connection.invoke(call)
+            try:
+                with stream_errors(responses, connection.targets[call.rpc.service]):
+                    for response in responses:
+                        yield propagation.answer(response)
+                return
+            except Sam3Error as error:
+                if not propagation.resume_after(error):
+                    raise
+                connection.stream_broke(call, error)
+
+    def remove_object(self, object_id: int, *, timeout: float | None = None) -> SessionInfo:
+        request = self._requests.remove_object(object_id)
+        response = self._client._run(one_rpc(self._requests.call(Rpc.REMOVE_OBJECT, request, timeout)))
+        return session_info(response.session)
+
+    def clear_prompts(self, frame: int, object_id: int | None = None, *, timeout: float | None = None) -> SessionInfo:
+        """Removes the prompts on `frame` (of one object, or all); an object left without prompts is removed."""
+        request = self._requests.clear_prompts(frame, object_id)
+        response = self._client._run(one_rpc(self._requests.call(Rpc.CLEAR_PROMPTS, request, timeout)))
+        return session_info(response.session)
+
+    def describe(self, *, timeout: float | None = None) -> SessionInfo:
+        call = self._requests.call(Rpc.DESCRIBE_SESSION, self._requests.describe(), timeout)
+        return session_info(self._client._run(one_rpc(call)).session)
+
+    def close(self, *, timeout: float | None = None) -> None:
+        """Deletes the session and everything stored for it."""
+        self._client._run(one_rpc(self._requests.call(Rpc.CLOSE_SESSION, self._requests.close(), timeout)))
+
+    def __enter__(self) -> VideoSession:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncVideoSession:
+    """`VideoSession` for `AsyncClient`: the same methods, awaited (`propagate` is an async iterator)."""
+
+    def __init__(self, client: AsyncClient, info: SessionInfo) -> None:
+        self._client = client
+        self.info = info
+        self.session_id = info.session_id
+        self._requests = VideoRequests(info.session_id, client.deadlines)
+
+    async def add_prompt(
+        self,
+        frame: int,
+        object_id: int,
+        *,
+        points: Sequence[Sequence[float]] = (),
+        labels: Sequence[int] | None = None,
+        box: Sequence[float] | None = None,
+        mask: np.ndarray | None = None,
+        timeout: float | None = None,
+    ) -> TrackedFrame:
+        request = self._requests.add_prompt(frame, object_id, points, labels, box, mask)
+        response = await self._client._run(one_rpc(self._requests.call(Rpc.ADD_PROMPT, request, timeout)))
+        return tracked_frame(response.frame)
+
+    async def propagate(
+        self,
+        start_frame: int | None = None,
+        *,
+        direction: str = "forward",
+        max_frames: int | None = None,
+        object_ids: Sequence[int] = (),
+        timeout: float | None = None,
+    ) -> AsyncIterator[TrackedFrame]:
+        propagation = Propagation(self._requests.propagate(start_frame, direction, max_frames, object_ids))
+        connection = self._client._connection
+        while True:
+            call = self._requests.call(Rpc.PROPAGATE, propagation.request(), timeout)
+            responses: Any = connection.invoke(call)
+            try:
+                with stream_errors(responses, connection.targets[call.rpc.service]):
+                    async for response in responses:
+                        yield propagation.answer(response)
+                return
+            except Sam3Error as error:
+                if not propagation.resume_after(error):
+                    raise
+                connection.stream_broke(call, error)
+
+    async def remove_object(self, object_id: int, *, timeout: float | None = None) -> SessionInfo:
+        request = self._requests.remove_object(object_id)
+        response = await self._client._run(one_rpc(self._requests.call(Rpc.REMOVE_OBJECT, request, timeout)))
+        return session_info(response.session)
+
+    async def clear_prompts(
+        self, frame: int, object_id: int | None = None, *, timeout: float | None = None
+    ) -> SessionInfo:
+        request = self._requests.clear_prompts(frame, object_id)
+        response = await self._client._run(one_rpc(self._requests.call(Rpc.CLEAR_PROMPTS, request, timeout)))
+        return session_info(response.session)
+
+    async def describe(self, *, timeout: float | None = None) -> SessionInfo:
+        call = self._requests.call(Rpc.DESCRIBE_SESSION, self._requests.describe(), timeout)
+        return session_info((await self._client._run(one_rpc(call))).session)
+
+    async def close(self, *, timeout: float | None = None) -> None:
+        await self._client._run(one_rpc(self._requests.call(Rpc.CLOSE_SESSION, self._requests.close(), timeout)))
+
+    async def __aenter__(self) -> AsyncVideoSession:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
