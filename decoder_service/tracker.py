@@ -9,7 +9,6 @@ at most --max-concurrent-tracking at once, a caller finding none free is OVERLOA
 
 from __future__ import annotations
 
-import itertools
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -333,19 +332,16 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
                 propagation = self._planned(request, open_, direction)
                 writer.commit()  # the plan first: another replica can resume it from its first frame on
             while propagation.done < len(propagation.order) and context.is_active():
-                results = self._track(writer, propagation)  # the rest of this direction, one frame a step
-                for frame, _ in self._rest_of_run(propagation):
-                    if not context.is_active():
-                        return
-                    with timer.stage("track"):
-                        result = self._next(results, propagation)
-                    metrics.MODEL_RUNS.labels(WORKER).inc()
-                    propagation.done += 1
-                    (objects,) = writer.commit([result])
-                    answer = self._frame(open_, frame, objects, fmt, timer)
-                    yield self._propagated(answer, propagation, request)
-                    timer = StageTimer()
-                    open_.timer = timer
+                frame, reverse = propagation.order[propagation.done]
+                with timer.stage("track"):
+                    result = self._track(writer, propagation, frame, bool(reverse))
+                metrics.MODEL_RUNS.labels(WORKER).inc()
+                propagation.done += 1
+                (objects,) = writer.commit([result])
+                answer = self._frame(open_, frame, objects, fmt, timer)
+                yield self._propagated(answer, propagation, request)
+                timer = StageTimer()
+                open_.timer = timer
 
     def _planned(self, request: tracker_pb2.PropagateRequest, open_: Open, direction: int) -> Propagation:
         objects = open_.session.state.objects
@@ -401,38 +397,11 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
             )
 
     @staticmethod
-    def _rest_of_run(propagation: Propagation) -> list[list[int]]:
-        """The plan's frames from the next one to the end of its direction."""
-        rest = propagation.order[propagation.done :]
-        reverse = rest[0][1]
-        return list(itertools.takewhile(lambda step: step[1] == reverse, rest))
-
-    def _track(self, writer: Writer, propagation: Propagation) -> Iterator[FrameResult]:
-        """The core's own propagation over the rest of the current direction (lazy: a frame a step)."""
-        run = self._rest_of_run(propagation)
-        start, reverse = run[0]
+    def _track(writer: Writer, propagation: Propagation, frame: int, reverse: bool) -> FrameResult:
+        """The plan's next frame, as the core's propagation runs it (a backward pass resumed at frame 0 too,
+        where the core's `propagate` would start none)."""
         try:
-            return iter(
-                writer.session.propagate(
-                    start,
-                    direction="backward" if reverse else "forward",
-                    max_frames=len(run) - 1,
-                    obj_ids=propagation.object_ids,
-                )
-            )
-        except TrackingError as error:
-            raise _tracking_error(error) from error
-
-    @staticmethod
-    def _next(results: Iterator[FrameResult], propagation: Propagation) -> FrameResult:
-        try:
-            return next(results)
-        except StopIteration:  # a backward pass resumed exactly at frame 0: the core starts none there
-            raise _invalid(
-                "resume_propagation_id",
-                f"propagation {propagation.propagation_id} cannot go on backward from frame 0: start a new "
-                "propagation (backward from frame 1)",
-            ) from None
+            return writer.session.track(frame, reverse=reverse, obj_ids=propagation.object_ids)
         except TrackingError as error:
             raise _tracking_error(error) from error
 

@@ -35,7 +35,9 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
         f"{DEFAULT_REPO} publishes (clicks and boxes). `sam3 models export` adds the split click decoder "
         "(mask_decoder_*.onnx) and, unless --tracker-only, what concept prompts need: text_encoder.onnx, "
         "exemplar_encoder.onnx, concept_decoder.onnx, tokenizer.json and an encoder that also emits the "
-        "detector's features. `sam3 models list` says which folders serve concepts. Every command that loads "
+        "detector's features; and what video tracking (`sam3 track`, video sessions) needs: memory_attention.onnx, "
+        "tracking_decoder.onnx, memory_encoder.onnx, mask_prompt.onnx. `sam3 models list` "
+        "says which folders serve concepts and which track videos. Every command that loads "
         "a model takes --model-dir DIR (a folder here) or --model REPO (downloaded).",
     )
     actions = models.add_subparsers(title="model commands", metavar="ACTION", required=True)
@@ -73,8 +75,8 @@ def add_parser(commands: argparse._SubParsersAction, parents: list[argparse.Argu
         help="show the model folders available here (Hugging Face cache and --dir folders)",
         description="List SAM2/SAM3 ONNX model folders in the Hugging Face cache and in the given --dir paths "
         "(a model folder itself, or a folder of model folders): their graph variants, sizes, the model id "
-        "each encoder variant stores embeddings under, and whether the folder serves concept prompts or "
-        "clicks and boxes only.",
+        "each encoder variant stores embeddings under, whether the folder serves concept prompts or "
+        "clicks and boxes only, and whether it tracks objects through videos (`sam3 track`).",
     )
     listing.add_argument(
         "--dir", type=Path, action="append", default=[], metavar="DIR", help="local folder to look in (repeatable)"
@@ -228,6 +230,7 @@ def _print_folder(folder: Any) -> None:
     print(f"  path: {folder.path}")
     if folder.usable:
         print(f"  serves: {'clicks, boxes and concepts' if folder.concepts else 'clicks and boxes (no concepts)'}")
+        print(f"  video tracking: {'yes' if folder.tracking else 'no (no video graphs)'}")
     if not folder.graphs:
         print("  (no graph files yet: an interrupted download? run `sam3 models pull` again)")
     for graph in folder.graphs:
@@ -247,6 +250,7 @@ def _as_json(folder: Any) -> dict[str, Any]:
         "size": folder.size,
         "usable": folder.usable,
         "concepts": folder.concepts,
+        "tracking": folder.tracking,
         "graphs": [
             {"role": g.role, "variant": g.variant, "file": str(g.path), "size": g.size, "model_id": g.model_id}
             for g in folder.graphs

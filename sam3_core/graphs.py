@@ -12,6 +12,7 @@ take these names from here (the exporter, sam3_export, too). docs/model-contract
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -128,6 +129,16 @@ MASK_PROMPT_FILE = "mask_prompt.onnx"
 MASK_PROMPT_INPUTS = ("masks", EMBEDDING_NAMES[2])
 MASK_PROMPT_OUTPUTS = ("mask_inputs", "frame_features")
 VIDEO_FILES = (MEMORY_ATTENTION_FILE, TRACKING_DECODER_FILE, MEMORY_ENCODER_FILE, MASK_PROMPT_FILE)
+
+
+def missing_video_parts(folder: Path) -> list[str]:
+    """What video tracking needs that `folder` lacks (none: the folder tracks objects through videos): the
+    manifest's "video" section, which says how to drive the graphs, and the graphs."""
+    manifest = folder / "manifest.json"
+    has_section = manifest.is_file() and "video" in json.loads(manifest.read_text())
+    return ([] if has_section else ['manifest.json "video" section']) + [
+        name for name in VIDEO_FILES if not (folder / name).is_file()
+    ]
 
 
 def missing_concept_files(folder: Path) -> list[str]:

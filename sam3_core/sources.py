@@ -155,6 +155,11 @@ class ModelFolder:
         """Whether it serves concept prompts too (phrases, exemplar boxes), not only clicks and boxes."""
         return self.usable and not graphs.missing_concept_files(self.path)
 
+    @property
+    def tracking(self) -> bool:
+        """Whether it tracks objects through videos too (`sam3 track`, video sessions)."""
+        return self.usable and not graphs.missing_video_parts(self.path)
+
 
 def graph_size(path: Path) -> int:
     """Bytes of a graph and its external-weights files."""

@@ -686,6 +686,10 @@ def test_models_list_shows_local_folders_and_the_hub_cache(tmp_path, capsys):
     assert str(references.MODEL_DIR) in out
     assert f"model id {tiny_model_id()}" in out
     assert "serves: clicks and boxes (no concepts)" in out
+    assert "video tracking: no (no video graphs)" in out
+    video = references.FIXTURES / "model-tiny-video"
+    assert main(["models", "list", "--no-cache", "--no-ids", "--dir", str(video)]) == 0
+    assert "video tracking: yes" in capsys.readouterr().out
     for role, stem in (("encoder", "vision_encoder"), ("decoder", "prompt_encoder_mask_decoder")):
         size = human_size(graph_size(graph_path(references.MODEL_DIR, stem, None)))
         assert re.search(rf"{role}\s+fp32\s+{re.escape(size)}", out), (role, size, out)
@@ -701,6 +705,7 @@ def test_models_list_shows_local_folders_and_the_hub_cache(tmp_path, capsys):
         ("local", None),  # model-tiny-video
     ]
     assert [f["concepts"] for f in listed] == [False, False, True, False]  # only the unified export serves concepts
+    assert [f["tracking"] for f in listed] == [False, False, False, True]  # model-tiny-concept predates the graphs
     for folder in listed:
         assert folder["usable"]
         encoder = next(g for g in folder["graphs"] if g["role"] == "encoder")
@@ -709,6 +714,16 @@ def test_models_list_shows_local_folders_and_the_hub_cache(tmp_path, capsys):
 
     assert main(["models", "list", "--cache-dir", str(tmp_path / "empty")]) == 0
     assert "No model folders" in capsys.readouterr().err
+
+
+def test_models_help_names_what_concepts_and_video_tracking_need(capsys):
+    from sam3_core import graphs
+
+    assert main(["models", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the description
+    for name in (*graphs.CONCEPT_FILES, *graphs.VIDEO_FILES):
+        assert name in out, name
+    assert "says which folders serve concepts and which track videos" in out
 
 
 def test_models_default_repo_matches_sources():

@@ -347,3 +347,51 @@ def test_a_propagation_both_ways_reaches_frame_zero_as_the_core_does(fleet) -> N
     assert [a.frame.frame_index for a in answers] == [frame for frame, _ in expected] == [3, 4, 5, 3, 2, 1, 0]
     for answer, (_, masks) in zip(answers, expected, strict=True):
         np.testing.assert_array_equal(video.masks_of(answer.frame)[1], masks[1])
+
+
+def test_a_backward_pass_that_died_just_before_frame_zero_resumes_there_as_the_core_runs_it(
+    redis_url: str, session_redis_url: str, redis_namespace: str
+) -> None:
+    """Frame 0 not encoded (evicted) ends the pass after frames 3, 2, 1; once encoded again, resuming runs
+    frame 0 as the uninterrupted pass does (the core's `propagate` starts no backward pass there)."""
+    prefix = redis_namespace.rstrip(":")
+    sessions = SessionStore(
+        SessionStoreConfig(session_redis_url, key_prefix=prefix, lease_ttl_seconds=1.0), video.video_model().model_id
+    )
+    _, expected = video.reference([(3, 1, CLICK)], {"start_frame": 3, "direction": "backward"})
+    with running(redis_url, prefix, model=video.video_model(), sessions=sessions) as stack:
+        channel = grpc.insecure_channel(stack.target)
+        tracker = tracker_pb2_grpc.TrackerServiceStub(channel)
+        frame_ids = video.encode_frames(channel)
+        session_id = tracker.CreateSession(
+            tracker_pb2.CreateSessionRequest(frame_ids=frame_ids), timeout=30
+        ).session.session_id
+        tracker.AddPrompt(prompt(session_id, frame=3), timeout=30)
+        stack.store.delete(stack.embeddings, frame_ids[0])
+        request = tracker_pb2.PropagateRequest(
+            session_id=session_id, start_frame=3, direction=tracker_pb2.PROPAGATION_DIRECTION_BACKWARD, mask_format=RLE
+        )
+        received = []
+        with pytest.raises(grpc.RpcError) as died:
+            received.extend(tracker.Propagate(request, timeout=60))
+        assert died.value.code() == grpc.StatusCode.NOT_FOUND, died.value.details()
+        assert [r.frame.frame_index for r in received] == [3, 2, 1]
+        assert video.encode_frames(channel)[0] == frame_ids[0]
+        resumed = list(
+            tracker.Propagate(
+                tracker_pb2.PropagateRequest(
+                    session_id=session_id,
+                    mask_format=RLE,
+                    resume_propagation_id=received[0].propagation_id,
+                    frames_received=len(received),
+                ),
+                timeout=60,
+            )
+        )
+        channel.close()
+    sessions.close_connection()
+    answers = received + resumed
+    assert [a.frame.frame_index for a in answers] == [frame for frame, _ in expected] == [3, 2, 1, 0]
+    assert [a.frames_done for a in answers] == [1, 2, 3, 4]
+    for answer, (_, masks) in zip(answers, expected, strict=True):
+        np.testing.assert_array_equal(video.masks_of(answer.frame)[1], masks[1])

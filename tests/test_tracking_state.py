@@ -84,6 +84,34 @@ def test_stopping_a_propagation_leaves_every_frame_before_it_committed() -> None
     assert all(state.tracked == [(1, 3)] for state in session.state.objects.values())
 
 
+def test_one_step_resumes_a_backward_pass_at_frame_0_exactly_as_propagate_runs_it() -> None:
+    """`propagate` never starts a backward pass at frame 0 (transformers' quirk): a pass stopped just before
+    it goes on with `track`, to the same masks and the same state as the pass never stopped."""
+
+    def session() -> TrackingSession:
+        prompted = refs.new_session()
+        prompted.add_prompt(3, 1, points=[DISC])
+        return prompted
+
+    uninterrupted = session()
+    expected = list(uninterrupted.propagate(3, direction="backward"))
+    assert [r.frame for r in expected] == [3, 2, 1, 0]
+    resumed = session()
+    head = list(resumed.propagate(3, direction="backward", max_frames=2))
+    assert list(resumed.propagate(0, direction="backward")) == []
+    step = resumed.track(0, reverse=True)
+    assert results([*head, step]) == results(expected)
+    np.testing.assert_array_equal(step.objects[0].mask_logits, expected[-1].objects[0].mask_logits)
+    assert state_to_bytes(resumed.state) == state_to_bytes(uninterrupted.state)
+    with pytest.raises(FrameIndexError):
+        resumed.track(10, reverse=False)
+    # Forward from 0 instead: another step (no later memories to condition on), another state.
+    forward = session()
+    list(forward.propagate(3, direction="backward", max_frames=2))
+    forward.track(0, reverse=False)
+    assert state_to_bytes(forward.state) != state_to_bytes(uninterrupted.state)
+
+
 def test_clearing_a_new_prompt_restores_the_state_before_it() -> None:
     """With one object (a prompt runs every object on its frame: others would have tracked frame 6)."""
     session = refs.new_session()
@@ -153,6 +181,7 @@ def test_bfloat16_rounds_to_nearest_even_like_torch() -> None:
         (lambda s: s.remove_object(5), UnknownObjectError),
         (lambda s: list(s.propagate(0)), NoPromptsError),
         (lambda s: list(s.propagate(0, direction="sideways")), TrackingError),
+        (lambda s: s.track(0, reverse=False), NoPromptsError),
     ],
 )
 def test_bad_requests_raise_errors_that_say_what_to_do(call, error) -> None:

@@ -57,14 +57,10 @@ class VideoGraphs:
 
     def __init__(self, folder: str | os.PathLike[str], *, runtime: RuntimeOptions = RuntimeOptions()) -> None:
         self.folder = Path(folder)
-        manifest_path = self.folder / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-        video: dict[str, Any] | None = manifest.get("video")
-        if video is None:
-            raise TrackingNotSupportedError(self.folder, 'its manifest.json has no "video" section')
-        missing = [name for name in graphs.VIDEO_FILES if not (self.folder / name).is_file()]
+        missing = graphs.missing_video_parts(self.folder)
         if missing:
             raise TrackingNotSupportedError(self.folder, f"{', '.join(missing)} missing")
+        video: dict[str, Any] = json.loads((self.folder / "manifest.json").read_text())["video"]
         self.image_size = int(video["image_size"])
         self.limits = BankLimits(
             num_maskmem=int(video["num_maskmem"]),

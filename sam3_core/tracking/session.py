@@ -172,22 +172,35 @@ class TrackingSession:
             raise TrackingError(f"direction must be one of {sorted(_DIRECTIONS)}, got {direction!r}")
         if max_frames is not None and max_frames < 0:
             raise TrackingError(f"max_frames must be 0 or more, got {max_frames}")
-        objects = list(self._state.objects.values()) if obj_ids is None else [self._object(i) for i in obj_ids]
+        ids = [state.obj_id for state in self._tracked(obj_ids)]
         prompted = [frame for state in self._state.objects.values() for frame in state.conditioning]
-        if not objects or not prompted:
-            raise NoPromptsError()
         start = min(prompted) if start_frame is None else start_frame
         self._check_frame(start)
         if self.num_frames is None and max_frames is None and direction != "backward":
             raise TrackingError("a stream of unknown length needs max_frames to propagate forward")
-        return self._propagate(start, _DIRECTIONS[direction], max_frames, objects)
+        return self._propagate(start, _DIRECTIONS[direction], max_frames, ids)
+
+    def track(self, frame: int, *, reverse: bool, obj_ids: Collection[int] | None = None) -> FrameResult:
+        """One frame of a propagation, exactly as `propagate` runs it (`reverse`: in a backward pass), for
+        `obj_ids` (default all); the state holds the frame when it returns. Lets a caller drive its own
+        order, e.g. resume a backward pass at frame 0, where `propagate` (like transformers) never starts."""
+        objects = self._tracked(obj_ids)
+        self._check_frame(frame)
+        return self._step(frame, objects, {}, reverse=reverse)
 
     def _propagate(
-        self, start: int, directions: tuple[bool, ...], max_frames: int | None, objects: list[ObjectState]
+        self, start: int, directions: tuple[bool, ...], max_frames: int | None, obj_ids: list[int]
     ) -> Iterator[FrameResult]:
         for reverse in directions:
             for frame in self._order(start, reverse, max_frames):
-                yield self._step(frame, objects, {}, reverse=reverse)
+                yield self.track(frame, reverse=reverse, obj_ids=obj_ids)
+
+    def _tracked(self, obj_ids: Collection[int] | None) -> list[ObjectState]:
+        """The objects a propagation tracks: `obj_ids` (default all), once any object has a prompt."""
+        objects = list(self._state.objects.values()) if obj_ids is None else [self._object(i) for i in obj_ids]
+        if not objects or not any(state.conditioning for state in self._state.objects.values()):
+            raise NoPromptsError()
+        return objects
 
     def _order(self, start: int, reverse: bool, max_frames: int | None) -> range:
         """transformers' processing order (`propagate_in_video_iterator`), including its quirk of not
