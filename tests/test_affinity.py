@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent import futures
 from contextlib import ExitStack
 
@@ -13,7 +14,7 @@ import grpc
 from sam3_cli.workers import DECODER, ENCODER
 from sam3_client import ChannelSettings, Client
 from sam3_client._affinity import IMAGE_ID_HEADER, SESSION_ID_HEADER, AffinityPool, rendezvous_order, resolve
-from sam3_client.proto import decoder_pb2, decoder_pb2_grpc
+from sam3_client.proto import decoder_pb2, decoder_pb2_grpc, tracker_pb2, tracker_pb2_grpc
 from service_stack import running
 from test_service_behaviour import new_image
 
@@ -102,6 +103,44 @@ def test_calls_about_an_image_carry_its_id_for_proxies_that_hash_on_it() -> None
         assert recorder.headers[-1][IMAGE_ID_HEADER] == image
     finally:
         server.stop(0)
+
+
+class _RecordingTracker(tracker_pb2_grpc.TrackerServiceServicer):
+    def __init__(self) -> None:
+        self.headers: list[dict[str, str]] = []
+
+    def AppendFrames(
+        self, request_iterator: Iterator[tracker_pb2.AppendFramesRequest], context: grpc.ServicerContext
+    ) -> Iterator[tracker_pb2.AppendFramesResponse]:
+        self.headers.append(dict(context.invocation_metadata()))
+        for request in request_iterator:
+            for frame_id in request.frame_ids:
+                yield tracker_pb2.AppendFramesResponse(frame=tracker_pb2.FrameResult(frame_id=frame_id))
+
+
+def test_a_live_sessions_append_stream_opens_on_the_sessions_replica_with_its_id() -> None:
+    """The request stream carries the session id in its header (proxies hash on it) and, for a multi-address
+    target, opens on the replica rendezvous hashing picks for the session, as its other calls do."""
+    from sam3_client import SessionInfo, VideoSession
+
+    recorders = [_RecordingTracker() for _ in range(2)]
+    with ExitStack() as stack:
+        addresses = []
+        for recorder in recorders:
+            server = grpc.server(futures.ThreadPoolExecutor(2))
+            tracker_pb2_grpc.add_TrackerServiceServicer_to_server(recorder, server)
+            addresses.append(f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}")
+            server.start()
+            stack.callback(server.stop, 0)
+        sessions = [session_id[:32] for session_id in ids(8)]  # round robin would misplace about half
+        frames = ids(2)
+        with Client("ipv4:" + ",".join(addresses)) as client:
+            for session_id in sessions:
+                session = VideoSession(client, SessionInfo(session_id, 1, 1, 4, 4, ()))
+                assert [f.frame_id for f in session.append_frames(frames)] == frames
+        for index, recorder in enumerate(recorders):
+            served = [headers[SESSION_ID_HEADER] for headers in recorder.headers]
+            assert served == [s for s in sessions if rendezvous_order(addresses, s)[0] == addresses[index]]
 
 
 def test_a_fleet_of_three_decoders_serves_each_image_from_one_warm_replica(redis_url: str) -> None:

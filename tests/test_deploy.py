@@ -547,31 +547,36 @@ def test_each_worker_has_a_disruption_budget_and_an_autoscaler_on_real_metrics(o
         assert names == ["sam3_in_flight_requests"], "prod: the encoder scales on its in-flight requests"
 
 
-def test_dev_runs_redis_as_an_lru_cache_only_the_workers_can_reach() -> None:
-    docs = render("dev")
-    redis_set = find(docs, "StatefulSet")
-    assert len(redis_set) == 1, "dev: Redis runs as a StatefulSet"
-    redis = Container(redis_set[0], redis_set[0]["spec"]["template"]["spec"]["containers"][0], init=False)
-    args = [str(a) for a in redis.spec.get("command", []) + redis.spec.get("args", [])]
-    assert args[args.index("--maxmemory-policy") + 1] == "allkeys-lru"
-    maxmemory = redis_bytes(args[args.index("--maxmemory") + 1])
-    assert quantity(redis.spec["resources"]["limits"]["memory"]) >= 1.25 * maxmemory, "room above maxmemory"
-    assert redis.spec.get("readinessProbe"), "dev: Redis needs a health check"
-    redis_port = redis.port("redis")
-
-    # The workers' URL points at Redis' Service and port.
+def dev_redis(docs: list[dict[str, Any]], component: str, secret: str, clients: tuple[str, ...]) -> list[str]:
+    """Checks the dev Redis labelled `component`: a StatefulSet with room above maxmemory and a health check,
+    reached by the URL in Secret `secret` through its Service, from the pods of the `clients` workers only
+    (its NetworkPolicy). Returns its redis-server arguments."""
     import base64
     from urllib.parse import urlsplit
 
-    secret = next(s for s in find(docs, "Secret") if s["metadata"]["name"].startswith("sam3-redis"))
-    url = urlsplit(base64.b64decode(secret["data"]["url"]).decode())
+    (redis_set,) = [
+        s for s in find(docs, "StatefulSet") if s["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    redis = Container(redis_set, redis_set["spec"]["template"]["spec"]["containers"][0], init=False)
+    args = [str(a) for a in redis.spec.get("command", []) + redis.spec.get("args", [])]
+    maxmemory = redis_bytes(args[args.index("--maxmemory") + 1])
+    assert quantity(redis.spec["resources"]["limits"]["memory"]) >= 1.25 * maxmemory, "room above maxmemory"
+    assert redis.spec.get("readinessProbe"), f"dev: {component} Redis needs a health check"
+    redis_port = redis.port("redis")
+
+    # The clients' URL points at this Redis' Service and port.
+    (found,) = [s for s in find(docs, "Secret") if s["metadata"]["name"].startswith(secret + "-")]
+    url = urlsplit(base64.b64decode(found["data"]["url"]).decode())
     service = one(docs, "Service", url.hostname or "")
     assert selector_matches({"matchLabels": service["spec"]["selector"]}, redis.pod["metadata"]["labels"])
     assert url.port == redis_port
 
-    # The NetworkPolicy: Redis accepts connections from the worker pods, and from no other pod.
-    (policy,) = find(docs, "NetworkPolicy")
-    assert selector_matches(policy["spec"]["podSelector"], redis.pod["metadata"]["labels"])
+    # Its NetworkPolicy: connections from the clients' pods, and from no other pod.
+    (policy,) = [
+        p
+        for p in find(docs, "NetworkPolicy")
+        if selector_matches(p["spec"]["podSelector"], redis.pod["metadata"]["labels"])
+    ]
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = policy["spec"]["ingress"]
     assert [p["port"] for p in rule["ports"]] == [redis_port]
@@ -580,10 +585,49 @@ def test_dev_runs_redis_as_an_lru_cache_only_the_workers_can_reach() -> None:
     def allowed(labels: dict[str, str]) -> bool:
         return any(selector_matches(peer["podSelector"], labels) for peer in rule["from"])
 
-    worker_pods = {id(c.workload) for c in workers(docs) if c.command in ("encoder", "decoder")}
+    client_pods = {id(c.workload) for c in workers(docs) if c.command in clients}
     for container in containers(docs):
         labels = container.pod["metadata"]["labels"]
-        assert allowed(labels) == (id(container.workload) in worker_pods), container.name
+        assert allowed(labels) == (id(container.workload) in client_pods), f"{component}: {container.name}"
+    return args
+
+
+def test_dev_runs_redis_as_an_lru_cache_only_the_workers_can_reach() -> None:
+    args = dev_redis(render("dev"), "embedding-store", "sam3-redis", ("encoder", "decoder"))
+    assert args[args.index("--maxmemory-policy") + 1] == "allkeys-lru"
+
+
+def test_dev_runs_a_session_store_the_decoders_accept_and_only_they_reach() -> None:
+    """Video sessions get their own Redis, which never evicts: started with the manifest's own memory
+    settings, it passes the check a decoder runs at start, which refuses the embedding cache's."""
+    from sam3_serving.redis_server import start_embedded_redis
+    from sam3_serving.store import SessionStore, SessionStoreConfig, SessionsWouldBeEvictedError
+
+    docs = render("dev")
+    cache = dev_redis(docs, "embedding-store", "sam3-redis", ("encoder", "decoder"))
+    sessions = dev_redis(docs, "session-store", "sam3-session-redis", ("decoder",))
+    assert sessions[sessions.index("--maxmemory-policy") + 1] == "noeviction"
+    env = worker(docs, "decoder").spec["env"]
+    (variable,) = [e for e in env if e["name"] == "SAM3_SESSION_REDIS_URL"]
+    assert variable["valueFrom"]["secretKeyRef"]["name"].startswith("sam3-session-redis-")
+
+    def refuses(args: list[str]) -> bool:
+        setting = {
+            "maxmemory": args[args.index("--maxmemory") + 1],
+            "policy": args[args.index("--maxmemory-policy") + 1],
+        }
+        with start_embedded_redis(**setting) as server:
+            store = SessionStore(SessionStoreConfig(server.url), "model")
+            try:
+                store.check_never_evicts()
+            except SessionsWouldBeEvictedError:
+                return True
+            finally:
+                store.close_connection()
+        return False
+
+    assert not refuses(sessions)
+    assert refuses(cache)
 
 
 def test_prod_uses_an_external_redis_and_requires_a_token() -> None:
@@ -594,6 +638,9 @@ def test_prod_uses_an_external_redis_and_requires_a_token() -> None:
         refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container.spec["env"]}
         assert refs["SAM3_REDIS_URL"] and refs["SAM3_REDIS_URL"]["name"] == "sam3-redis"
         assert refs["SAM3_AUTH_TOKEN"] and refs["SAM3_AUTH_TOKEN"].get("optional") is False
+    # The decoders' session store is external too, from its own Secret (optional: without it, no video).
+    refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in worker(docs, "decoder").spec["env"]}
+    assert refs["SAM3_SESSION_REDIS_URL"] == {"name": "sam3-session-redis", "key": "url", "optional": True}
 
 
 def test_prometheus_adapter_rule_and_pod_monitor_match_the_manifests() -> None:

@@ -301,7 +301,8 @@ def test_sam3_track_through_the_service_writes_what_it_writes_in_process(fleet, 
     assert capsys.readouterr().out.count(" pixels, score ") == 4  # each prompt's answer, printed by both runs
 
 
-def test_a_live_session_tracks_each_appended_frame_as_a_stream_of_unknown_length_does(fleet) -> None:
+def live_reference() -> list:
+    """The core's answers, frame 1 on, for a click on frame 0 of a stream of unknown length (a live session)."""
     import io
 
     from PIL import Image
@@ -309,12 +310,16 @@ def test_a_live_session_tracks_each_appended_frame_as_a_stream_of_unknown_length
     from sam3_core.predictor import encode
     from sam3_core.tracking import TrackingSession, VideoGraphs
 
-    tracker, frame_ids, _ = fleet
     model = video.video_model()
     embeddings = [encode(model, np.asarray(Image.open(io.BytesIO(d)).convert("RGB"))) for d in video.frames()]
     core = TrackingSession(VideoGraphs(model.folder), embeddings.__getitem__, video_size=video.SIZE, num_frames=None)
     core.add_prompt(0, 1, points=CLICK)
-    expected = [next(iter(core.propagate(f, direction="forward", max_frames=0))) for f in range(1, video.FRAMES)]
+    return [next(iter(core.propagate(f, direction="forward", max_frames=0))) for f in range(1, video.FRAMES)]
+
+
+def test_a_live_session_tracks_each_appended_frame_as_a_stream_of_unknown_length_does(fleet) -> None:
+    tracker, frame_ids, _ = fleet
+    expected = live_reference()
     created = tracker.CreateSession(tracker_pb2.CreateSessionRequest(frame_ids=frame_ids[:1], live=True), timeout=30)
     session_id = created.session.session_id
     tracker.AddPrompt(prompt(session_id), timeout=30)
@@ -331,6 +336,52 @@ def test_a_live_session_tracks_each_appended_frame_as_a_stream_of_unknown_length
         np.testing.assert_array_equal(video.masks_of(answer.frame)[1], result.objects[0].mask())
     described = tracker.DescribeSession(tracker_pb2.DescribeSessionRequest(session_id=session_id), timeout=10)
     assert described.session.frame_count == video.FRAMES and described.session.live
+
+
+def test_the_sdk_live_session_sync_and_async_tracks_each_appended_frame_as_the_raw_rpc(fleet) -> None:
+    """append_frames takes images (encoded first) or ids, answers each frame in order, and carries on past a
+    frame it cannot append; the masks are the core's on its stream of unknown length."""
+    import asyncio
+
+    from sam3_client import AsyncClient, Client
+
+    _, frame_ids, target = fleet
+    expected = live_reference()
+    other_size = video.frames(size=(video.SIZE[0] * 2, video.SIZE[1] * 2), count=1)[0]
+    # a frame as an image, ids, one never encoded, one of another size (encoded by the SDK, then refused)
+    frames = [video.frames()[1], frame_ids[2], "0" * 64, other_size, *frame_ids[3:]]
+
+    def check(answers: list) -> None:
+        refused = [a for a in answers if a.error is not None]
+        assert [(a.frame_index, a.error.reason) for a in refused] == [
+            (-1, Reason.EMBEDDING_NOT_FOUND),
+            (-1, Reason.INVALID_PROMPT),
+        ]
+        assert refused[0].frame_id == "0" * 64 and refused[1].error.metadata["field"] == "frame_ids"
+        tracked = [a for a in answers if a.error is None]
+        assert [a.frame_index for a in tracked] == list(range(1, video.FRAMES))
+        assert [a.frame_id for a in tracked] == frame_ids[1:]
+        for answer, result in zip(tracked, expected, strict=True):
+            np.testing.assert_array_equal(answer.masks()[1], result.objects[0].mask())
+
+    with Client(target) as sam3, sam3.video_session(frame_ids[:1], live=True) as session:
+        session.add_prompt(0, 1, points=CLICK)
+        check(list(session.append_frames(iter(frames))))
+        assert session.describe().frame_count == video.FRAMES
+
+    async def run() -> list:
+        async def camera():
+            for frame in frames:
+                yield frame
+
+        async with AsyncClient(target) as sam3, await sam3.video_session(frame_ids[:1], live=True) as session:
+            await session.add_prompt(0, 1, points=CLICK)
+            return [frame async for frame in session.append_frames(camera())]
+
+    check(asyncio.run(run()))
+    with Client(target) as sam3, sam3.video_session(frame_ids[:1]) as fixed, pytest.raises(Sam3Error) as error:
+        list(fixed.append_frames(frame_ids[1:2]))
+    assert (error.value.reason, error.value.metadata["field"]) == (Reason.INVALID_PROMPT, "session_id")
 
 
 def test_a_propagation_both_ways_reaches_frame_zero_as_the_core_does(fleet) -> None:

@@ -197,7 +197,7 @@ class Connection:
         awaitable of it (grpc.aio), failing with a Sam3Error that names the address that failed; calls
         about one image go to its replica first (see `affinity`). Streams: the response iterator, to read
         inside `stream_errors(responses, connection.targets[rpc.service])`."""
-        key = getattr(call.request, call.rpc.route) if call.rpc.route else ""
+        key = call.route_key
         metadata = (*self._metadata, (HEADERS[call.rpc.route], key)) if key else self._metadata
         stub_class = type(self.stubs[call.rpc.service])
         attempts = [
@@ -213,16 +213,14 @@ class Connection:
             wait_for_ready=self.settings.wait_for_ready,
         )
         attempts.append((self.targets[call.rpc.service], fallback))
-        if call.rpc.kind is Kind.SERVER_STREAM:  # on the session's replica (`stream_broke` moves it on)
+        if call.rpc.kind is not Kind.UNARY:  # on the session's replica (`stream_broke` moves it on), if any
             return attempts[0][1]()
-        if call.rpc.kind is Kind.STREAM:
-            return fallback()
         return self._first_answer_async(attempts) if self._aio else self._first_answer(attempts)
 
     def stream_broke(self, call: Call, failure: Sam3Error) -> None:
-        """`call`'s server stream broke with `failure`: when its replica went away, the calls routed to it go
+        """`call`'s stream broke with `failure`: when its replica went away, the calls routed to it go
         to their next address for a while (where the caller resumes it)."""
-        key = getattr(call.request, call.rpc.route) if call.rpc.route else ""
+        key = call.route_key
         owners = self.affinity.candidates(key, lambda channel: channel) if self.affinity and key else []
         if owners:
             self._another_may_answer(owners[0][0], failure)

@@ -3,7 +3,8 @@
 Per rpc: the service and stub method that carry it, which `Deadlines` field bounds it by default,
 which request field routes it (`image_id`: `_affinity` sends it to the decoder replica that owns the
 image, with the id in the `sam3-image-id` header for proxies; `session_id`: to the replica that holds
-the video session, header `sam3-session-id`; "" for none) and whether it is unary or a stream.
+the video session, header `sam3-session-id`, also for a request stream, whose `Call` carries the id as
+`key`; "" for none) and whether it is unary or a stream.
 Everything else (`Connection`, `_affinity`, the flows) reads this table instead of naming rpcs;
 `tests/test_sdk_rpcs.py` holds it to the .proto files.
 """
@@ -36,6 +37,7 @@ class Rpc(enum.Enum):
     SEGMENT_CONCEPT = (DECODER, "SegmentConcept", "concept", "image_id", Kind.UNARY)
     MODEL_INFO = (DECODER, "GetModelInfo", "info", "", Kind.UNARY)
     CREATE_SESSION = (TRACKER, "CreateSession", "track", "", Kind.UNARY)
+    APPEND_FRAMES = (TRACKER, "AppendFrames", "stream", "session_id", Kind.STREAM)
     ADD_PROMPT = (TRACKER, "AddPrompt", "track", "session_id", Kind.UNARY)
     PROPAGATE = (TRACKER, "Propagate", "stream", "session_id", Kind.SERVER_STREAM)
     READ_RESULTS = (TRACKER, "ReadResults", "stream", "session_id", Kind.SERVER_STREAM)
@@ -87,3 +89,11 @@ class Call:
     rpc: Rpc
     request: Any
     timeout: float
+    key: str = ""  # a routed request stream's id (its requests are not read ahead to find it)
+
+    @property
+    def route_key(self) -> str:
+        """The id that picks the replica for this call ("" for none)."""
+        if not self.rpc.route:
+            return ""
+        return self.key if self.rpc.kind is Kind.STREAM else str(getattr(self.request, self.rpc.route))

@@ -119,3 +119,13 @@ class Feed:
     def raise_error(self) -> None:
         if self.error is not None:
             raise self.error
+
+
+async def each_item(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    """`items`, plain or async, as an async iterator: the async client's streams take either."""
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item

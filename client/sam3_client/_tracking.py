@@ -10,20 +10,23 @@ frame. The masks are the ones the first replica would have sent.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
 import numpy as np
 
+from sam3_client._flows import encode_flow
+from sam3_client._images import image_payload
 from sam3_client._messages import mask_of
 from sam3_client._results import Mask
 from sam3_client._rpcs import Call, Deadlines, Rpc
+from sam3_client._steps import Flow
 from sam3_client.errors import Sam3Error
 from sam3_client.masks import encode_rle
 from sam3_client.proto import decoder_pb2, tracker_pb2
 
-__all__ = ["Propagation", "SessionInfo", "TrackedFrame", "TrackedObject", "VideoRequests"]
+__all__ = ["Appending", "Propagation", "SessionInfo", "TrackedFrame", "TrackedObject", "VideoRequests"]
 
 DIRECTIONS = {
     "forward": tracker_pb2.PROPAGATION_DIRECTION_FORWARD,
@@ -52,6 +55,7 @@ class TrackedFrame:
     frame_id: str
     objects: tuple[TrackedObject, ...]
     revision: int  # the session's revision once this frame was committed
+    error: Sam3Error | None = None  # append_frames only: not appended (frame_index -1), the stream carried on
 
     def masks(self) -> dict[int, np.ndarray]:
         """bool [H, W] masks by object id."""
@@ -79,6 +83,7 @@ def session_info(info: tracker_pb2.SessionInfo, missing: Sequence[int] = ()) -> 
 
 
 def tracked_frame(frame: tracker_pb2.FrameResult) -> TrackedFrame:
+    """The SDK's view of one frame's answer."""
     objects = tuple(
         TrackedObject(o.object_id, mask_of(o.mask), o.presence, o.object_score_logit) for o in frame.objects
     )
@@ -164,10 +169,11 @@ class VideoRequests:
 
 
 def create_session(
-    frame_ids: Sequence[str], width: int, height: int, deadlines: Deadlines, timeout: float | None
+    frame_ids: Sequence[str], width: int, height: int, live: bool, deadlines: Deadlines, timeout: float | None
 ) -> Call:
-    """The CreateSession call over frames given by their image ids (0 x 0: the stored frames' size)."""
-    request = tracker_pb2.CreateSessionRequest(frame_ids=list(frame_ids), width=width, height=height)
+    """The CreateSession call over frames given by their image ids (0 x 0: the stored frames' size); a `live`
+    session takes more frames as they arrive (`Appending`)."""
+    request = tracker_pb2.CreateSessionRequest(frame_ids=list(frame_ids), width=width, height=height, live=live)
     return Call(Rpc.CREATE_SESSION, request, deadlines.of(Rpc.CREATE_SESSION) if timeout is None else timeout)
 
 
@@ -208,3 +214,31 @@ class Propagation:
             return False
         self._resumes += 1
         return True
+
+
+class Appending:
+    """One AppendFrames stream of a live session: each frame (an image, encoded first, or the id of one encoded
+    already) is its own request, so its masks come back as soon as it is tracked, not after a batch."""
+
+    def __init__(self, requests: VideoRequests, timeout: float | None) -> None:
+        self._requests = requests
+        self._timeout = timeout
+
+    def call(self, messages: Any) -> Call:
+        """The AppendFrames call carrying `messages` (what `request_flow` made), routed to the session's replica."""
+        return replace(self._requests.call(Rpc.APPEND_FRAMES, messages, self._timeout), key=self._requests.session_id)
+
+    def request_flow(self, frame: Any) -> Flow[tracker_pb2.AppendFramesRequest]:
+        payload = image_payload(frame)
+        if payload.data is not None:
+            yield from encode_flow(payload, self._requests.deadlines)  # no prefetch: the session's replica reads it
+        return tracker_pb2.AppendFramesRequest(
+            session_id=self._requests.session_id, frame_ids=[payload.image_id], mask_format=decoder_pb2.MASK_FORMAT_RLE
+        )
+
+    @staticmethod
+    def answer(response: tracker_pb2.AppendFramesResponse, *, target: str | None = None) -> TrackedFrame:
+        """One frame's answer: its masks, or (frame_index -1) why it was not appended."""
+        if response.HasField("error"):
+            return TrackedFrame(-1, response.frame_id, (), 0, Sam3Error.from_item(response.error, target))
+        return tracked_frame(response.frame)

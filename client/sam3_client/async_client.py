@@ -23,7 +23,7 @@ from sam3_client._prompts import (
 )
 from sam3_client._results import ConceptResult, EncodeResult, ModelInfo, ObjectResult, SegmentResult
 from sam3_client._rpcs import Call
-from sam3_client._steps import Feed, Flow, Steps, stream_errors
+from sam3_client._steps import Feed, Flow, Steps, each_item, stream_errors
 from sam3_client._tracking import create_session, one_rpc, session_info
 from sam3_client.video_session import AsyncVideoSession
 
@@ -123,7 +123,7 @@ class AsyncClient(ClientBase):
         batch = _flows.Batch(self.deadlines, force, timeout)
 
         async def requests() -> AsyncIterator[Any]:
-            async for image in _items(images):
+            async for image in each_item(images):
                 yield batch.request(image)
 
         feed = Feed()
@@ -141,7 +141,7 @@ class AsyncClient(ClientBase):
         session = _flows.Session(self.deadlines, options)
 
         async def messages() -> AsyncIterator[Any]:
-            async for item in _items(requests):
+            async for item in each_item(requests):
                 yield await self._run(session.request_flow(item))
 
         feed = Feed()
@@ -149,11 +149,18 @@ class AsyncClient(ClientBase):
             yield result
 
     async def video_session(
-        self, frame_ids: Sequence[str], *, width: int = 0, height: int = 0, timeout: float | None = None
+        self,
+        frame_ids: Sequence[str],
+        *,
+        width: int = 0,
+        height: int = 0,
+        live: bool = False,
+        timeout: float | None = None,
     ) -> AsyncVideoSession:
         """A new video session over frames already encoded (their image ids, in video order; see
-        `video_session.AsyncVideoSession`). `info.missing_frames` lists the frames not encoded yet."""
-        response = await self._run(one_rpc(create_session(frame_ids, width, height, self.deadlines, timeout)))
+        `video_session.AsyncVideoSession`). `info.missing_frames` lists the frames not encoded yet; `live`: see
+        `Client.video_session`."""
+        response = await self._run(one_rpc(create_session(frame_ids, width, height, live, self.deadlines, timeout)))
         return AsyncVideoSession(self, session_info(response.session, response.missing_frames))
 
     async def model_info(self, *, timeout: float | None = None) -> ModelInfo:
@@ -175,12 +182,3 @@ class AsyncClient(ClientBase):
             async for response in responses:
                 yield convert(response, target=target)
         feed.raise_error()
-
-
-async def _items(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item

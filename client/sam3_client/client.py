@@ -177,11 +177,18 @@ class Client(ClientBase):
         yield from self._stream(session.call(messages), feed, session.result)
 
     def video_session(
-        self, frame_ids: Sequence[str], *, width: int = 0, height: int = 0, timeout: float | None = None
+        self,
+        frame_ids: Sequence[str],
+        *,
+        width: int = 0,
+        height: int = 0,
+        live: bool = False,
+        timeout: float | None = None,
     ) -> VideoSession:
         """A new video session over frames already encoded (their image ids, in video order; see
-        `video_session.VideoSession`). `info.missing_frames` lists the frames not encoded yet."""
-        response = self._run(one_rpc(create_session(frame_ids, width, height, self.deadlines, timeout)))
+        `video_session.VideoSession`). `info.missing_frames` lists the frames not encoded yet. A `live`
+        session (a camera) takes more frames as they arrive: `VideoSession.append_frames`."""
+        response = self._run(one_rpc(create_session(frame_ids, width, height, live, self.deadlines, timeout)))
         return VideoSession(self, session_info(response.session, response.missing_frames))
 
     def model_info(self, *, timeout: float | None = None) -> ModelInfo:

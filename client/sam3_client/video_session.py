@@ -9,19 +9,28 @@
 The session lives in the fleet's session store: its calls go to the replica that holds it (routed by session
 id), a propagation whose replica dies is resumed on another with the frames it missed, and closing the
 session (leaving the `with` block) deletes it. `AsyncVideoSession` is the same for `AsyncClient`, awaited.
+
+A live session (a camera: frames whose number nobody knows yet) is created with `live=True` and takes each
+frame as it arrives, tracking every object onto it:
+
+>>> with sam3.video_session([first_id], live=True) as video:
+...     video.add_prompt(0, object_id=1, box=[40, 60, 200, 220])
+...     for frame in video.append_frames(camera()):                  # images, or ids of encoded frames
+...         show(frame.masks())
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sam3_client._rpcs import Rpc
-from sam3_client._steps import stream_errors
+from sam3_client._steps import Feed, each_item, stream_errors
 from sam3_client._tracking import (
+    Appending,
     Propagation,
     SessionInfo,
     TrackedFrame,
@@ -91,6 +100,17 @@ class VideoSession:
                 if not propagation.resume_after(error):
                     raise
                 connection.stream_broke(call, error)
+
+    def append_frames(self, frames: Iterable[Any], *, timeout: float | None = None) -> Iterator[TrackedFrame]:
+        """Appends frames to a live session as they come (a camera: feed it a generator) and tracks every object
+        onto each: one `TrackedFrame` per frame, in order, as soon as it is tracked. A frame is an image (encoded
+        first) or the id of one encoded already. One the service cannot append (not encoded, another size) comes
+        back with `error` set and frame_index -1, and the stream carries on; an unreadable image ends it after
+        the frames before it, then raises. `timeout` bounds the whole stream (default `Deadlines.stream`)."""
+        appending = Appending(self._requests, timeout)
+        feed = Feed()
+        messages = feed.wrap(self._client._run(appending.request_flow(frame)) for frame in frames)
+        yield from self._client._stream(appending.call(messages), feed, appending.answer)
 
     def remove_object(self, object_id: int, *, timeout: float | None = None) -> SessionInfo:
         request = self._requests.remove_object(object_id)
@@ -167,6 +187,20 @@ class AsyncVideoSession:
                 if not propagation.resume_after(error):
                     raise
                 connection.stream_broke(call, error)
+
+    async def append_frames(
+        self, frames: Iterable[Any] | AsyncIterable[Any], *, timeout: float | None = None
+    ) -> AsyncIterator[TrackedFrame]:
+        """Frames appended to a live session as they come, each tracked (see `VideoSession.append_frames`)."""
+        appending = Appending(self._requests, timeout)
+
+        async def messages() -> AsyncIterator[Any]:
+            async for frame in each_item(frames):
+                yield await self._client._run(appending.request_flow(frame))
+
+        feed = Feed()
+        async for frame in self._client._stream(appending.call(feed.wrap_async(messages())), feed, appending.answer):
+            yield frame
 
     async def remove_object(self, object_id: int, *, timeout: float | None = None) -> SessionInfo:
         request = self._requests.remove_object(object_id)
