@@ -17,10 +17,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from decoder_service.budget import ResponseLimits
 from decoder_service.busy_slots import BusySlots
 from decoder_service.fields import check_image_id, invalid_prompt, require_enum
 from decoder_service.tracking_answer import StoredObject, decode_rle, frame_result
+from decoder_service.tracking_limits import TrackerSettings, limit_exceeded
+from decoder_service.tracking_plan import DIRECTIONS, plan
+from decoder_service.tracking_refusals import core_refusal, invalid_field
 from decoder_service.tracking_sessions import HeldSessions, Open, Writer, frame_not_encoded
 from decoder_service.tracking_state import Propagation, SessionRecord
 from sam3_client import wire
@@ -29,7 +31,7 @@ from sam3_core.model import Sam3Model
 from sam3_core.prompts import PromptError
 from sam3_core.timing import StageTimer
 from sam3_core.tracking import FrameResult, TrackingError, TrackingNotSupportedError, VideoGraphs
-from sam3_core.tracking.errors import FrameIndexError, NoPromptsError, UnknownObjectError
+from sam3_core.tracking.errors import NoPromptsError
 from sam3_serving import metrics
 from sam3_serving.auth import tenant_of
 from sam3_serving.errors import Reason, ServiceError
@@ -37,63 +39,10 @@ from sam3_serving.roles import Role
 from sam3_serving.store import EMBEDDINGS, SessionStore, ValueStore
 from sam3_serving.store.sessions import is_session_id, session_not_found
 
-__all__ = ["TrackerServicer", "TrackerSettings"]
+__all__ = ["TrackerServicer"]
 
 WORKER = Role.DECODER
-_DIRECTIONS = {
-    tracker_pb2.PROPAGATION_DIRECTION_FORWARD: (False,),
-    tracker_pb2.PROPAGATION_DIRECTION_BACKWARD: (True,),
-    tracker_pb2.PROPAGATION_DIRECTION_BOTH: (False, True),
-}
 _READ_CHUNK = 16  # stored frames read per round trip by ReadResults
-
-
-@dataclass(frozen=True)
-class TrackerSettings:
-    """What one caller may make a tracker worker hold or do (each limit is named in its refusal)."""
-
-    max_objects_per_session: int = 16
-    max_frames_per_session: int = 20_000
-    max_prompted_frames: int = 16  # per object: each prompted frame keeps a memory for the session's life
-    max_sessions_per_worker: int = 16  # held in memory by one replica
-    max_concurrent_tracking: int = 2  # prompts and propagations running the model at once
-    responses: ResponseLimits = ResponseLimits()
-
-    def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if isinstance(value, int) and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-
-
-def _limit(message: str, limit: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, Reason.SESSION_LIMIT, limit=limit)
-
-
-def _invalid(field: str, message: str) -> ServiceError:
-    return invalid_prompt(PromptError(field, message))
-
-
-def _tracking_error(error: TrackingError | PromptError) -> ServiceError:
-    """The core's refusal as the caller's field problem (a prompt's fields are named as in AddPromptRequest)."""
-    if isinstance(error, PromptError):
-        field = error.field.removeprefix("objects[0].")
-        return invalid_prompt(PromptError(field, str(error).removeprefix(f"{error.field}: ")))
-    fields = {FrameIndexError: "frame_index", UnknownObjectError: "object_id", NoPromptsError: "object_ids"}
-    return _invalid(next((f for kind, f in fields.items() if isinstance(error, kind)), "session_id"), str(error))
-
-
-def plan(start: int, directions: Sequence[bool], max_frames: int | None, frame_count: int) -> list[list[int]]:
-    """[frame, reverse] in the core's processing order: the start frame and up to `max_frames` more forward
-    (to the end when None), then backward from the start (none from frame 0: transformers' own rule)."""
-    order: list[list[int]] = []
-    limit = frame_count if max_frames is None else max_frames
-    for reverse in directions:
-        if reverse:
-            frames = range(start, max(start - limit, 0) - 1, -1) if start > 0 else range(0)
-        else:
-            frames = range(start, min(start + limit, frame_count - 1) + 1)
-        order += [[frame, int(reverse)] for frame in frames]
-    return order
 
 
 @dataclass(frozen=True)
@@ -147,25 +96,25 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
         frame_ids = list(request.frame_ids)
         limit = self.settings.max_frames_per_session
         if len(frame_ids) > limit:
-            raise _limit(
+            raise limit_exceeded(
                 f"{len(frame_ids)} frames, over the {limit} a session may have (--max-frames-per-session): "
                 "split the video into sessions",
                 "max_frames_per_session",
             )
         for index, frame_id in enumerate(frame_ids):
             if not wire.is_image_id(frame_id):
-                raise _invalid(
+                raise invalid_field(
                     f"frame_ids[{index}]", "expected an image id: the 64 lowercase hex digits of the frame's sha256"
                 )
         if not frame_ids and not request.live:
-            raise _invalid("frame_ids", "a session needs its frames (or `live` to append them as they arrive)")
+            raise invalid_field("frame_ids", "a session needs its frames (or `live` to append them as they arrive)")
         tenant = tenant_of(context)
         values, sessions = self.store.for_tenant(tenant), self._tracking.sessions.for_tenant(tenant)
         heads = [values.peek(self._kind, frame_id) for frame_id in frame_ids]
         height, width = self._size(request, heads)
         for index, head in enumerate(heads):
             if head is not None and head.size != (height, width):
-                raise _invalid(
+                raise invalid_field(
                     f"frame_ids[{index}]",
                     f"a {head.size[1]}x{head.size[0]} frame in a {width}x{height} "
                     "session: every frame of a session has its size",
@@ -181,14 +130,16 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
 
     def _size(self, request: tracker_pb2.CreateSessionRequest, heads: Sequence[Any]) -> tuple[int, int]:
         if (request.width == 0) != (request.height == 0):
-            raise _invalid("height" if request.height == 0 else "width", "give width and height together, or neither")
+            raise invalid_field(
+                "height" if request.height == 0 else "width", "give width and height together, or neither"
+            )
         if request.width < 0 or request.height < 0:
-            raise _invalid("width", f"{request.width}x{request.height} is not a frame size")
+            raise invalid_field("width", f"{request.width}x{request.height} is not a frame size")
         if request.width:
             return request.height, request.width
         stored = next((head.size for head in heads if head is not None), None)
         if stored is None:
-            raise _invalid("width", "no frame is stored yet to take the size from: give width and height")
+            raise invalid_field("width", "no frame is stored yet to take the size from: give width and height")
         return stored
 
     def DescribeSession(
@@ -218,7 +169,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
     ) -> tracker_pb2.AddPromptResponse:
         fmt = self._mask_format(request.mask_format)
         if request.object_id < 0:
-            raise _invalid("object_id", f"{request.object_id}: object ids are 0 or more")
+            raise invalid_field("object_id", f"{request.object_id}: object ids are 0 or more")
         points = [(p.x, p.y) for p in request.points]
         labels = [p.label for p in request.points]
         for index, label in enumerate(labels):
@@ -244,7 +195,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
                         mask=mask,
                     )
                 except (TrackingError, PromptError) as error:
-                    raise _tracking_error(error) from error
+                    raise core_refusal(error) from error
             metrics.MODEL_RUNS.labels(WORKER).inc()
             (objects,) = writer.commit([result])
             answer = self._frame(writer.open, request.frame_index, objects, fmt, timer)
@@ -254,13 +205,13 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
     def _check_object_limits(self, writer: Writer, frame: int, object_id: int) -> None:
         state = writer.session.state.objects.get(object_id)
         if state is None and len(writer.session.object_ids) >= self.settings.max_objects_per_session:
-            raise _limit(
+            raise limit_exceeded(
                 f"the session tracks {len(writer.session.object_ids)} objects, the most it may "
                 "(--max-objects-per-session): remove one first",
                 "max_objects_per_session",
             )
         if state is not None and frame not in state.prompts and len(state.prompts) >= self.settings.max_prompted_frames:
-            raise _limit(
+            raise limit_exceeded(
                 f"object {object_id} is prompted on {len(state.prompts)} frames, the most one may "
                 "(--max-prompted-frames; each keeps a memory): clear one first",
                 "max_prompted_frames",
@@ -268,14 +219,14 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
 
     def _mask(self, request: tracker_pb2.AddPromptRequest, size: tuple[int, int]) -> np.ndarray:
         if request.points or request.HasField("box"):
-            raise _invalid("mask", "a mask prompt replaces points and boxes: give one or the other")
+            raise invalid_field("mask", "a mask prompt replaces points and boxes: give one or the other")
         rle = request.mask
         if (rle.height, rle.width) != size:
-            raise _invalid("mask", f"a {rle.width}x{rle.height} mask for {size[1]}x{size[0]} frames")
+            raise invalid_field("mask", f"a {rle.width}x{rle.height} mask for {size[1]}x{size[0]} frames")
         try:
             return decode_rle(list(rle.counts), size)
         except ValueError as error:
-            raise _invalid("mask.counts", str(error)) from error
+            raise invalid_field("mask.counts", str(error)) from error
 
     def RemoveObject(
         self, request: tracker_pb2.RemoveObjectRequest, context: grpc.ServicerContext
@@ -284,7 +235,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
             try:
                 writer.session.remove_object(request.object_id)
             except TrackingError as error:
-                raise _tracking_error(error) from error
+                raise core_refusal(error) from error
             writer.open.record.propagation = None
             writer.commit()
             return tracker_pb2.RemoveObjectResponse(session=self._held_info(request.session_id, writer.open))
@@ -297,13 +248,13 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
             wanted = [request.object_id] if request.HasField("object_id") else list(objects)
             if not any(request.frame_index in objects[o].prompts for o in wanted if o in objects):
                 field = "object_id" if request.HasField("object_id") else "frame_index"
-                raise _invalid(field, f"no prompt on frame {request.frame_index} to clear")
+                raise invalid_field(field, f"no prompt on frame {request.frame_index} to clear")
             try:
                 writer.session.clear_prompts(
                     request.frame_index, request.object_id if request.HasField("object_id") else None
                 )
             except TrackingError as error:
-                raise _tracking_error(error) from error
+                raise core_refusal(error) from error
             writer.open.record.propagation = None
             writer.commit()
             return tracker_pb2.ClearPromptsResponse(session=self._held_info(request.session_id, writer.open))
@@ -321,7 +272,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
             except PromptError as error:
                 raise invalid_prompt(error) from error
             if request.HasField("max_frames") and request.max_frames < 0:
-                raise _invalid("max_frames", f"{request.max_frames}: 0 or more frames after the start frame")
+                raise invalid_field("max_frames", f"{request.max_frames}: 0 or more frames after the start frame")
         timer = StageTimer()
         with self._slots.taken(), self._writing(request, context, timer) as writer:
             open_ = writer.open
@@ -348,18 +299,18 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
         ids = list(request.object_ids) or list(objects)
         for obj_id in ids:
             if obj_id not in objects:
-                raise _invalid(
+                raise invalid_field(
                     "object_ids", f"object {obj_id} is not tracked in this session; objects: {list(objects)}"
                 )
         prompted = [frame for obj_id in ids for frame in objects[obj_id].prompts]
         if not prompted:
-            raise _invalid("object_ids", str(NoPromptsError()))
+            raise invalid_field("object_ids", str(NoPromptsError()))
         start = request.start_frame if request.HasField("start_frame") else min(prompted)
         self._check_frame(open_, start, "start_frame")
         if open_.record.live and not request.HasField("max_frames") and direction != 2:
-            raise _invalid("max_frames", "a live session's propagation forward needs max_frames")
+            raise invalid_field("max_frames", "a live session's propagation forward needs max_frames")
         max_frames = request.max_frames if request.HasField("max_frames") else None
-        order = plan(start, _DIRECTIONS[direction], max_frames, len(open_.frame_ids))
+        order = plan(start, DIRECTIONS[direction], max_frames, len(open_.frame_ids))
         propagation = Propagation(secrets.token_hex(8), start, direction, ids, order)
         open_.record.propagation = propagation
         return propagation
@@ -367,13 +318,13 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
     def _resumed(self, request: tracker_pb2.PropagateRequest, open_: Open) -> Propagation:
         propagation = open_.record.propagation
         if propagation is None or propagation.propagation_id != request.resume_propagation_id:
-            raise _invalid(
+            raise invalid_field(
                 "resume_propagation_id",
                 f"propagation {request.resume_propagation_id} is not the session's "
                 "last one (a prompt or a removal since ends it): start a new propagation",
             )
         if not 0 <= request.frames_received <= propagation.done:
-            raise _invalid(
+            raise invalid_field(
                 "frames_received", f"{request.frames_received}: the propagation committed {propagation.done} frames"
             )
         return propagation
@@ -403,7 +354,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
         try:
             return writer.session.track(frame, reverse=reverse, obj_ids=propagation.object_ids)
         except TrackingError as error:
-            raise _tracking_error(error) from error
+            raise core_refusal(error) from error
 
     def _propagated(
         self, answer: tracker_pb2.FrameResult, propagation: Propagation, request: Any
@@ -425,7 +376,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
             with self._slots.taken(), self._writing(request, context, timer) as writer:
                 open_ = writer.open
                 if not open_.record.live:
-                    raise _invalid("session_id", "frames are appended to a session created with `live` only")
+                    raise invalid_field("session_id", "frames are appended to a session created with `live` only")
                 for frame_id in request.frame_ids:
                     yield self._append(writer, frame_id, fmt, request.request_id, timer)
                     timer = StageTimer()
@@ -439,7 +390,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
         try:
             check_image_id(frame_id)
             if frame >= self.settings.max_frames_per_session:
-                raise _limit(
+                raise limit_exceeded(
                     f"the session has {frame} frames, the most one may (--max-frames-per-session): open a new session",
                     "max_frames_per_session",
                 )
@@ -448,7 +399,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
             if head is None:
                 raise frame_not_encoded(frame, frame_id, self.model_id)
             if head.size != open_.session.video_size:
-                raise _invalid(
+                raise invalid_field(
                     "frame_ids",
                     f"frame {frame_id} is {head.size[1]}x{head.size[0]}, the session's frames "
                     f"{open_.record.width}x{open_.record.height}",
@@ -488,9 +439,11 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
         record = self._record(sessions, request.session_id, journal.state)
         frame_ids = sessions.frame_ids(request.session_id)
         if not 0 <= request.start_frame < max(len(frame_ids), 1):
-            raise _invalid("start_frame", f"frame {request.start_frame} is outside the video's {len(frame_ids)} frames")
+            raise invalid_field(
+                "start_frame", f"frame {request.start_frame} is outside the video's {len(frame_ids)} frames"
+            )
         if request.HasField("max_frames") and request.max_frames < 1:
-            raise _invalid("max_frames", f"{request.max_frames}: at least 1")
+            raise invalid_field("max_frames", f"{request.max_frames}: at least 1")
         stop = (
             len(frame_ids)
             if not request.HasField("max_frames")
@@ -499,7 +452,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
         ids = list(request.object_ids) or list(journal.objects)
         for obj_id in ids:
             if obj_id not in journal.objects:
-                raise _invalid(
+                raise invalid_field(
                     "object_ids", f"object {obj_id} is not tracked in this session; objects: {list(journal.objects)}"
                 )
         sessions.touch(request.session_id, journal.objects)
@@ -540,7 +493,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
 
     def _sessions(self, session_id: str, context: grpc.ServicerContext) -> SessionStore:
         if not is_session_id(session_id):
-            raise _invalid("session_id", "expected the 32 lowercase hex digits CreateSession returned")
+            raise invalid_field("session_id", "expected the 32 lowercase hex digits CreateSession returned")
         return self._tracking.sessions.for_tenant(tenant_of(context))
 
     def _writing(self, request: Any, context: grpc.ServicerContext, timer: StageTimer) -> Any:
@@ -566,7 +519,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
     def _check_frame(self, open_: Open, frame: int, field: str = "frame_index") -> None:
         count = len(open_.frame_ids)
         if not 0 <= frame < count:
-            raise _invalid(field, f"frame {frame} is outside the video: frames are numbered 0..{count - 1}")
+            raise invalid_field(field, f"frame {frame} is outside the video: frames are numbered 0..{count - 1}")
 
     def _frame(
         self, open_: Open, frame: int, objects: Sequence[StoredObject], fmt: int, timer: StageTimer

@@ -371,7 +371,7 @@ def role_settings(args: argparse.Namespace, roles: set[Role]) -> dict[str, Any]:
             concepts=ConceptLimits(max_concepts=args.max_concepts, max_concurrent=args.max_concurrent_concepts),
             mask_memory_seconds=args.mask_memory_seconds,
         )
-        from decoder_service.tracker import TrackerSettings
+        from decoder_service.tracking_limits import TrackerSettings
 
         settings["tracker"] = from_flags(
             TrackerSettings,

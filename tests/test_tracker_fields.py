@@ -54,7 +54,7 @@ def test_a_state_read_back_from_its_fields_is_the_state_written_and_a_frame_writ
 
 
 def test_the_service_plans_a_propagation_in_the_cores_own_order() -> None:
-    from decoder_service.tracker import plan
+    from decoder_service.tracking_plan import plan
 
     tracking = session()
     tracking.add_prompt(2, 1, points=[(20.0, 24.0)])

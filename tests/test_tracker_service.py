@@ -157,7 +157,7 @@ def test_bad_calls_are_refused_with_the_field_or_limit_named(fleet) -> None:
 
 
 def test_limits_bound_what_one_caller_can_make_a_worker_hold(redis_url, session_redis_url, redis_namespace) -> None:
-    from decoder_service.tracker import TrackerSettings
+    from decoder_service.tracking_limits import TrackerSettings
 
     prefix = redis_namespace.rstrip(":")
     config = SessionStoreConfig(session_redis_url, key_prefix=prefix, lease_ttl_seconds=1.0, max_sessions=2)
